@@ -1,0 +1,57 @@
+"""The embedded MQTT broker: amqtt, hardened.
+
+Every client proves who it is with a certificate from our CA (plaintext only on an optional
+loopback listener that never reaches ``$`` topics); the identity comes from the verified
+certificate at every CONNECT; topic access follows from the identity alone (see ``acl``);
+revocations and server certificate rotations apply without a restart.
+
+Exceptions::
+
+    BrokerError
+    ├── TLSConfigError
+    └── BrokerStartError
+"""
+
+from broker.acl import (
+    NODE_DOWNSTREAM,
+    NODE_UPSTREAM,
+    Principal,
+    Role,
+    client_id_allowed,
+    filter_matches,
+    may_publish,
+    may_receive,
+    may_subscribe,
+    node_prefix,
+    valid_filter,
+    valid_topic,
+)
+from broker.embedded import EmbeddedBroker
+from broker.errors import BrokerError, BrokerStartError, TLSConfigError
+from broker.events import ConnectionEvent, ConnectionListener, DisconnectReason, EventKind
+from broker.settings import BrokerSettings, TLSFiles
+
+__all__ = [
+    "NODE_DOWNSTREAM",
+    "NODE_UPSTREAM",
+    "BrokerError",
+    "BrokerSettings",
+    "BrokerStartError",
+    "ConnectionEvent",
+    "ConnectionListener",
+    "DisconnectReason",
+    "EmbeddedBroker",
+    "EventKind",
+    "Principal",
+    "Role",
+    "TLSConfigError",
+    "TLSFiles",
+    "client_id_allowed",
+    "filter_matches",
+    "may_publish",
+    "may_receive",
+    "may_subscribe",
+    "node_prefix",
+    "valid_filter",
+    "valid_topic",
+]

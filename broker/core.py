@@ -1,0 +1,462 @@
+"""amqtt's Broker with the holes that matter to a fleet closed (REFERENCE.md, "amqtt 0.12.1").
+
+Each override names the stock behaviour it replaces:
+
+* ``_create_ssl_context``: stock asks for a client certificate but accepts none (CERT_OPTIONAL);
+  ours requires one signed by our CA, checks the CRL and reloads without a restart.
+* ``_initialize_client_session``: stock keeps a resumed session's old TLS object, so a client could
+  resume another node's session, and deletes/takes over the old session before authenticating.
+  Ours reads the identity from the live connection at every CONNECT, refuses a client id that is
+  not the certificate's (CONNACK 5) before touching any session, checks the will topic, enforces a
+  CONNECT timeout and sets the keepalive deadline to 1.5 x keepalive.
+* ``_handle_client_session``: stock sends every retained message matching *any* client's filters
+  to each new connection, at QoS 0 and without ACL; ours sends retained messages only on SUBSCRIBE.
+* ``_handle_message_delivery``: stock drops client publishes to ``$`` topics and stops reading
+  from that client; ours lets the ACL decide and keeps the client's loop alive.
+* ``_run_broadcast``: stock delivers at the subscriber's QoS; ours at min(publish, subscription).
+* ``_publish_retained_messages_for_subscription``: stock upgrades a QoS 0 retained message to
+  the subscription's QoS and skips the ACL; ours does neither.
+* ``_publish_session_retained_messages``: stock sends queued offline messages with RETAIN set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from amqtt.adapters import StreamWriterAdapter
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.session import Session
+from cryptography import x509
+from transitions import MachineError
+
+from broker.acl import (
+    Principal,
+    client_id_allowed,
+    may_publish,
+    may_receive,
+    may_subscribe,
+)
+from broker.events import ConnectionEvent, DisconnectReason, EventKind, Listeners
+from broker.handler import REASON, HardenedHandler, close_quietly
+from broker.limits import PacketTooLarge, SizeLimitedReader
+from certs import CertsError, Identity
+
+__all__ = ["HardenedBroker", "PeerCertificate", "peer_of", "principal_of"]
+
+log = logging.getLogger(__name__)
+
+PRINCIPAL = "baetyl.principal"
+PEER = "baetyl.peer"
+LISTENER_ATTR = "baetyl_listener"
+
+
+class PeerCertificate:
+    """Serial and expiry of the certificate a connection was verified with."""
+
+    __slots__ = ("not_after", "serial")
+
+    def __init__(self, serial: int, not_after: datetime) -> None:
+        self.serial = serial
+        self.not_after = not_after
+
+
+def _peer_of(ssl_object: ssl.SSLObject | None) -> tuple[Principal, PeerCertificate] | None:
+    """The principal in the verified peer certificate of a live TLS connection."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        identity = Identity.from_certificate(cert)
+    except CertsError as exc:
+        log.warning("refusing a certificate without a pybaetyl identity: %s", exc)
+        return None
+    return Principal.from_identity(identity), PeerCertificate(
+        cert.serial_number, cert.not_valid_after_utc
+    )
+
+
+class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
+    """The amqtt broker core with identity, ACL and MQTT 3.1.1 fixes; see the module docstring."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        tls_context: ssl.SSLContext | None,
+        local_listeners: frozenset[str],
+        connect_timeout: float,
+        max_packet_size: int,
+        max_connections: int,
+        events: Listeners,
+    ) -> None:
+        super().__init__(config)
+        self._tls_context = tls_context
+        self._local_listeners = local_listeners
+        self._connect_timeout = connect_timeout
+        self._max_packet_size = max_packet_size
+        self._max_connections = max_connections
+        self._events = events
+        self._open_connections = 0
+
+    # -- listeners ------------------------------------------------------------------------------
+
+    def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
+        if self._tls_context is None:
+            raise AMQTTError("a TLS listener was configured without a TLS context")
+        return self._tls_context
+
+    async def _create_server_instance(
+        self,
+        listener_name: str,
+        listener_type: Any,
+        address: str | None,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:
+        if str(listener_type) != "tcp" and getattr(listener_type, "value", None) != "tcp":
+            return await super()._create_server_instance(
+                listener_name, listener_type, address, port, ssl_context
+            )
+        # Stock passes no handshake timeout: a silent TLS client would hold a socket for 60 s.
+        return await asyncio.start_server(
+            partial(self.stream_connected, listener_name=listener_name),
+            address,
+            port,
+            reuse_address=True,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self._connect_timeout if ssl_context else None,
+        )
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        adapter = StreamWriterAdapter(writer)
+        await self._accept(listener_name, SizeLimitedReader(reader, self._max_packet_size), adapter)
+
+    async def ws_connected(self, websocket: Any, listener_name: str) -> None:
+        from amqtt.adapters import WebSocketsReader, WebSocketsWriter
+
+        await self._accept(listener_name, WebSocketsReader(websocket), WebSocketsWriter(websocket))
+
+    async def _accept(self, listener_name: str, reader: Any, writer: Any) -> None:
+        if self._open_connections >= self._max_connections:
+            # Stock queues sockets over its per-listener limit forever; we refuse them.
+            log.warning("refusing a connection: %d connections open", self._open_connections)
+            await close_quietly(writer)
+            return
+        setattr(writer, LISTENER_ATTR, listener_name)
+        self._open_connections += 1
+        try:
+            await self._client_connected(listener_name, reader, writer)
+        except PacketTooLarge as exc:
+            log.warning("closing a connection on listener %s: %s", listener_name, exc)
+            await close_quietly(writer)
+        except (OSError, ssl.SSLError) as exc:
+            log.info("connection error on listener %s: %r", listener_name, exc)
+            await close_quietly(writer)
+        finally:
+            self._open_connections -= 1
+
+    # -- CONNECT -----------------------------------------------------------------------------
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[HardenedHandler, Session]:
+        try:
+            handler, session = await asyncio.wait_for(
+                HardenedHandler.init_from_connect(reader, writer, self.plugins_manager),
+                self._connect_timeout,
+            )
+        except (TimeoutError, PacketTooLarge) as exc:
+            await close_quietly(writer)
+            raise AMQTTError(
+                f"no valid CONNECT from {remote_address}:{remote_port}: {exc}"
+            ) from exc
+        except MQTTError:
+            await close_quietly(writer)
+            raise
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+
+        listener = getattr(writer, LISTENER_ATTR, "")
+        principal, peer = self._principal_of(listener, writer)
+        refusal = self._refusal(principal, session)
+        if refusal is not None:
+            # Refuse before looking at any existing session: stock would already have deleted or
+            # taken over the legitimate owner's session at this point.
+            log.warning(
+                "refused CONNECT from %s:%s (client id %r): %s",
+                remote_address,
+                remote_port,
+                session.client_id,
+                refusal,
+            )
+            with contextlib.suppress(OSError):
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await close_quietly(writer)
+            raise MQTTError(refusal)
+
+        existing = self._sessions.get(session.client_id)
+        if existing is not None and existing[0].attributes.get(PRINCIPAL) != principal:
+            # A session left by another principal with this client id (a plaintext client, say)
+            # is never resumed by someone else.
+            await self._delete_session(session.client_id)
+            existing = None
+        if session.clean_session or existing is None:
+            if session.clean_session:
+                await self._delete_session(session.client_id)
+            session.parent = 0
+        else:
+            old = existing[0]
+            for attr in (
+                "will_flag",
+                "will_message",
+                "will_topic",
+                "will_qos",
+                "will_retain",
+                "keep_alive",
+                "username",
+                "password",
+                "remote_address",
+                "remote_port",
+                "ssl_object",
+            ):
+                setattr(old, attr, getattr(session, attr))
+            session = old
+            session.parent = 1
+        session.attributes[PRINCIPAL] = principal
+        session.attributes[PEER] = peer
+        session.attributes.pop(REASON, None)
+        if session.keep_alive > 0:
+            session.keep_alive = math.ceil(session.keep_alive * 1.5)  # [MQTT-3.1.2-24]
+        return handler, session
+
+    def _principal_of(self, listener: str, writer: Any) -> tuple[Principal | None, Any]:
+        if listener in self._local_listeners:
+            return Principal.local(), None
+        found = _peer_of(writer.get_ssl_info())
+        if found is None:
+            return None, None
+        return found
+
+    @staticmethod
+    def _refusal(principal: Principal | None, session: Session) -> str | None:
+        if principal is None:
+            return "no verified pybaetyl certificate"
+        if not client_id_allowed(principal, session.client_id or ""):
+            return f"client id {session.client_id!r} does not belong to {principal.name!r}"
+        if session.will_flag and not may_publish(principal, session.will_topic or ""):
+            return f"{principal.name!r} may not publish its will to {session.will_topic!r}"
+        return None
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        # Identity is enforced at CONNECT above; no auth plugin, so sessions are never anonymous
+        # (amqtt drops offline queues of anonymous sessions).
+        return True
+
+    def create_offline_session(self, client_id: str) -> tuple[HardenedHandler, Session]:
+        session = Session()
+        session.client_id = client_id
+        handler = HardenedHandler(self.plugins_manager, session)
+        session.transitions.disconnect()
+        return handler, session
+
+    async def _handle_client_session(
+        self,
+        reader: Any,
+        writer: Any,
+        client_session: Session,
+        handler: HardenedHandler,
+        server: Any,
+        listener_name: str,
+    ) -> None:
+        while True:
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    old_session, old_handler = self._sessions[client_session.client_id]
+                    old_session.attributes[REASON] = DisconnectReason.SESSION_TAKEN_OVER
+                    await old_handler.handle_connection_closed()
+                    await old_handler.stop()
+                    break
+                await asyncio.sleep(0.05)
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_session.client_id] = (client_session, handler)
+        await handler.mqtt_connack_authorize(True)
+        principal: Principal = client_session.attributes[PRINCIPAL]
+        log.info("%s connected as %s", client_session.client_id, principal.name)
+        self._emit(EventKind.CONNECTED, client_session, None)
+        await self.plugins_manager.fire_event(
+            BrokerEvents.CLIENT_CONNECTED,
+            client_id=client_session.client_id,
+            client_session=client_session,
+        )
+        await handler.start()  # also resends unacknowledged QoS 1 messages with DUP set
+        await self._publish_session_retained_messages(client_session)
+        # Stock then sent every retained message matching any client's filters: removed.
+        await self._client_message_loop(client_session, handler)
+
+    def _emit(self, kind: EventKind, session: Session, reason: DisconnectReason | None) -> None:
+        principal: Principal | None = session.attributes.get(PRINCIPAL)
+        self._events.emit(
+            ConnectionEvent(
+                kind=kind,
+                client_id=session.client_id,
+                principal=principal.name if principal else "",
+                at=datetime.now(UTC),
+                reason=reason,
+            )
+        )
+
+    async def _handle_disconnect(
+        self, client_session: Session, handler: HardenedHandler, disconnect_waiter: Any
+    ) -> None:
+        result = disconnect_waiter.result()
+        if isinstance(result, DisconnectPacket):
+            reason = DisconnectReason.CLIENT_DISCONNECT
+        else:
+            reason = client_session.attributes.get(REASON, DisconnectReason.CONNECTION_LOST)
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        log.info("%s disconnected: %s", client_session.client_id, reason)
+        self._emit(EventKind.DISCONNECTED, client_session, DisconnectReason(reason))
+
+    # -- ACL ---------------------------------------------------------------------------------
+
+    async def _topic_filtering(self, session: Session | None, topic: str, action: Action) -> bool:
+        principal: Principal | None = session.attributes.get(PRINCIPAL) if session else None
+        if principal is None:
+            return False
+        if action == Action.SUBSCRIBE:
+            allowed = may_subscribe(principal, topic)
+        elif action == Action.PUBLISH:
+            allowed = may_publish(principal, topic)
+        else:
+            allowed = may_receive(principal, topic)
+        if not allowed:
+            log.warning("denied %s of %r to %s", action.value, topic, principal.name)
+        return allowed
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: HardenedHandler, wait_deliver: Any
+    ) -> bool:
+        app_message = wait_deliver.result()
+        if app_message is None:
+            return True
+        topic = app_message.topic
+        if not await self._topic_filtering(client_session, topic, Action.PUBLISH):
+            return True  # MQTT 3.1.1 has no negative PUBACK: dropped (and logged) above
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=app_message
+        )
+        await self._broadcast_message(client_session, topic, app_message.data, app_message.qos)
+        if app_message.publish_packet and app_message.publish_packet.retain_flag:
+            await self.retain_message(client_session, topic, app_message.data, app_message.qos)
+        return True
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def _run_broadcast(self, running_tasks: list[asyncio.Task[Any]]) -> None:
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        publish_qos = broadcast.get("qos")
+        for topic_filter, subscriptions in self._subscriptions.items():
+            if not self._matches(topic, topic_filter):
+                continue
+            for target, subscription_qos in subscriptions:
+                qos = (
+                    subscription_qos if publish_qos is None else min(publish_qos, subscription_qos)
+                )
+                if target.transitions.state != "connected":
+                    if not target.clean_session and qos in (QOS_1, QOS_2):
+                        await self._retain_broadcast_message(broadcast, qos, target)
+                    continue
+                handler = self._get_handler(target)
+                if handler is not None:
+                    running_tasks.append(
+                        asyncio.ensure_future(
+                            handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+                        )
+                    )
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        handler = self._get_handler(session)
+        tasks = []
+        while handler is not None and not session.retained_messages.empty():
+            message = session.retained_messages.get_nowait()
+            tasks.append(
+                asyncio.ensure_future(
+                    handler.mqtt_publish(message.topic, message.data, message.qos, retain=False)
+                )
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, subscription_qos = subscription
+        handler = self._get_handler(session)
+        principal: Principal | None = session.attributes.get(PRINCIPAL)
+        if handler is None or principal is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter) or not may_receive(principal, topic):
+                continue
+            retained_qos = retained.qos if retained.qos is not None else subscription_qos
+            qos = min(subscription_qos, retained_qos)
+            tasks.append(
+                asyncio.ensure_future(handler.mqtt_publish(topic, retained.data, qos, retain=True))
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- control from the cloud ------------------------------------------------------------------
+
+    def sessions_where(self, predicate: Callable[[Session], bool]) -> list[str]:
+        """Client ids of connected sessions for which ``predicate`` holds."""
+        return [
+            client_id
+            for client_id, (session, _) in self._sessions.items()
+            if session.transitions.state == "connected" and predicate(session)
+        ]
+
+    async def disconnect_client(self, client_id: str, reason: DisconnectReason) -> bool:
+        """Close a client's connection now; its session and will are dropped."""
+        entry = self._sessions.get(client_id)
+        if entry is None:
+            return False
+        session, _handler = entry
+        session.attributes[REASON] = reason
+        session.will_flag = False
+        await self._cleanup_session(client_id)
+        return True
+
+
+def principal_of(session: Session) -> Principal | None:
+    found: Principal | None = session.attributes.get(PRINCIPAL)
+    return found
+
+
+def peer_of(session: Session) -> PeerCertificate | None:
+    found: PeerCertificate | None = session.attributes.get(PEER)
+    return found

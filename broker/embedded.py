@@ -1,0 +1,205 @@
+"""The embedded broker as one component: start, serve, reload, stop.
+
+::
+
+    async with EmbeddedBroker(settings, tls_files) as broker:
+        broker.add_listener(on_event)          # connection events
+        await broker.publish("$baetyl/node/acme.gw-1/desire", payload, qos=1)
+        await broker.reload()                  # or just rewrite the files: they are watched
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from amqtt.errors import BrokerError as AmqttBrokerError
+
+from broker.core import HardenedBroker, peer_of
+from broker.errors import BrokerError, BrokerStartError
+from broker.events import ConnectionListener, DisconnectReason, Listeners
+from broker.handler import REASON
+from broker.settings import BrokerSettings, TLSFiles
+from broker.tls import ReloadableTLS
+
+__all__ = ["EmbeddedBroker"]
+
+log = logging.getLogger(__name__)
+
+MQTTS, WSS, LOCAL = "mqtts", "wss", "local"
+EXPIRY_SWEEP_INTERVAL = 5.0
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class EmbeddedBroker:
+    """amqtt, hardened, with its TLS files watched for rotation and revocation."""
+
+    def __init__(self, settings: BrokerSettings, tls: TLSFiles) -> None:
+        self.settings = settings
+        self.tls_files = tls
+        self._events = Listeners()
+        self._tls: ReloadableTLS | None = None
+        self._broker: HardenedBroker | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._last_reload_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._tls = ReloadableTLS(self.tls_files)
+        listeners: dict[str, Any] = {
+            # amqtt requires a "default" listener and copies its fields into the others; an
+            # unbound one keeps the real listeners exactly as written here.
+            "default": {"type": "tcp", "bind": None},
+            MQTTS: {
+                "type": "tcp",
+                "bind": _bind(self.settings.host, self.settings.port),
+                "ssl": True,
+            },
+        }
+        if self.settings.ws_port is not None:
+            listeners[WSS] = {
+                "type": "ws",
+                "bind": _bind(self.settings.host, self.settings.ws_port),
+                "ssl": True,
+            }
+        if self.settings.plain_port is not None:
+            # Plaintext is for local tools only: always loopback, never $ topics (see acl.py).
+            listeners[LOCAL] = {"type": "tcp", "bind": _bind("127.0.0.1", self.settings.plain_port)}
+        self._broker = HardenedBroker(
+            {"listeners": listeners, "plugins": {}, "timeout_disconnect_delay": 0},
+            tls_context=self._tls.front,
+            local_listeners=frozenset({LOCAL}),
+            connect_timeout=self.settings.connect_timeout,
+            max_packet_size=self.settings.max_packet_size,
+            max_connections=self.settings.max_connections,
+            events=self._events,
+        )
+        try:
+            await self._broker.start()
+        except AmqttBrokerError as exc:
+            raise BrokerStartError(
+                f"The broker cannot open its listeners: {exc.__cause__ or exc}. "
+                "Choose other ports with --set broker.port=... or stop what uses them."
+            ) from None
+        self._watcher = asyncio.create_task(self._watch(), name="broker-tls-watcher")
+        log.info("broker listening on %s", self.ports)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._broker is not None:
+            for session, _ in self._broker._sessions.values():
+                session.attributes.setdefault(REASON, DisconnectReason.SHUTDOWN)
+            await self._broker.shutdown()
+            self._broker = None
+
+    @property
+    def _core(self) -> HardenedBroker:
+        if self._broker is None:
+            raise BrokerError("The broker is not running; use it inside 'async with'.")
+        return self._broker
+
+    # -- what other components use ----------------------------------------------------------------
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The bound port of each listener (useful with port 0)."""
+        out: dict[str, int] = {}
+        for name, server in self._core._servers.items():
+            instance = server.instance
+            sockets = getattr(instance, "sockets", None) or []
+            if sockets:
+                out[name] = int(sockets[0].getsockname()[1])
+        return out
+
+    def add_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener`` on every connect and disconnect; returns a function that removes it."""
+        return self._events.add(listener)
+
+    def connected(self) -> list[str]:
+        """Client ids of the connected clients."""
+        return self._core.sessions_where(lambda _session: True)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish as the cloud itself (no ACL applies)."""
+        if retain:
+            await self._core.retain_message(None, topic, payload, qos)
+        await self._core.internal_message_broadcast(topic, payload, qos)
+
+    async def disconnect(
+        self, client_id: str, reason: DisconnectReason = DisconnectReason.KICKED
+    ) -> bool:
+        """Close a client's connection now; returns whether it was connected."""
+        return await self._core.disconnect_client(client_id, reason)
+
+    async def reload(self) -> None:
+        """Re-read the server certificate, CA and CRL now, and drop revoked sessions."""
+        if self._tls is None:
+            raise BrokerError("The broker is not running; use it inside 'async with'.")
+        self._tls.reload()
+        await self._drop_revoked()
+
+    # -- the watcher ------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        assert self._tls is not None
+        loop = asyncio.get_running_loop()
+        next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
+        while True:
+            await asyncio.sleep(self.settings.crl_poll_interval)
+            if self._tls.changed():
+                try:
+                    self._tls.reload()
+                except BrokerError as exc:
+                    # A half-written file is retried at the next poll; say so once per cause.
+                    if str(exc) != self._last_reload_error:
+                        log.error("%s Keeping the previous TLS files.", exc)
+                        self._last_reload_error = str(exc)
+                else:
+                    self._last_reload_error = None
+                    await self._drop_revoked()
+            if loop.time() >= next_expiry_sweep:
+                next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
+                await self._drop_expired()
+
+    async def _drop_revoked(self) -> None:
+        assert self._tls is not None
+        revoked = self._tls.revoked
+
+        def is_revoked(session: Any) -> bool:
+            peer = peer_of(session)
+            return peer is not None and peer.serial in revoked
+
+        for client_id in self._core.sessions_where(is_revoked):
+            log.warning("disconnecting %s: its certificate was revoked", client_id)
+            await self._core.disconnect_client(client_id, DisconnectReason.REVOKED)
+
+    async def _drop_expired(self) -> None:
+        now = datetime.now(UTC)
+
+        def is_expired(session: Any) -> bool:
+            peer = peer_of(session)
+            return peer is not None and peer.not_after <= now
+
+        for client_id in self._core.sessions_where(is_expired):
+            log.warning("disconnecting %s: its certificate expired", client_id)
+            await self._core.disconnect_client(client_id, DisconnectReason.EXPIRED)

@@ -1,0 +1,46 @@
+"""The broker's settings: listeners, limits and the files of its TLS identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BrokerSettings", "TLSFiles"]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Listeners and limits of the embedded broker (the ``[broker]`` section of baetyl.toml)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - the broker serves the fleet; bind narrower by config
+    port: int = 8883
+    ws_port: int | None = None
+    plain_port: int | None = None
+    max_connections: int = 18_000
+    max_packet_size: int = 256 * 1024
+    connect_timeout: float = 10.0
+    crl_poll_interval: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("port", "ws_port", "plain_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"broker.{name} is {port}; use a TCP port from 0 to 65535.")
+        if self.max_connections < 1:
+            raise ValueError("broker.max_connections must be at least 1.")
+        if not 64 <= self.max_packet_size <= 256 * 1024 * 1024:
+            raise ValueError("broker.max_packet_size must be between 64 bytes and 256 MiB.")
+        if self.connect_timeout <= 0:
+            raise ValueError("broker.connect_timeout must be a positive number of seconds.")
+        if not 0.05 <= self.crl_poll_interval <= 60:
+            raise ValueError("broker.crl_poll_interval must be between 0.05 and 60 seconds.")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """Where the broker's TLS identity lives; all of it is re-read on reload."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    crl: Path

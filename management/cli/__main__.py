@@ -1,0 +1,7 @@
+"""``python -m management.cli`` runs the ``baetyl`` command."""
+
+import sys
+
+from management.cli import main
+
+sys.exit(main())

@@ -1,0 +1,265 @@
+"""The one typed configuration tree of the cloud process.
+
+Parsed once at start from three layers, later ones winning:
+
+1. ``baetyl.toml`` in the data directory (or the file named by ``--config`` / ``BAETYL_CONFIG``);
+2. environment variables ``BAETYL_<SECTION>__<KEY>`` (``BAETYL_BROKER__PORT=8884``);
+3. command-line overrides (``--set broker.port=8884`` and the flags of each command).
+
+Unknown keys are refused with the key named, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from broker import BrokerSettings
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DEFAULT_DATA_DIR",
+    "BrokerSettings",
+    "ConfigError",
+    "LogLevel",
+    "PKISettings",
+    "Settings",
+    "load_settings",
+]
+
+DEFAULT_DATA_DIR = Path("baetyl-data")
+CONFIG_FILE_NAME = "baetyl.toml"
+ENV_PREFIX = "BAETYL_"
+# Environment variables that are not configuration keys but select where configuration lives.
+_ENV_LOCATORS = frozenset({"BAETYL_DATA_DIR", "BAETYL_CONFIG"})
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the source."""
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class PKISettings:
+    """The certificate authority and the certificates it issues."""
+
+    ca_common_name: str = "pybaetyl CA"
+    key_type: str = "ec-p256"
+    node_cert_days: int = 365
+    operator_cert_days: int = 90
+    service_cert_days: int = 365
+    server_cert_days: int = 825
+    server_dns_names: tuple[str, ...] = ("localhost",)
+    server_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "node_cert_days",
+            "operator_cert_days",
+            "service_cert_days",
+            "server_cert_days",
+        ):
+            days = getattr(self, name)
+            if not 1 <= days <= 3650:
+                raise ConfigError(f"pki.{name} is {days}; use a number of days from 1 to 3650.")
+        for ip in self.server_ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ConfigError(
+                    f"pki.server_ips holds {ip!r}, which is not an IP address; "
+                    "put host names in pki.server_dns_names."
+                ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the cloud process is configured with."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    log_level: LogLevel = LogLevel.INFO
+    pki: PKISettings = field(default_factory=PKISettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.data_dir / "server"
+
+
+T = TypeVar("T")
+
+
+def load_settings(
+    *,
+    data_dir: Path | None = None,
+    config_file: Path | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from the config file, the environment and ``key=value`` overrides."""
+    env = os.environ if environ is None else environ
+    if data_dir is None:
+        data_dir = Path(env["BAETYL_DATA_DIR"]) if env.get("BAETYL_DATA_DIR") else DEFAULT_DATA_DIR
+    explicit_file = config_file is not None or bool(env.get("BAETYL_CONFIG"))
+    if config_file is None:
+        config_file = Path(env["BAETYL_CONFIG"]) if env.get("BAETYL_CONFIG") else None
+    if config_file is None:
+        config_file = data_dir / CONFIG_FILE_NAME
+
+    tree: dict[str, Any] = {}
+    if config_file.exists():
+        _merge(tree, _read_toml(config_file), str(config_file))
+    elif explicit_file:
+        raise ConfigError(f"The config file {config_file} does not exist; check the path.")
+    _merge(tree, _from_environ(env), "the environment")
+    _merge(tree, _from_overrides(overrides), "--set")
+    if "data_dir" in tree:
+        raise ConfigError(
+            "data_dir cannot be set inside the configuration; use --data-dir or BAETYL_DATA_DIR."
+        )
+    tree["data_dir"] = str(data_dir)
+    return _build(Settings, tree, "")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The config file {path} is not valid TOML: {exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"The config file {path} cannot be read: {exc.strerror}.") from None
+
+
+def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_LOCATORS:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(
+                f"The environment variable {name} is not a config key; "
+                "use BAETYL_<SECTION>__<KEY>, e.g. BAETYL_BROKER__PORT."
+            )
+        _set_path(tree, path, value, f"environment variable {name}")
+    return tree
+
+
+def _from_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set {item!r} is not KEY=VALUE; write e.g. --set broker.port=8884."
+            )
+        _set_path(tree, key.strip().split("."), value, f"--set {key}")
+    return tree
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: str, source: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source} sets a key below {part!r}, which is not a section.")
+        node = child
+    node[path[-1]] = value
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value, source)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _merge(into[key], value, source)
+        else:
+            into[key] = value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+    """Build the dataclass ``cls`` from ``data``, refusing unknown keys and coercing strings."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'The configuration'} must be a table of keys.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(prefix + name for name in fields)
+        raise ConfigError(f"Unknown config key {prefix + unknown[0]!r}; known keys here: {known}.")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own validation, e.g. a port out of range
+        raise ConfigError(str(exc)) from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return _coerce(options[0], value, key)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, f"{key}.")
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(hint)
+        items = (
+            [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        )
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"Config key {key} must be a list, got {value!r}.")
+        return tuple(_coerce(item_type, item, key) for item in items)
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        try:
+            return hint(str(value).lower())
+        except ValueError:
+            allowed = ", ".join(member.value for member in hint)
+            raise ConfigError(f"Config key {key} is {value!r}; use one of: {allowed}.") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"Config key {key} is {value!r}; use true or false.")
+    if hint is int or hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"Config key {key} must be a number, got {value!r}.")
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Config key {key} must be a number, got {value!r}.") from None
+    if hint is Path:
+        return Path(str(value))
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"Config key {key} must be a string, got {value!r}.")
+        return value
+    raise ConfigError(f"Config key {key} has an unsupported type {hint!r}.")  # pragma: no cover
