@@ -29,29 +29,17 @@ from certs import (
     write_private_file,
     write_public_file,
 )
+from management.config import Settings
 
 __all__ = ["add_parser"]
 
-_DEFAULTS: dict[str, Any] = {
-    "ca_common_name": "pybaetyl CA",
-    "key_type": KeyType.EC_P256.value,
-    "node_cert_days": 365,
-    "operator_cert_days": 90,
-    "service_cert_days": 365,
-    "server_cert_days": 825,
-    "server_dns_names": ("localhost",),
-    "server_ips": ("127.0.0.1", "::1"),
-}
 _REASONS = [r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl]
 
 
 def _setting(args: argparse.Namespace, name: str) -> Any:
-    """A PKI setting: ``args.settings.pki.<name>``, else ``args.<name>``, else a default."""
-    pki = getattr(getattr(args, "settings", None), "pki", None)
-    value = getattr(pki, name, None)
-    if value is None:
-        value = getattr(args, name, None)
-    return _DEFAULTS.get(name) if value is None else value
+    """A PKI setting from the configuration tree the root command parsed."""
+    settings: Settings = args.settings
+    return getattr(settings.pki, name)
 
 
 def _days(args: argparse.Namespace, setting: str) -> int:

@@ -19,6 +19,7 @@ from certs import (
     format_serial,
 )
 from management.cli.certs import add_parser
+from management.config import load_settings
 from tests.certs.helpers import new_csr, openssl
 
 
@@ -28,6 +29,7 @@ def run(data_dir: Path, *argv: str) -> int:
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["certs", *argv])
     args.data_dir = data_dir
+    args.settings = load_settings(data_dir=data_dir, environ={})
     code: int = args.func(args)
     return code
 
@@ -124,7 +126,9 @@ def test_issue_node_days_default_from_settings(data_dir: Path, tmp_path: Path) -
         ]
     )
     args.data_dir = data_dir
-    args.settings = argparse.Namespace(pki=argparse.Namespace(node_cert_days=42))
+    args.settings = load_settings(
+        data_dir=data_dir, environ={}, overrides=["pki.node_cert_days=42"]
+    )
     args.func(args)
     assert _ca(data_dir).records()[0].lifetime.days == 42
 

@@ -1,0 +1,182 @@
+"""The ``baetyl`` command as a user runs it: help, errors, and ``baetyl up`` serving clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.tools import require_tool
+
+BAETYL = str(Path(sys.executable).with_name("baetyl"))
+
+
+def baetyl(
+    *argv: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BAETYL, *argv], cwd=cwd, capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ((), ["up", "broker", "certs", "edge", "config"]),
+        (("certs",), ["init", "issue", "renew", "revoke", "list", "crl"]),
+        (("certs", "issue"), ["node", "operator", "service", "server"]),
+        (("broker",), ["run"]),
+        (("edge",), ["keygen"]),
+        (("config",), ["show"]),
+    ],
+)
+def test_help_on_every_level(tmp_path: Path, argv: tuple[str, ...], expected: list[str]) -> None:
+    """--help on each level lists its subcommands and exits 0."""
+    result = baetyl(*argv, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for word in expected:
+        assert re.search(rf"^\s+{word}\s", result.stdout, re.MULTILINE), (word, result.stdout)
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    """A user mistake prints one 'error:' line naming the fix and exits 1."""
+    result = baetyl("certs", "list", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "baetyl certs init" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_config_key_is_one_line(tmp_path: Path) -> None:
+    """An unknown key in BAETYL_* is refused by name before any command runs."""
+    env = dict(os.environ, BAETYL_BROKER__PROT="1")
+    result = baetyl("config", "show", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "broker.prot" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_show_reflects_layers(tmp_path: Path) -> None:
+    """config show prints the effective tree: the file, then the environment, then --set."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "baetyl.toml").write_text("[broker]\nport = 1111\nws_port = 2222\n")
+    env = dict(os.environ, BAETYL_BROKER__WS_PORT="3333")
+    result = baetyl(
+        "--data-dir",
+        "data",
+        "--set",
+        "broker.plain_port=4444",
+        "config",
+        "show",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"port": 1111' in result.stdout
+    assert '"ws_port": 3333' in result.stdout
+    assert '"plain_port": 4444' in result.stdout
+
+
+@pytest.fixture
+def running_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``baetyl up`` on port 0 in a fresh directory, stopped with SIGTERM afterwards."""
+    proc = subprocess.Popen(
+        [BAETYL, "--set", "broker.host=127.0.0.1", "--set", "broker.port=0", "up"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        found = re.search(r"mqtts\s+127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+    try:
+        assert port, "baetyl up did not print its MQTT port"
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        proc.stdout.close()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def test_up_serves_nodes_and_operators_on_embedded_defaults(
+    tmp_path: Path, running_up: tuple[subprocess.Popen[str], int]
+) -> None:
+    """From an empty directory, `baetyl up` creates the CA and serves a node that the README's
+    operator command can watch; SIGTERM then stops it cleanly."""
+    pub, sub = require_tool("mosquitto_pub"), require_tool("mosquitto_sub")
+    proc, port = running_up
+    data = tmp_path / "baetyl-data"
+    assert (data / "ca" / "ca.key").stat().st_mode & 0o077 == 0
+    assert (data / "server" / "server.key").stat().st_mode & 0o077 == 0
+
+    assert baetyl("edge", "keygen", "--state-dir", "n1", cwd=tmp_path).returncode == 0
+    issued = baetyl(
+        "certs", "issue", "node", "--namespace", "default", "--name", "n1",
+        "--csr", "n1/node.csr", "--out", "n1/node.crt", cwd=tmp_path,
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    op = baetyl("certs", "issue", "operator", "--name", "dbg", "--out-dir", "op", cwd=tmp_path)
+    assert op.returncode == 0, op.stderr
+
+    tls = ["-h", "localhost", "-p", str(port), "--cafile", "op/ca.crt"]
+    watcher = subprocess.Popen(
+        [sub, *tls, "--cert", "op/dbg.crt", "--key", "op/dbg.key", "-i", "operator:dbg",
+         "-t", "$baetyl/#", "-v", "-C", "1", "-W", "10"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # let the subscription land before the node publishes
+        sent = subprocess.run(
+            [pub, *tls, "--cert", "n1/node.crt", "--key", "n1/node.key", "-i", "default.n1",
+             "-t", "$baetyl/node/default.n1/report", "-q", "1", "-m", '{"ok":true}'],
+            cwd=tmp_path, capture_output=True, text=True, timeout=15, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        out, err = watcher.communicate(timeout=15)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
+    assert out.strip() == '$baetyl/node/default.n1/report {"ok":true}', err
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_up_restarts_on_the_same_data_directory(tmp_path: Path) -> None:
+    """A second `baetyl up` on the same directory reuses the CA: no refusal, no new CA."""
+    first = baetyl("certs", "init", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ca_before = (tmp_path / "baetyl-data" / "ca" / "ca.crt").read_bytes()
+    proc = subprocess.Popen(
+        [BAETYL, "--set", "broker.host=127.0.0.1", "--set", "broker.port=0", "up"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "pybaetyl is up" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "baetyl-data" / "ca" / "ca.crt").read_bytes() == ca_before
