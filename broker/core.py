@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 PRINCIPAL = "baetyl.principal"
 PEER = "baetyl.peer"
 LISTENER_ATTR = "baetyl_listener"
+TAKEN_OVER = "baetyl.taken_over"
+TAKE_OVER_WAIT = 1.0
 
 
 class PeerCertificate:
@@ -214,9 +216,14 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             raise MQTTError(refusal)
 
         existing = self._sessions.get(session.client_id)
-        if existing is not None and existing[0].attributes.get(PRINCIPAL) != principal:
-            # A session left by another principal with this client id (a plaintext client, say)
-            # is never resumed by someone else.
+        if existing is not None and existing[0].transitions.is_connected():
+            await self._take_over(*existing)
+        if existing is not None and (
+            existing[0].clean_session or existing[0].attributes.get(PRINCIPAL) != principal
+        ):
+            # A clean session ends with its connection [MQTT-3.1.2-6] (stock resumes it until its
+            # session monitor runs, up to 1 s later); a session left by another principal with
+            # this client id (a plaintext client, say) is never resumed by someone else.
             await self._delete_session(session.client_id)
             existing = None
         if session.clean_session or existing is None:
@@ -247,6 +254,21 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)  # [MQTT-3.1.2-24]
         return handler, session
+
+    async def _take_over(self, old_session: Session, old_handler: HardenedHandler) -> None:
+        """Close the connection that holds a client id now wanted by a new one [MQTT-3.1.4-2].
+
+        Stock only popped a clean session (leaving its client connected, receiving nothing), and
+        on resume let the old connection's message loop mark the shared session disconnected
+        after the new connection had taken it. Here the old loop finishes first.
+        """
+        finished = asyncio.Event()  # set by the old connection's _handle_disconnect
+        old_session.attributes[REASON] = DisconnectReason.SESSION_TAKEN_OVER
+        old_session.attributes[TAKEN_OVER] = finished
+        await old_handler.handle_connection_closed()
+        await old_handler.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), TAKE_OVER_WAIT)
 
     def _principal_of(self, listener: str, writer: Any) -> tuple[Principal | None, Any]:
         if listener in self._local_listeners:
@@ -338,6 +360,9 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
         log.info("%s disconnected: %s", client_session.client_id, reason)
         self._emit(EventKind.DISCONNECTED, client_session, DisconnectReason(reason))
+        taken_over: asyncio.Event | None = client_session.attributes.pop(TAKEN_OVER, None)
+        if taken_over is not None:
+            taken_over.set()
 
     # -- ACL ---------------------------------------------------------------------------------
 

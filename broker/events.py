@@ -26,6 +26,7 @@ class DisconnectReason(StrEnum):
     REVOKED = "revoked"  # the certificate was revoked
     EXPIRED = "expired"  # the certificate expired while connected
     PROTOCOL_ERROR = "protocol-error"  # a malformed or oversized packet
+    SLOW_CONSUMER = "slow-consumer"  # stopped reading while messages piled up
     SHUTDOWN = "shutdown"  # the broker stopped
     KICKED = "kicked"  # an operator or the cloud asked for it
 

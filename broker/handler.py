@@ -25,12 +25,23 @@ log = logging.getLogger(__name__)
 
 REASON = "baetyl.disconnect_reason"
 STOP_WAIT = 1.0
+RECANCEL_INTERVAL = 0.05
 
 
 async def close_quietly(writer: Any) -> None:
-    """Close an amqtt writer; it drains first, which raises if the peer already went away."""
-    with contextlib.suppress(OSError, asyncio.TimeoutError, RuntimeError):
-        await writer.close()
+    """Close an amqtt writer; it drains first, which raises if the peer already went away.
+
+    If the close is cancelled (a second ``stop`` cancels the reader task that is closing), the
+    transport is aborted: left half-closed in a TLS shutdown, it would outlive the broker.
+    """
+    try:
+        with contextlib.suppress(OSError, asyncio.TimeoutError, RuntimeError):
+            await writer.close()
+    except asyncio.CancelledError:
+        transport = getattr(getattr(writer, "_writer", None), "transport", None)
+        if transport is not None:
+            transport.abort()
+        raise
 
 
 class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is untyped
@@ -42,10 +53,15 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             self._keepalive_task.cancel()
         task = self._reader_task
         if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            try:
-                await asyncio.wait_for(self._reader_stopped.wait(), STOP_WAIT)
-            except TimeoutError:
+            # Python 3.11's wait_for swallows a cancel that lands as its inner read completes
+            # (the reader loop then waits for the next packet), so cancel again until it stops.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_WAIT
+            while not self._reader_stopped.is_set() and loop.time() < deadline:
+                task.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reader_stopped.wait(), RECANCEL_INTERVAL)
+            if not self._reader_stopped.is_set():
                 log.debug(
                     "reader task did not stop within %.1f s; closing the transport", STOP_WAIT
                 )

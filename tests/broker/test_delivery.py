@@ -1,0 +1,161 @@
+"""MQTT 3.1.1 delivery: QoS, retained messages, persistent sessions and redelivery."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tests.broker.conftest import Connect
+from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
+from tests.broker.rawmqtt import (
+    CONNACK,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    RawClient,
+    connect_packet,
+    packet,
+    subscribe_packet,
+)
+
+DESIRE_A = node_topic(NODE_A, "desire")
+
+
+@pytest.mark.parametrize(
+    ("publish_qos", "subscription_qos", "delivered_qos"),
+    [(0, 1, 0), (1, 0, 0), (1, 1, 1), (0, 0, 0)],
+)
+def test_delivery_qos_is_the_lower_of_publish_and_subscription(
+    pki: Pki, connect: Connect, publish_qos: int, subscription_qos: int, delivered_qos: int
+) -> None:
+    """A message arrives at min(publish QoS, subscription QoS).
+
+    Pins stock hole: delivery used the subscription's QoS, upgrading QoS 0 publishes
+    (broker.py ≈1023).
+    """
+    node = connect(pki.node_a)
+    assert node.subscribe(DESIRE_A, subscription_qos) == [subscription_qos]
+    connect(pki.service).publish(DESIRE_A, b"m", qos=publish_qos)
+    assert node.receive().qos == delivered_qos
+
+
+@pytest.mark.parametrize(
+    ("retained_qos", "subscription_qos", "delivered_qos"),
+    [(1, 0, 0), (0, 1, 0), (1, 1, 1)],
+)
+def test_retained_message_qos_is_the_lower_of_both(
+    pki: Pki, connect: Connect, retained_qos: int, subscription_qos: int, delivered_qos: int
+) -> None:
+    """A retained message is sent on SUBSCRIBE at min(its QoS, the subscription's QoS).
+
+    Pins stock hole: ``min(qos, retained.qos or qos)`` upgraded a retained QoS 0 message to the
+    subscription's QoS (broker.py ≈1150).
+    """
+    connect(pki.service).publish(DESIRE_A, b"kept", qos=retained_qos, retain=True)
+    node = connect(pki.node_a)
+    assert node.subscribe(DESIRE_A, subscription_qos) == [subscription_qos]
+    message = node.receive()
+    assert (message.payload, message.retain, message.qos) == (b"kept", True, delivered_qos)
+
+
+def test_session_present_flag_across_connections(pki: Pki, connect: Connect) -> None:
+    """CONNACK says session present 0 for a new session, 1 on resume, and 0 with clean_session."""
+    first = connect(pki.node_a, clean_session=False, connected=False)
+    assert first.try_connect() == (0, False)
+    first.close()
+    resumed = connect(pki.node_a, clean_session=False, connected=False)
+    assert resumed.try_connect() == (0, True)
+    resumed.close()
+    clean = connect(pki.node_a, clean_session=True, connected=False)
+    assert clean.try_connect() == (0, False)
+    clean.close()
+    after_clean = connect(pki.node_a, clean_session=False, connected=False)
+    assert after_clean.try_connect() == (0, False)
+
+
+def test_offline_qos1_messages_are_delivered_on_return(pki: Pki, connect: Connect) -> None:
+    """QoS 1 messages for an offline persistent session arrive on resume, without RETAIN; QoS 0
+    messages are not queued.
+
+    Pins stock hole: queued messages were sent with RETAIN set (broker.py ≈1128) and upgraded QoS 0
+    messages were queued too.
+    """
+    node = connect(pki.node_a, clean_session=False)
+    assert node.subscribe(DESIRE_A, 1) == [1]
+    node.close()
+    service = connect(pki.service)
+    service.publish(DESIRE_A, b"qos0", qos=0)
+    service.publish(DESIRE_A, b"one", qos=1)
+    service.publish(DESIRE_A, b"two", qos=1)
+
+    back = connect(pki.node_a, clean_session=False, connected=False)
+    assert back.try_connect() == (0, True)
+    received = [back.receive(), back.receive()]
+    assert sorted(m.payload for m in received) == [b"one", b"two"]
+    assert all(m.qos == 1 and not m.retain and m.topic == DESIRE_A for m in received)
+    assert back.drain(0.3) == []
+
+
+def test_unacknowledged_qos1_message_is_redelivered_with_dup(
+    pki: Pki, broker: BrokerThread, connect: Connect
+) -> None:
+    """A QoS 1 message never PUBACKed is resent with DUP and the same packet id on resume.
+
+    Pins stock hole: the in-flight message was dropped when the connection closed
+    (handler.py ≈325-328), so nothing was redelivered.
+    """
+    with RawClient(broker.port, pki.ca_file, pki.node_a) as raw:
+        raw.send(connect_packet(NODE_A, clean_session=False))
+        assert raw.expect(CONNACK).body == b"\x00\x00"
+        raw.send(subscribe_packet(1, DESIRE_A, 1))
+        assert raw.expect(SUBACK).body == b"\x00\x01\x01"
+        connect(pki.service).publish(DESIRE_A, b"ack me", qos=1)
+        first = raw.expect(PUBLISH)
+        topic, packet_id, payload = first.publish()
+        assert (topic, payload, first.qos, first.dup) == (DESIRE_A, b"ack me", 1, False)
+    # closed without PUBACK
+
+    with RawClient(broker.port, pki.ca_file, pki.node_a) as raw:
+        raw.send(connect_packet(NODE_A, clean_session=False))
+        assert raw.expect(CONNACK).body == b"\x01\x00"  # session present
+        again = raw.expect(PUBLISH)
+        assert again.publish() == (DESIRE_A, packet_id, b"ack me")
+        assert again.dup
+        assert packet_id is not None
+        raw.send(packet(PUBACK, 0, struct.pack("!H", packet_id)))
+
+
+def test_retained_message_is_set_replaced_and_cleared(pki: Pki, connect: Connect) -> None:
+    """A retained message is replaced by the next one and cleared by an empty payload."""
+    service = connect(pki.service)
+    service.publish(DESIRE_A, b"v1", qos=1, retain=True)
+    service.publish(DESIRE_A, b"v2", qos=1, retain=True)
+
+    first = connect(pki.node_a)
+    assert first.subscribe(DESIRE_A, 1) == [1]
+    message = first.receive()
+    assert (message.payload, message.retain) == (b"v2", True)
+    assert first.drain(0.2) == []
+
+    service.publish(DESIRE_A, b"", qos=1, retain=True)
+    cleared = first.receive()  # live subscribers see the clearing message itself
+    assert (cleared.payload, cleared.retain) == (b"", False)
+    first.close()
+
+    later = connect(pki.node_a)
+    assert later.subscribe(DESIRE_A, 1) == [1]
+    assert later.drain(0.3) == []
+
+
+def test_overlapping_subscriptions_get_one_copy_each(pki: Pki, connect: Connect) -> None:
+    """A message matching two of a client's filters is delivered once per filter (3.1.1 allows it
+    [MQTT-3.3.5-1]); each copy at its own subscription's QoS."""
+    service = connect(pki.service)
+    assert service.subscribe("overlap/b", 1) == [1]
+    assert service.subscribe("overlap/+", 0) == [0]
+    service.publish("overlap/b", b"once", qos=1)
+    copies = [service.receive(), service.receive()]
+    assert sorted(m.qos for m in copies) == [0, 1]
+    assert {m.payload for m in copies} == {b"once"}
+    assert service.drain(0.3) == []

@@ -1,0 +1,79 @@
+"""Limits: packet size, CONNECT and handshake timeouts, and the connection cap."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from tests.broker.conftest import Connect
+from tests.broker.helpers import HOST, NODE_A, BrokerThread, Pki, node_topic, until
+from tests.broker.rawmqtt import RawClient
+
+REPORT_A = node_topic(NODE_A, "report")
+
+
+def test_oversized_publish_closes_the_connection(
+    pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect
+) -> None:
+    """A PUBLISH larger than max_packet_size closes the connection and is delivered to nobody."""
+    broker = start_broker(max_packet_size=2048)
+    service = connect(pki.service, port=broker.port)
+    assert service.subscribe(REPORT_A, 1) == [1]
+    node = connect(pki.node_a, port=broker.port)
+    node.publish(REPORT_A, b"x" * 1500, qos=1)
+    assert len(service.receive().payload) == 1500
+
+    node.client.publish(REPORT_A, b"x" * 4000, qos=1)
+    assert node.disconnected.wait(2), "the oversized publish did not close the connection"
+    assert service.drain(0.3) == []
+
+
+def test_client_that_sends_no_connect_is_closed_after_the_timeout(
+    pki: Pki, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """A TLS connection that sends no CONNECT is closed after connect_timeout.
+
+    Pins stock hole: no CONNECT timeout, a silent socket was held forever.
+    """
+    broker = start_broker(connect_timeout=0.5)
+    with RawClient(broker.port, pki.ca_file, pki.node_a) as raw:
+        started = time.monotonic()
+        assert raw.closed_within(3)
+        assert time.monotonic() - started < 2
+
+
+def test_client_that_never_starts_tls_is_closed_after_the_timeout(
+    start_broker: Callable[..., BrokerThread],
+) -> None:
+    """A TCP connection that never starts the TLS handshake is closed after connect_timeout.
+
+    Pins stock hole: asyncio's default 60 s handshake timeout.
+    """
+    broker = start_broker(connect_timeout=0.5)
+    with socket.create_connection((HOST, broker.port), timeout=3) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 2
+
+
+def test_connections_over_the_cap_are_refused(
+    pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect
+) -> None:
+    """With max_connections=2 a third client never gets CONNACK 0, and a freed slot is reused.
+
+    Pins stock hole: connections over the listener limit waited forever instead of being refused.
+    """
+    broker = start_broker(max_connections=2)
+    first = connect(pki.node_a, port=broker.port)
+    connect(pki.node_b, port=broker.port)
+    third = connect(pki.service, port=broker.port, connected=False)
+    result = third.try_connect(timeout=1)
+    assert result is None or result[0] != 0
+
+    first.close()
+
+    def accepted() -> bool:
+        return connect(pki.operator, port=broker.port, connected=False).try_connect() == (0, False)
+
+    assert until(accepted, timeout=3, step=0.05)

@@ -1,0 +1,104 @@
+"""Revocation and server certificate rotation, both without a restart."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from broker import DisconnectReason, EventKind, TLSFiles
+from tests.broker.clients import MqttClient
+from tests.broker.conftest import Connect
+from tests.broker.helpers import (
+    BrokerThread,
+    Pki,
+    node_topic,
+    peer_serial,
+    until,
+    write_server_cert,
+)
+from tests.broker.rawmqtt import RawClient
+
+
+def _refused(client: MqttClient) -> bool:
+    result = client.try_connect(timeout=1.5)
+    return result is None or result[0] != 0
+
+
+def test_revoked_node_is_disconnected_and_cannot_come_back(
+    pki: Pki, broker: BrokerThread, connect: Connect
+) -> None:
+    """``ca.revoke`` rewrites crl.pem; within about a second the node is dropped (revoked)."""
+    creds = pki.new_node()
+    node = connect(creds)
+    assert node.subscribe(node_topic(creds.client_id, "desire"), 1) == [1]
+    bystander = connect(pki.node_b)
+
+    pki.ca.revoke(creds.serial)
+    assert node.disconnected.wait(1.5), "the revoked node is still connected"
+    event = broker.wait_event(lambda e: e.kind is EventKind.DISCONNECTED)
+    assert (event.client_id, event.reason) == (creds.client_id, DisconnectReason.REVOKED)
+    assert _refused(connect(creds, connected=False))
+    assert not bystander.disconnected.is_set()
+
+
+def test_reload_applies_a_revocation_at_once(
+    pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect
+) -> None:
+    """``await broker.reload()`` drops revoked sessions without waiting for the file watcher."""
+    broker = start_broker(crl_poll_interval=60)
+    creds = pki.new_node()
+    node = connect(creds, port=broker.port)
+    pki.ca.revoke(creds.serial)
+    assert not node.disconnected.wait(0.3)  # the watcher is asleep for a minute
+
+    broker.call(lambda b: b.reload())
+    assert node.disconnected.wait(1)
+    event = broker.wait_event(lambda e: e.kind is EventKind.DISCONNECTED)
+    assert event.reason == DisconnectReason.REVOKED
+    assert _refused(connect(creds, connected=False, port=broker.port))
+
+
+def test_unreadable_crl_keeps_the_previous_tls_files(
+    pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect, tmp_path: Path
+) -> None:
+    """A crl.pem that cannot be loaded (half written) leaves the broker serving as before."""
+    crl = tmp_path / "crl.pem"
+    shutil.copyfile(pki.ca.crl_path, crl)
+    files = TLSFiles(ca=pki.files.ca, cert=pki.files.cert, key=pki.files.key, crl=crl)
+    broker = start_broker(files=files)
+    existing = connect(pki.node_a, port=broker.port)
+
+    crl.write_bytes(b"-----BEGIN X509 CRL-----\ntruncated")
+    assert not existing.disconnected.wait(0.4)
+    connect(pki.node_b, port=broker.port)  # new connections still accepted
+
+    creds = pki.new_node()
+    pki.ca.revoke(creds.serial)
+    shutil.copyfile(pki.ca.crl_path, crl)  # a good file again is picked up
+    assert until(lambda: _refused(connect(creds, connected=False, port=broker.port)), 3)
+
+
+def test_server_certificate_rotates_without_restart(
+    pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect, tmp_path: Path
+) -> None:
+    """New connections get a rewritten server certificate while existing connections stay up."""
+    files = pki.server_files(tmp_path / "server")
+    broker = start_broker(files=files)
+    node = connect(pki.node_a, port=broker.port)
+    desire = node_topic(pki.node_a.client_id, "desire")
+    old_serial = peer_serial(node.client.socket())
+
+    new_serial = write_server_cert(pki.ca, files.cert.parent)
+    assert new_serial != old_serial
+
+    def new_connection_serial() -> int:
+        with RawClient(broker.port, pki.ca_file, pki.node_b) as raw:
+            return peer_serial(raw.sock)
+
+    assert until(lambda: new_connection_serial() == new_serial, timeout=3)
+    assert not node.disconnected.is_set()
+    assert node.subscribe(desire, 1) == [1]
+    broker.call(lambda b: b.publish(desire, b"still here", qos=1))
+    assert node.receive().payload == b"still here"
+    assert peer_serial(node.client.socket()) == old_serial
