@@ -1,6 +1,6 @@
-"""amqtt's Broker with the holes that matter to a fleet closed (REFERENCE.md, "amqtt 0.12.1").
+"""amqtt's Broker with the holes that matter to a fleet closed, and a core that scales.
 
-Each override names the stock behaviour it replaces:
+Security (REFERENCE.md, "amqtt 0.12.1"), each override naming the stock behaviour it replaces:
 
 * ``_create_ssl_context``: stock asks for a client certificate but accepts none (CERT_OPTIONAL);
   ours requires one signed by our CA, checks the CRL and reloads without a restart.
@@ -11,12 +11,20 @@ Each override names the stock behaviour it replaces:
   CONNECT timeout and sets the keepalive deadline to 1.5 x keepalive.
 * ``_handle_client_session``: stock sends every retained message matching *any* client's filters
   to each new connection, at QoS 0 and without ACL; ours sends retained messages only on SUBSCRIBE.
-* ``_handle_message_delivery``: stock drops client publishes to ``$`` topics and stops reading
-  from that client; ours lets the ACL decide and keeps the client's loop alive.
-* ``_run_broadcast``: stock delivers at the subscriber's QoS; ours at min(publish, subscription).
-* ``_publish_retained_messages_for_subscription``: stock upgrades a QoS 0 retained message to
-  the subscription's QoS and skips the ACL; ours does neither.
-* ``_publish_session_retained_messages``: stock sends queued offline messages with RETAIN set.
+* client publishes to ``$`` topics: stock drops them and stops reading from that client; ours lets
+  the ACL decide.
+* delivery QoS: stock uses the subscriber's; ours min(publish, subscription), retained included
+  (stock upgraded a retained QoS 0 message to the subscription's QoS), and queued offline
+  messages go out without RETAIN.
+
+Scale (issue: the broker at fleet scale):
+
+* subscriptions live in a ``SubscriptionIndex`` (exact topics in a dict, wildcards in a trie, a
+  per-client index for removal) instead of a list scanned for every publish and every disconnect;
+* ACL is decided once, at SUBSCRIBE; a publish is checked once, against its sender;
+* a publish is routed and written to each recipient's transport inline, in the sender's reader
+  loop (see ``handler``): no queue, no task per message or per recipient;
+* retained messages for an exact filter are one dictionary lookup, not a scan.
 """
 
 from __future__ import annotations
@@ -32,12 +40,11 @@ from functools import partial
 from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.session import Session
 from cryptography import x509
@@ -49,10 +56,12 @@ from broker.acl import (
     may_publish,
     may_receive,
     may_subscribe,
+    valid_filter,
 )
 from broker.events import ConnectionEvent, DisconnectReason, EventKind, Listeners
 from broker.handler import REASON, HardenedHandler, close_quietly
 from broker.limits import PacketTooLarge, SizeLimitedReader
+from broker.router import SubscriptionIndex
 from certs import CertsError, Identity
 
 __all__ = ["HardenedBroker", "PeerCertificate", "peer_of", "principal_of"]
@@ -60,6 +69,9 @@ __all__ = ["HardenedBroker", "PeerCertificate", "peer_of", "principal_of"]
 log = logging.getLogger(__name__)
 
 PRINCIPAL = "baetyl.principal"
+# Messages kept for a disconnected persistent session; the oldest go first (desired state is
+# latest-wins, so the newest matter).
+OFFLINE_QUEUE_LIMIT = 1000
 PEER = "baetyl.peer"
 LISTENER_ATTR = "baetyl_listener"
 TAKEN_OVER = "baetyl.taken_over"
@@ -116,6 +128,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self._max_connections = max_connections
         self._events = events
         self._open_connections = 0
+        self._index: SubscriptionIndex[str, Session] = SubscriptionIndex()
 
     # -- listeners ------------------------------------------------------------------------------
 
@@ -322,6 +335,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                     break
                 await asyncio.sleep(0.05)
         handler.attach(client_session, reader, writer)
+        handler.on_publish = self._on_client_publish
+        handler.max_packet_size = self._max_packet_size
         self._sessions[client_session.client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(True)
         principal: Principal = client_session.attributes[PRINCIPAL]
@@ -383,57 +398,96 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     async def _handle_message_delivery(
         self, client_session: Session, handler: HardenedHandler, wait_deliver: Any
     ) -> bool:
+        # Only QoS 2 publishes still arrive this way; QoS 0/1 take the handler's fast path.
         app_message = wait_deliver.result()
-        if app_message is None:
-            return True
-        topic = app_message.topic
-        if not await self._topic_filtering(client_session, topic, Action.PUBLISH):
-            return True  # MQTT 3.1.1 has no negative PUBACK: dropped (and logged) above
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=app_message
-        )
-        await self._broadcast_message(client_session, topic, app_message.data, app_message.qos)
-        if app_message.publish_packet and app_message.publish_packet.retain_flag:
-            await self.retain_message(client_session, topic, app_message.data, app_message.qos)
+        if app_message is not None:
+            retain = bool(app_message.publish_packet and app_message.publish_packet.retain_flag)
+            self._on_client_publish(
+                client_session, app_message.topic, bytes(app_message.data), app_message.qos, retain
+            )
         return True
+
+    def _on_client_publish(
+        self, session: Session, topic: str, data: bytes, qos: int, retain: bool
+    ) -> None:
+        principal: Principal | None = session.attributes.get(PRINCIPAL)
+        if principal is None or not may_publish(principal, topic):
+            # MQTT 3.1.1 has no negative PUBACK: the message is dropped and the refusal logged.
+            log.warning("denied publish of %r to %s", topic, principal.name if principal else "?")
+            return
+        self._route(topic, data, qos)
+        if retain:
+            self._retain(topic, data, qos)
 
     # -- delivery ------------------------------------------------------------------------------
 
-    async def _run_broadcast(self, running_tasks: list[asyncio.Task[Any]]) -> None:
-        broadcast = await self._broadcast_queue.get()
-        topic = broadcast["topic"]
-        publish_qos = broadcast.get("qos")
-        for topic_filter, subscriptions in self._subscriptions.items():
-            if not self._matches(topic, topic_filter):
-                continue
-            for target, subscription_qos in subscriptions:
-                qos = (
-                    subscription_qos if publish_qos is None else min(publish_qos, subscription_qos)
-                )
-                if target.transitions.state != "connected":
-                    if not target.clean_session and qos in (QOS_1, QOS_2):
-                        await self._retain_broadcast_message(broadcast, qos, target)
-                    continue
-                handler = self._get_handler(target)
-                if handler is not None:
-                    running_tasks.append(
-                        asyncio.ensure_future(
-                            handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
-                        )
-                    )
+    def _route(self, topic: str, data: bytes, publish_qos: int | None) -> None:
+        """Deliver to every matching subscription now: no queue, no task per message."""
+        for _filter, subscription in self._index.match(topic):
+            target = subscription.value
+            qos = subscription.qos if publish_qos is None else min(publish_qos, subscription.qos)
+            entry = self._sessions.get(target.client_id)
+            if entry is not None and entry[0] is target and target.transitions.is_connected():
+                entry[1].deliver(topic, data, qos)
+            elif not target.clean_session and qos > 0:
+                queue = target.retained_messages
+                if queue.qsize() >= OFFLINE_QUEUE_LIMIT:
+                    queue.get_nowait()
+                queue.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        # Wills and internal publishes: routed at once instead of through amqtt's queue.
+        if topic:
+            self._route(topic, bytes(data or b""), force_qos)
+
+    def _retain(self, topic: str, data: bytes, qos: int | None) -> None:
+        if data:
+            self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
+        else:
+            self._retained_messages.pop(topic, None)  # an empty retained message clears it
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        if topic_name:
+            self._retain(topic_name, bytes(data or b""), qos)
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        topic_filter, qos = subscription
+        principal: Principal | None = session.attributes.get(PRINCIPAL)
+        if principal is None or not valid_filter(topic_filter):
+            return 0x80
+        if not may_subscribe(principal, topic_filter):
+            log.warning("denied subscription to %r for %s", topic_filter, principal.name)
+            return 0x80
+        qos = min(qos, 2)
+        self._index.add(topic_filter, session.client_id, session, qos)
+        return qos
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        return int(self._index.remove(a_filter, session.client_id))
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        if session.client_id is not None:
+            self._index.remove_all(session.client_id)
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
+        # The offline queue; stock resent these with RETAIN set.
         handler = self._get_handler(session)
-        tasks = []
-        while handler is not None and not session.retained_messages.empty():
-            message = session.retained_messages.get_nowait()
-            tasks.append(
-                asyncio.ensure_future(
-                    handler.mqtt_publish(message.topic, message.data, message.qos, retain=False)
-                )
-            )
-        if tasks:
-            await asyncio.wait(tasks)
+        queue = session.retained_messages
+        while handler is not None and not queue.empty():
+            message = queue.get_nowait()
+            handler.deliver(message.topic, bytes(message.data), message.qos)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
@@ -443,17 +497,21 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         principal: Principal | None = session.attributes.get(PRINCIPAL)
         if handler is None or principal is None:
             return
-        tasks = []
-        for topic, retained in list(self._retained_messages.items()):
-            if not self._matches(topic, topic_filter) or not may_receive(principal, topic):
+        if "+" in topic_filter or "#" in topic_filter:
+            candidates = [
+                retained
+                for topic, retained in self._retained_messages.items()
+                if self._matches(topic, topic_filter)
+            ]
+        else:  # the common case: one dictionary lookup, whatever the number of retained topics
+            found = self._retained_messages.get(topic_filter)
+            candidates = [found] if found is not None else []
+        for retained in candidates:
+            if not may_receive(principal, retained.topic):
                 continue
             retained_qos = retained.qos if retained.qos is not None else subscription_qos
             qos = min(subscription_qos, retained_qos)
-            tasks.append(
-                asyncio.ensure_future(handler.mqtt_publish(topic, retained.data, qos, retain=True))
-            )
-        if tasks:
-            await asyncio.wait(tasks)
+            handler.deliver(retained.topic, bytes(retained.data), qos, retain=True)
 
     # -- control from the cloud ------------------------------------------------------------------
 

@@ -1,9 +1,17 @@
-"""amqtt's per-connection protocol handler, with its gaps closed.
+"""amqtt's per-connection protocol handler, with a fast path and its gaps closed.
 
-* keepalive is enforced: a client silent for 1.5 x keepalive is dropped and its will published
-  (stock ``handle_read_timeout`` does nothing);
-* an unacknowledged outgoing QoS 1 message of a persistent session is kept when the connection
-  drops, so it is redelivered with DUP set when the session resumes (stock drops it);
+The hot packets — PUBLISH at QoS 0/1, PUBACK, PINGREQ — are read, routed and answered inline in
+the reader loop: one ``readexactly`` per packet, no task, no packet object, no lock. Every other
+packet (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, the QoS 2 flow) goes through amqtt's own handling.
+Outgoing PUBLISH packets are encoded straight to bytes and written to the transport; QoS 1
+messages wait in the session's in-flight table until their PUBACK, and are resent with DUP set
+when a persistent session resumes [MQTT-4.4.0-1].
+
+Stock gaps closed as well:
+
+* keepalive is enforced: a client silent for 1.5 x keepalive is dropped and its will published;
+* a consumer that stops reading is disconnected once its unsent bytes or unacknowledged messages
+  pass a bound, instead of growing the broker's memory without limit;
 * ``stop`` waits a bounded time for the reader task (stock can wait forever and hang shutdown).
 """
 
@@ -12,20 +20,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.packet import (
+    DISCONNECT,
+    PINGREQ,
+    PUBACK,
+    PUBLISH,
+    RESERVED_0,
+    RESERVED_15,
+    MQTTFixedHeader,
+)
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import OUTGOING
+from amqtt.session import OutgoingApplicationMessage
 
+from broker.acl import valid_topic
 from broker.events import DisconnectReason
+from broker.packets import encode_puback, encode_publish
 
-__all__ = ["REASON", "HardenedHandler", "close_quietly"]
+__all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly"]
 
 log = logging.getLogger(__name__)
 
 REASON = "baetyl.disconnect_reason"
 STOP_WAIT = 1.0
 RECANCEL_INTERVAL = 0.05
+# A consumer this far behind is cut off rather than buffered for without limit.
+MAX_UNSENT_BYTES = 8 * 1024 * 1024
+MAX_INFLIGHT = 1000
+PINGRESP = b"\xd0\x00"
+
+# (session, topic, payload, qos, retain) -> None; routes a client's PUBLISH, synchronously.
+PublishCallback = Callable[[Any, str, bytes, int, bool], None]
+
+
+class ProtocolViolation(Exception):
+    """The client sent a packet MQTT 3.1.1 says closes the connection."""
 
 
 async def close_quietly(writer: Any) -> None:
@@ -46,6 +80,215 @@ async def close_quietly(writer: Any) -> None:
 
 class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is untyped
     _disconnect_waiter: asyncio.Future[Any] | None
+
+    on_publish: PublishCallback | None = None
+    max_packet_size: int = 256 * 1024
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _transport(self) -> asyncio.WriteTransport | None:
+        inner = getattr(self.writer, "_writer", None)
+        transport = getattr(inner, "transport", None)
+        if transport is None or transport.is_closing():
+            return None
+        return transport  # type: ignore[no-any-return]
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue ``data`` on the connection now; cut the client off if it stopped reading."""
+        transport = self._transport()
+        if transport is None:
+            if self.writer is not None and not isinstance(self.writer, _TCP_WRITERS):
+                self._send_slow(data)  # WebSocket: amqtt's writer needs an awaited drain
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self._cut_off(f"more than {MAX_UNSENT_BYTES} bytes unsent")
+
+    def _send_slow(self, data: bytes) -> None:
+        writer = self.writer
+
+        async def send() -> None:
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(data)
+                await writer.drain()
+
+        task = asyncio.ensure_future(send())
+        self._slow_sends.add(task)
+        task.add_done_callback(self._slow_sends.discard)
+
+    @property
+    def _slow_sends(self) -> set[asyncio.Future[None]]:
+        sends: set[asyncio.Future[None]] | None = getattr(self, "_baetyl_sends", None)
+        if sends is None:
+            sends = set()
+            self._baetyl_sends = sends
+        return sends
+
+    def _cut_off(self, why: str) -> None:
+        session = self.session
+        if session is not None:
+            session.attributes[REASON] = DisconnectReason.SLOW_CONSUMER
+            log.warning("disconnecting %s: %s", session.client_id, why)
+        transport = self._transport()
+        if transport is not None:
+            transport.abort()
+
+    def deliver(self, topic: str, data: bytes, qos: int, *, retain: bool = False) -> None:
+        """Send one message to this client at ``qos`` (0 or 1; QoS 2 goes through amqtt)."""
+        session = self.session
+        if session is None:
+            return
+        if qos == 0:
+            self.send_bytes(encode_publish(topic.encode(), data, 0, retain=retain))
+            return
+        if qos != QOS_1:
+            task = asyncio.ensure_future(self.mqtt_publish(topic, data, qos, retain))
+            self._slow_sends.add(task)
+            task.add_done_callback(self._slow_sends.discard)
+            return
+        if len(session.inflight_out) >= MAX_INFLIGHT:
+            self._cut_off(f"{MAX_INFLIGHT} QoS 1 messages unacknowledged")
+            return
+        packet_id = session.next_packet_id
+        session.inflight_out[packet_id] = OutgoingApplicationMessage(
+            packet_id, topic, qos, data, retain
+        )
+        self.send_bytes(encode_publish(topic.encode(), data, qos, packet_id, retain=retain))
+
+    async def _retry_deliveries(self) -> None:
+        # [MQTT-4.4.0-1]: resend unacknowledged PUBLISH packets, DUP set, on a resumed session.
+        session = self.session
+        if session is None:
+            return
+        for message in list(session.inflight_out.values()):
+            if message.qos == QOS_1:
+                self.send_bytes(
+                    encode_publish(
+                        message.topic.encode(), bytes(message.data), 1, message.packet_id, dup=True
+                    )
+                )
+        if any(message.qos != QOS_1 for message in session.inflight_out.values()) or (
+            session.inflight_in
+        ):
+            await super()._retry_deliveries()  # the QoS 2 flows, amqtt's way
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def _reader_loop(self) -> None:
+        raw = getattr(self.reader, "_reader", None)
+        if not isinstance(self.reader, StreamReaderAdapter) or raw is None:
+            await super()._reader_loop()  # WebSocket connections keep amqtt's loop
+            return
+        session = self.session
+        keepalive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else None
+        slow_tasks: set[asyncio.Task[None]] = set()
+        self._reader_ready.set()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(keepalive):
+                        first = await raw.readexactly(1)
+                        length = await self._read_length(raw)
+                        if length + 5 > self.max_packet_size:
+                            raise ProtocolViolation(
+                                f"a packet of {length} bytes exceeds the limit of "
+                                f"{self.max_packet_size} bytes"
+                            )
+                        body = await raw.readexactly(length) if length else b""
+                except TimeoutError:
+                    self.handle_read_timeout()
+                    break
+                packet_type, flags = first[0] >> 4, first[0] & 0x0F
+                if packet_type == PUBLISH and (flags >> 1) & 0x03 < 2:
+                    self._on_publish(flags, body)
+                elif packet_type == PUBACK and length == 2:
+                    self._on_puback(int.from_bytes(body, "big"))
+                elif packet_type == PINGREQ:
+                    self.send_bytes(PINGRESP)
+                elif packet_type in (RESERVED_0, RESERVED_15):
+                    raise ProtocolViolation(f"reserved packet type {packet_type}")
+                elif packet_type == DISCONNECT:
+                    await self.handle_disconnect(await self._decode(packet_type, flags, body))
+                    break
+                else:
+                    await self._stock_packet(packet_type, flags, body, slow_tasks)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+        except asyncio.CancelledError:
+            pass
+        except ProtocolViolation as exc:
+            if session is not None:
+                session.attributes.setdefault(REASON, DisconnectReason.PROTOCOL_ERROR)
+                log.warning("closing %s: %s", session.client_id, exc)
+        except Exception as exc:
+            log.warning("closing %s: unexpected %r", getattr(session, "client_id", "?"), exc)
+        finally:
+            for task in slow_tasks:
+                task.cancel()
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    @staticmethod
+    async def _read_length(raw: asyncio.StreamReader) -> int:
+        value, multiplier = 0, 1
+        for _ in range(4):
+            byte = (await raw.readexactly(1))[0]
+            value += (byte & 0x7F) * multiplier
+            if not byte & 0x80:
+                return value
+            multiplier *= 128
+        raise ProtocolViolation("malformed Remaining Length (more than 4 bytes)")
+
+    def _on_publish(self, flags: int, body: bytes) -> None:
+        qos, retain = (flags >> 1) & 0x03, bool(flags & 0x01)
+        if len(body) < 2:
+            raise ProtocolViolation("PUBLISH without a topic")
+        topic_length = int.from_bytes(body[:2], "big")
+        end = 2 + topic_length
+        try:
+            topic = body[2:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolViolation("PUBLISH topic is not UTF-8") from None
+        if not valid_topic(topic):
+            raise ProtocolViolation(f"PUBLISH to an invalid topic {topic!r}")  # [MQTT-3.3.2-2]
+        packet_id = 0
+        if qos:
+            if len(body) < end + 2:
+                raise ProtocolViolation("QoS 1 PUBLISH without a packet id")
+            packet_id = int.from_bytes(body[end : end + 2], "big")
+            end += 2
+        if self.on_publish is not None:
+            self.on_publish(self.session, topic, body[end:], qos, retain)
+        if qos:
+            self.send_bytes(encode_puback(packet_id))
+
+    def _on_puback(self, packet_id: int) -> None:
+        session = self.session
+        if session is not None:
+            session.inflight_out.pop(packet_id, None)
+        waiter = self._puback_waiters.get(packet_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @staticmethod
+    async def _decode(packet_type: int, flags: int, body: bytes) -> Any:
+        header = MQTTFixedHeader(packet_type, flags, len(body))
+        return await packet_class(header).from_stream(BufferReader(body), fixed_header=header)
+
+    async def _stock_packet(
+        self, packet_type: int, flags: int, body: bytes, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        """Decode with amqtt and hand the packet to amqtt's handler, as its own loop would."""
+        handler = _STOCK_HANDLERS.get(packet_type)
+        if handler is None:
+            raise ProtocolViolation(f"unexpected packet type {packet_type} from a client")
+        packet = await self._decode(packet_type, flags, body)
+        task = asyncio.create_task(getattr(self, handler)(packet))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     async def stop(self) -> None:
         self._stop_waiters()
@@ -76,23 +319,22 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             self._pending_unsubscriptions.get_nowait()
 
     def handle_read_timeout(self) -> None:
-        # The reader loop waits session.keep_alive seconds for a packet; the broker sets that to
-        # 1.5 x the client's keepalive at CONNECT. Cancelling the reader ends in
-        # handle_connection_closed, which publishes the will.
+        # The broker sets session.keep_alive to 1.5 x the client's keepalive at CONNECT; ending
+        # the reader runs handle_connection_closed, which publishes the will.
         if self.session is not None:
             self.session.attributes.setdefault(REASON, DisconnectReason.KEEPALIVE_TIMEOUT)
-        if self._reader_task is not None:
+        if self._reader_task is not None and self._reader_task is not asyncio.current_task():
             self._reader_task.cancel()
 
-    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
-        try:
-            await super()._handle_qos1_message_flow(app_message)
-        except (asyncio.CancelledError, TimeoutError):
-            session = self.session
-            if (
-                app_message.direction == OUTGOING
-                and session is not None
-                and not session.clean_session
-            ):
-                session.inflight_out[app_message.packet_id] = app_message
-            raise
+
+_TCP_WRITERS = (StreamWriterAdapter,)
+
+# Packets a client may send that the fast path leaves to amqtt, by the handler amqtt uses.
+_STOCK_HANDLERS: dict[int, str] = {
+    3: "handle_publish",  # QoS 2 PUBLISH
+    5: "handle_pubrec",
+    6: "handle_pubrel",
+    7: "handle_pubcomp",
+    8: "handle_subscribe",
+    10: "handle_unsubscribe",
+}

@@ -39,7 +39,10 @@ BROKER_METHODS: dict[str, tuple[list[str], bool]] = {
     ),
     "_handle_message_delivery": (["self", "client_session", "handler", "wait_deliver"], True),
     "_topic_filtering": (["self", "session", "topic", "action"], True),
-    "_run_broadcast": (["self", "running_tasks"], True),
+    "add_subscription": (["self", "subscription", "session"], True),
+    "_del_subscription": (["self", "a_filter", "session"], False),
+    "_del_all_subscriptions": (["self", "session"], True),
+    "_broadcast_message": (["self", "session", "topic", "data", "force_qos"], True),
     "_publish_session_retained_messages": (["self", "session"], True),
     "_publish_retained_messages_for_subscription": (["self", "subscription", "session"], True),
     "_handle_disconnect": (["self", "client_session", "handler", "disconnect_waiter"], True),
@@ -48,8 +51,6 @@ BROKER_METHODS: dict[str, tuple[list[str], bool]] = {
     "retain_message": (["self", "source_session", "topic_name", "data", "qos"], True),
     "internal_message_broadcast": (["self", "topic", "data", "qos"], True),
     # called, not overridden
-    "_broadcast_message": (["self", "session", "topic", "data", "force_qos"], True),
-    "_retain_broadcast_message": (["self", "broadcast", "qos", "target_session"], True),
     "_client_message_loop": (["self", "client_session", "handler"], True),
     "_get_handler": (["self", "session"], False),
     "_matches": (["self", "topic", "a_filter"], False),
@@ -58,7 +59,8 @@ BROKER_METHODS: dict[str, tuple[list[str], bool]] = {
 HANDLER_METHODS: dict[str, tuple[list[str], bool]] = {
     "stop": (["self"], True),
     "handle_read_timeout": (["self"], False),
-    "_handle_qos1_message_flow": (["self", "app_message"], True),
+    "_reader_loop": (["self"], True),
+    "_retry_deliveries": (["self"], True),
     "init_from_connect": (["reader", "writer", "plugins_manager", "loop"], True),  # classmethod
     # called, not overridden
     "handle_connection_closed": (["self"], True),
@@ -67,6 +69,14 @@ HANDLER_METHODS: dict[str, tuple[list[str], bool]] = {
     "attach": (["self", "session", "reader", "writer"], False),
     "start": (["self"], True),
     "_stop_waiters": (["self"], False),
+    # the packets the fast reader loop leaves to amqtt
+    "handle_publish": (["self", "publish_packet"], True),
+    "handle_pubrec": (["self", "pubrec"], True),
+    "handle_pubrel": (["self", "pubrel"], True),
+    "handle_pubcomp": (["self", "pubcomp"], True),
+    "handle_subscribe": (["self", "subscribe"], True),
+    "handle_unsubscribe": (["self", "unsubscribe"], True),
+    "handle_disconnect": (["self", "disconnect"], True),
 }
 
 
@@ -104,7 +114,7 @@ def test_overrides_accept_what_amqtt_passes(name: str) -> None:
 
 def test_handler_overrides_exist_on_the_base() -> None:
     """HardenedHandler only overrides methods BrokerProtocolHandler has."""
-    for name in ("stop", "handle_read_timeout", "_handle_qos1_message_flow"):
+    for name in ("stop", "handle_read_timeout", "_reader_loop", "_retry_deliveries"):
         assert name in vars(HardenedHandler)
         assert hasattr(BrokerProtocolHandler, name)
 

@@ -1,0 +1,89 @@
+"""The subscription index agrees with a plain reference matcher on every topic and filter."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.router import SubscriptionIndex
+
+
+def reference_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1 section 4.7, written as directly as possible."""
+    if topic.startswith("$") and topic_filter[0] in "+#":
+        return False
+    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
+    for i, f in enumerate(f_levels):
+        if f == "#":
+            return True
+        if i >= len(t_levels) or (f != "+" and f != t_levels[i]):
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+LEVEL = st.sampled_from(["a", "b", "c", "$SYS", "$baetyl", "node", "", "x y"])
+TOPIC = st.lists(LEVEL, min_size=1, max_size=5).map("/".join).filter(bool)
+
+
+@st.composite
+def filters(draw: st.DrawFn) -> str:
+    levels = draw(st.lists(st.one_of(LEVEL, st.just("+")), min_size=1, max_size=5))
+    if draw(st.booleans()):
+        levels.append("#")
+    return "/".join(levels) or "#"
+
+
+@settings(max_examples=300)
+@given(st.lists(filters(), min_size=1, max_size=12), st.lists(TOPIC, min_size=1, max_size=8))
+def test_index_matches_like_the_reference(filter_list: list[str], topics: list[str]) -> None:
+    """For any set of filters, match() returns exactly the filters the reference accepts."""
+    index: SubscriptionIndex[int, str] = SubscriptionIndex()
+    for key, topic_filter in enumerate(filter_list):
+        index.add(topic_filter, key, topic_filter, 1)
+    for topic in topics:
+        got = sorted((f, s.key) for f, s in index.match(topic))
+        want = sorted((f, key) for key, f in enumerate(filter_list) if reference_matches(f, topic))
+        assert got == want, topic
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(filters(), st.integers(0, 3)), min_size=1, max_size=15), TOPIC)
+def test_removal_leaves_exactly_the_rest(subs: list[tuple[str, int]], topic: str) -> None:
+    """Removing subscriptions (one by one or a whole subscriber) leaves only the others matching."""
+    index: SubscriptionIndex[int, None] = SubscriptionIndex()
+    for topic_filter, key in subs:
+        index.add(topic_filter, key, None, 0)
+    index.remove_all(0)
+    removed_one = subs[0]
+    index.remove(*removed_one)
+    remaining = {(f, k) for f, k in subs if k != 0 and (f, k) != removed_one}
+    got = sorted((f, s.key) for f, s in index.match(topic))
+    assert got == sorted((f, k) for f, k in remaining if reference_matches(f, topic))
+    assert len(index) == len(remaining)
+
+
+def test_resubscribe_replaces_qos_and_counts_once() -> None:
+    """Subscribing to the same filter again replaces the QoS instead of adding a second copy."""
+    index: SubscriptionIndex[str, None] = SubscriptionIndex()
+    assert index.add("a/+", "c1", None, 0) is True
+    assert index.add("a/+", "c1", None, 1) is False
+    assert [(f, s.qos) for f, s in index.match("a/b")] == [("a/+", 1)]
+
+
+def test_dollar_topics_and_parent_of_hash() -> None:
+    """'#' and '+' never match $ topics at the first level; 'a/#' matches 'a' itself."""
+    index: SubscriptionIndex[str, None] = SubscriptionIndex()
+    for key, topic_filter in enumerate(["#", "+/node/x", "$baetyl/#", "a/#"]):
+        index.add(topic_filter, str(key), None, 1)
+    assert [f for f, _ in index.match("$baetyl/node/x")] == ["$baetyl/#"]
+    assert sorted(f for f, _ in index.match("a")) == ["#", "a/#"]
+
+
+def test_removing_unknown_subscriptions_is_harmless() -> None:
+    """Removing what was never there returns False and changes nothing."""
+    index: SubscriptionIndex[str, None] = SubscriptionIndex()
+    index.add("a/b", "c1", None, 1)
+    assert index.remove("a/c", "c1") is False
+    assert index.remove("a/b", "c2") is False
+    assert index.remove_all("nobody") == 0
+    assert [s.key for _, s in index.match("a/b")] == ["c1"]
