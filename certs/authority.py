@@ -1,6 +1,9 @@
 """The certificate authority: issue, renew and revoke certificates, and publish the CRL.
 
-The CA lives in one directory (see `certs.layout`) that several processes may share.
+The CA lives in one directory (see `certs.layout`) that several processes may share. Its registry is
+an append-only journal (`certs.registry`): issuing costs the same with 10 or 100,000 certificates
+issued, and the queries (`records`, `record`, `is_revoked`, `revoked_serials`) read only what other
+processes appended since the last call.
 
 The methods block (file I/O, signing); call them from a thread in async code.
 """
@@ -46,7 +49,7 @@ from certs.profiles import (
     fingerprint,
     pem,
 )
-from certs.records import CertificateKind, CertificateRecord, Index, Status, format_serial
+from certs.records import CertificateKind, CertificateRecord, Status, format_serial
 from certs.registry import Registry
 
 __all__ = ["CertificateAuthority", "Clock", "IssuedCertificate", "utc_now"]
@@ -103,8 +106,10 @@ class CertificateAuthority:
         self._now = now
         self._key, self._cert = layout.load(self._directory)
         self._registry = Registry(self._directory, self._sign_crl)
-        self._registry.read()
-        if not self.crl_path.exists():
+        self._registry.refresh()
+        if _crl_number(self.crl_path) < self._registry.crl_number:
+            # Missing, unreadable, or behind the journal (a crash between the journal append and
+            # the CRL write): sign it again so that every revocation recorded is published.
             self.build_crl()
 
     # -- creation --------------------------------------------------------------------------------
@@ -271,7 +276,7 @@ class CertificateAuthority:
         """
         current = self._load_presented(current_cert_pem)
         with self._registry.transaction(self._clock()) as txn:
-            old = txn.index.records.get(current.serial_number)
+            old = txn.get(current.serial_number)
             if old is None or old.fingerprint != current.fingerprint(hashes.SHA256()).hex():
                 raise CertificateRejectedError(
                     f"The certificate {format_serial(current.serial_number)} is not in this CA's "
@@ -300,14 +305,7 @@ class CertificateAuthority:
                 lifetime = _lifetime(validity_days)
             certificate = self._sign_client(old.identity, csr, lifetime, txn.now)
             record = txn.add(certificate, old.kind, old.identity)
-            superseded = dataclasses.replace(
-                old,
-                status=Status.SUPERSEDED,
-                revoked_at=txn.now.replace(microsecond=0),
-                reason=x509.ReasonFlags.superseded,
-                superseded_by=record.serial,
-            )
-            txn.put(superseded, publish_crl=True)
+            txn.supersede(old.serial, txn.now.replace(microsecond=0), record.serial)
         return self._issued(certificate, record, None)
 
     # -- revocation and queries ------------------------------------------------------------------
@@ -322,40 +320,33 @@ class CertificateAuthority:
         if reason is x509.ReasonFlags.remove_from_crl:
             raise ValueError("removeFromCRL is only for delta CRLs; choose another reason.")
         with self._registry.transaction(self._clock()) as txn:
-            record = txn.index.records.get(serial)
+            record = txn.get(serial)
             if record is None:
                 raise _not_found(serial)
             if record.status is not Status.REVOKED:
-                record = dataclasses.replace(
-                    record,
-                    status=Status.REVOKED,
-                    revoked_at=record.revoked_at or txn.now.replace(microsecond=0),
-                    reason=reason,
-                )
-                txn.put(record, publish_crl=True)
+                at = record.revoked_at or txn.now.replace(microsecond=0)
+                record = txn.revoke(serial, at, reason)
         return record.at(txn.now)
 
     def records(self) -> list[CertificateRecord]:
         """Every certificate issued, oldest first, with its status as of now."""
         now = self._clock()
-        index = self._registry.read()
-        return [r.at(now) for r in sorted(index.records.values(), key=_order)]
+        return [r.at(now) for r in sorted(self._registry.records(), key=_order)]
 
     def record(self, serial: int) -> CertificateRecord:
         """The record of one certificate; raise CertificateNotFoundError for an unknown serial."""
-        record = self._registry.read().records.get(serial)
+        record = self._registry.get(serial)
         if record is None:
             raise _not_found(serial)
         return record.at(self._clock())
 
     def is_revoked(self, serial: int) -> bool:
         """Whether `serial` is on the CRL (revoked or superseded); False for unknown serials."""
-        record = self._registry.read().records.get(serial)
-        return record is not None and record.on_crl
+        return serial in self._registry.revoked_serials()
 
     def revoked_serials(self) -> frozenset[int]:
-        """Every serial on the CRL; cheap to call often (the index is re-read if it changed)."""
-        return frozenset(r.serial for r in self._registry.read().records.values() if r.on_crl)
+        """Every serial on the CRL; cheap to call often (reads only what was appended since)."""
+        return self._registry.revoked_serials()
 
     def build_crl(self, next_update_days: int = 7) -> x509.CertificateRevocationList:
         """Sign a fresh CRL (with the next CRL number), write it to `crl_path` and return it."""
@@ -383,13 +374,17 @@ class CertificateAuthority:
         return _aware(self._now())
 
     def _sign_crl(
-        self, index: Index, now: datetime, next_update_days: int
+        self,
+        revoked: Sequence[CertificateRecord],
+        number: int,
+        now: datetime,
+        next_update_days: int,
     ) -> x509.CertificateRevocationList:
         return build_crl(
             self._key,
             self._cert,
-            list(index.records.values()),
-            number=index.crl_number,
+            revoked,
+            number=number,
             now=now,
             next_update_days=next_update_days,
         )
@@ -478,3 +473,12 @@ class CertificateAuthority:
 
 def _order(record: CertificateRecord) -> tuple[datetime, int]:
     return (record.not_before, record.serial)
+
+
+def _crl_number(path: Path) -> int:
+    """The number of the CRL in `path`; 0 if it is missing or unreadable."""
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return 0

@@ -4,9 +4,10 @@ Layout (the directory is mode 0700)::
 
     ca.key       the CA private key, 0600 (loading refuses it if group or others can read it)
     ca.crt       the self-signed CA certificate
-    index.json   every certificate issued, with its status (see `certs.records`)
+    index.jsonl  the journal: every certificate issued and every revocation, appended one line per
+                 change (format in `certs.records`, reading and appending in `certs.registry`)
     crl.pem      the current CRL, rewritten on every revocation and renewal
-    .lock        ``flock``-ed around every read-modify-write, so the CLI and the server can share it
+    .lock        ``flock``-ed around every change, so the CLI and the server can share the CA
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from certs.keys import (
     write_public_file,
 )
 from certs.profiles import build_ca_certificate, build_crl, pem
-from certs.records import Index
+from certs.records import CrlPublished, encode_commit, encode_header
 
-__all__ = ["CA_CERT", "CA_KEY", "CRL", "INDEX", "LOCK", "create", "load", "locked"]
+__all__ = ["CA_CERT", "CA_KEY", "CRL", "JOURNAL", "LOCK", "create", "load", "locked"]
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
-INDEX = "index.json"
+JOURNAL = "index.jsonl"
 CRL = "crl.pem"
 LOCK = ".lock"
 
@@ -71,7 +72,7 @@ def create(
         directory.mkdir(mode=0o700, parents=True)
         directory.chmod(0o700)
     with locked(directory):
-        for name in (CA_KEY, CA_CERT, INDEX):
+        for name in (CA_KEY, CA_CERT, JOURNAL):
             if (directory / name).exists():
                 raise CAExistsError(
                     f"A CA already exists in {directory} ({name} is there) and is never "
@@ -81,9 +82,9 @@ def create(
         certificate = build_ca_certificate(key, common_name, now, lifetime)
         write_private_key(directory / CA_KEY, key)
         write_public_file(directory / CA_CERT, pem(certificate))
-        index = Index().with_next_crl_number()
-        atomic_write(directory / INDEX, index.dumps(), 0o600)
-        crl = build_crl(key, certificate, [], number=index.crl_number, now=now, next_update_days=7)
+        journal = encode_header() + encode_commit(now, [CrlPublished(1)])
+        atomic_write(directory / JOURNAL, journal, 0o600)
+        crl = build_crl(key, certificate, [], number=1, now=now, next_update_days=7)
         write_public_file(directory / CRL, crl.public_bytes(serialization.Encoding.PEM))
 
 

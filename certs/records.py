@@ -1,7 +1,22 @@
-"""The registry of issued certificates (``index.json``) and the record of each certificate.
+"""The CA's journal (``index.jsonl``): the record of each certificate and the events that change it.
 
-The file is the CA's memory: what it issued, to whom, and what it revoked. It is validated strictly
-on every read; a corrupt file is reported and never overwritten.
+The journal is the CA's memory: what it issued, to whom, and what it revoked. It is a JSON-lines
+file that is only ever appended to. The first line is a header naming the format and its version;
+every other line is one *commit*, written whole by one ``write`` and applied all or nothing::
+
+    {"format":"pybaetyl-ca-journal","version":1}
+    {"at":"...","events":[{"event":"crl","number":1}]}
+    {"at":"...","events":[{"event":"issued","record":{"serial":"5F3A...","kind":"node",...}}]}
+    {"at":"...","events":[{"event":"issued","record":{...}},
+                          {"event":"superseded","serial":"5F3A...","at":"...","by":"1C0D..."},
+                          {"event":"crl","number":2}]}          (a renewal, on one line)
+    {"at":"...","events":[{"event":"revoked","serial":"1C0D...","at":"...","reason":"keyCompromise"},
+                          {"event":"crl","number":3}]}
+
+Replaying the commits in order gives the `State`: every record by serial and the number of the last
+CRL signed. Each line is validated strictly (its JSON, every field, and that its events make sense
+against the state so far: no serial issued twice, no revocation of an unknown serial, CRL numbers
+increasing); `certs.registry` reports a bad line as corrupt and never rewrites the file.
 """
 
 from __future__ import annotations
@@ -12,27 +27,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from certs.errors import CAInvalidError, InvalidIdentityError
 from certs.identity import Identity, Kind
 
 __all__ = [
+    "JOURNAL_FORMAT",
+    "JOURNAL_VERSION",
     "CertificateKind",
     "CertificateRecord",
-    "Index",
+    "CrlPublished",
+    "Delta",
+    "Event",
+    "Issued",
+    "Revoked",
+    "State",
     "Status",
+    "Superseded",
+    "decode_commit",
+    "decode_header",
+    "encode_commit",
+    "encode_header",
     "format_serial",
     "parse_serial",
 ]
 
-INDEX_FORMAT = "pybaetyl-ca-index"
-INDEX_VERSION = 1
+JOURNAL_FORMAT = "pybaetyl-ca-journal"
+JOURNAL_VERSION = 1
 
 
 class Status(StrEnum):
@@ -137,7 +162,7 @@ class CertificateRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The record as stored in ``index.json``."""
+        """The record as stored in an ``issued`` event of the journal."""
         return {
             "serial": format_serial(self.serial),
             "kind": self.kind.value,
@@ -180,7 +205,7 @@ class CertificateRecord:
             raise ValueError(f"record {data.get('serial')!r} has an inconsistent status")
         superseded = data["superseded_by"]
         return cls(
-            serial=int(_str(data, "serial"), 16),
+            serial=_serial(data, "serial"),
             kind=kind,
             common_name=_str(data, "common_name"),
             identity=identity,
@@ -191,7 +216,7 @@ class CertificateRecord:
             status=status,
             revoked_at=revoked_at,
             reason=reason,
-            superseded_by=None if superseded is None else int(_str(data, "superseded_by"), 16),
+            superseded_by=None if superseded is None else _serial(data, "superseded_by"),
         )
 
 
@@ -200,6 +225,13 @@ def _str(data: Mapping[str, object], key: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{key} is not a string")
     return value
+
+
+def _serial(data: Mapping[str, object], key: str) -> int:
+    text = _str(data, key)
+    if not text or text.strip("0123456789ABCDEF"):
+        raise ValueError(f"{key} {text!r} is not upper-case hexadecimal")
+    return int(text, 16)
 
 
 def _time(data: Mapping[str, object], key: str) -> datetime:
@@ -213,66 +245,238 @@ def _optional_time(data: Mapping[str, object], key: str) -> datetime | None:
     return None if data[key] is None else _time(data, key)
 
 
+# -- events ----------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class Index:
-    """The whole registry: every record by serial, and the number of the last CRL issued."""
+class Issued:
+    """A certificate was issued; `record` is its full record (status valid)."""
 
-    records: Mapping[int, CertificateRecord] = field(default_factory=lambda: MappingProxyType({}))
-    crl_number: int = 0
-
-    def with_record(self, record: CertificateRecord) -> Index:
-        """Return a copy with `record` added or replaced."""
-        records = dict(self.records)
-        records[record.serial] = record
-        return Index(MappingProxyType(records), self.crl_number)
-
-    def with_next_crl_number(self) -> Index:
-        """Return a copy whose CRL number is one more."""
-        return Index(self.records, self.crl_number + 1)
-
-    def dumps(self) -> bytes:
-        """Serialize for ``index.json``."""
-        document = {
-            "format": INDEX_FORMAT,
-            "version": INDEX_VERSION,
-            "crl_number": self.crl_number,
-            "certificates": [r.to_json() for r in sorted(self.records.values(), key=_order)],
-        }
-        return (json.dumps(document, indent=2) + "\n").encode()
-
-    @classmethod
-    def load(cls, path: Path) -> Index:
-        """Read and validate ``index.json``; raises CAInvalidError, never repairs the file."""
-        try:
-            document = json.loads(path.read_bytes())
-            if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
-                raise ValueError(f"it is not a {INDEX_FORMAT} file")
-            if document.get("version") != INDEX_VERSION:
-                raise ValueError(f"version {document.get('version')!r} is not {INDEX_VERSION}")
-            crl_number = document["crl_number"]
-            if not isinstance(crl_number, int) or crl_number < 0:
-                raise ValueError("crl_number is not a non-negative integer")
-            entries = document["certificates"]
-            if not isinstance(entries, list):
-                raise TypeError("certificates is not a list")
-            records: dict[int, CertificateRecord] = {}
-            for entry in entries:
-                record = CertificateRecord.from_json(entry)
-                if record.serial in records:
-                    raise ValueError(f"serial {record.serial_hex} appears twice")
-                records[record.serial] = record
-        except FileNotFoundError:
-            raise CAInvalidError(
-                f"The CA index {path} is missing; restore it from a backup (the CA cannot track "
-                "revocations without it)."
-            ) from None
-        except (OSError, ValueError, KeyError, TypeError, InvalidIdentityError) as exc:
-            raise CAInvalidError(
-                f"The CA index {path} is corrupt ({exc}); restore it from a backup. "
-                "It was left untouched."
-            ) from exc
-        return cls(MappingProxyType(records), crl_number)
+    record: CertificateRecord
 
 
-def _order(record: CertificateRecord) -> tuple[datetime, int]:
-    return (record.not_before, record.serial)
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """A certificate was revoked (or a superseded one revoked again: its time is kept in `at`)."""
+
+    serial: int
+    at: datetime
+    reason: x509.ReasonFlags
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """A certificate was renewed: `by` is its successor's serial (issued in the same commit)."""
+
+    serial: int
+    at: datetime
+    by: int
+
+
+@dataclass(frozen=True, slots=True)
+class CrlPublished:
+    """A CRL numbered `number` was signed (with every record on the CRL at that point)."""
+
+    number: int
+
+
+Event = Issued | Revoked | Superseded | CrlPublished
+
+
+def _event_to_json(event: Event) -> dict[str, Any]:
+    match event:
+        case Issued(record):
+            return {"event": "issued", "record": record.to_json()}
+        case Revoked(serial, at, reason):
+            return {
+                "event": "revoked",
+                "serial": format_serial(serial),
+                "at": at.isoformat(),
+                "reason": reason.value,
+            }
+        case Superseded(serial, at, by):
+            return {
+                "event": "superseded",
+                "serial": format_serial(serial),
+                "at": at.isoformat(),
+                "by": format_serial(by),
+            }
+        case CrlPublished(number):
+            return {"event": "crl", "number": number}
+
+
+def _event_from_json(data: object) -> Event:
+    if not isinstance(data, dict):
+        raise TypeError("an event is not an object")
+    match data["event"]:
+        case "issued":
+            record = CertificateRecord.from_json(data["record"])
+            if record.status is not Status.VALID:
+                raise ValueError(f"certificate {record.serial_hex} is issued {record.status}")
+            return Issued(record)
+        case "revoked":
+            reason = x509.ReasonFlags(_str(data, "reason"))
+            if reason is x509.ReasonFlags.remove_from_crl:
+                raise ValueError("removeFromCRL is not a revocation reason here")
+            return Revoked(_serial(data, "serial"), _time(data, "at"), reason)
+        case "superseded":
+            return Superseded(_serial(data, "serial"), _time(data, "at"), _serial(data, "by"))
+        case "crl":
+            number = data["number"]
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                raise ValueError("a CRL number is not a positive integer")
+            return CrlPublished(number)
+        case other:
+            raise ValueError(f"unknown event {other!r}")
+
+
+def encode_header() -> bytes:
+    """The journal's first line."""
+    return _line({"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION})
+
+
+def decode_header(line: bytes) -> None:
+    """Check the journal's first line (without its newline); raise ValueError if it is not ours."""
+    document = json.loads(line)
+    if not isinstance(document, dict) or document.get("format") != JOURNAL_FORMAT:
+        raise ValueError(f"it is not a {JOURNAL_FORMAT} file")
+    if document.get("version") != JOURNAL_VERSION:
+        raise ValueError(f"version {document.get('version')!r} is not {JOURNAL_VERSION}")
+
+
+def encode_commit(at: datetime, events: list[Event]) -> bytes:
+    """One commit as a journal line, newline included (JSON escapes any newline in the values)."""
+    return _line({"at": at.isoformat(), "events": [_event_to_json(e) for e in events]})
+
+
+def decode_commit(line: bytes) -> list[Event]:
+    """Parse one commit line (without its newline).
+
+    Raises ValueError, KeyError, TypeError or InvalidIdentityError if anything in it is malformed.
+    """
+    document = json.loads(line)
+    if not isinstance(document, dict):
+        raise TypeError("a commit is not an object")
+    _time(document, "at")
+    events = document["events"]
+    if not isinstance(events, list) or not events:
+        raise TypeError("events is not a non-empty list")
+    return [_event_from_json(event) for event in events]
+
+
+def _line(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, separators=(",", ":")) + "\n").encode()
+
+
+# -- state -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Delta:
+    """Events staged against a `State` and what they change, to be committed all at once."""
+
+    events: list[Event] = field(default_factory=list)
+    changes: dict[int, CertificateRecord] = field(default_factory=dict)
+    crl_number: int | None = None
+
+
+class State:
+    """The registry in memory: every record by serial, the records on the CRL, the CRL number.
+
+    Changes go through `stage` (which validates an event against the state and the delta so far)
+    and `commit`, so a commit that fails validation leaves the state as it was. Not thread-safe:
+    `certs.registry.Registry` serializes access.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[int, CertificateRecord] = {}
+        self._on_crl: dict[int, CertificateRecord] = {}
+        self._revoked: frozenset[int] | None = frozenset()
+        self.crl_number = 0
+
+    @property
+    def records(self) -> Mapping[int, CertificateRecord]:
+        """Every record by serial (a read-only view of the live dict)."""
+        return MappingProxyType(self._records)
+
+    def get(self, serial: int, delta: Delta | None = None) -> CertificateRecord | None:
+        """The record of `serial`, as changed by `delta` if given."""
+        if delta is not None and serial in delta.changes:
+            return delta.changes[serial]
+        return self._records.get(serial)
+
+    def on_crl(self) -> list[CertificateRecord]:
+        """The records that belong on the CRL (revoked or superseded): O(their number)."""
+        return list(self._on_crl.values())
+
+    def revoked_serials(self) -> frozenset[int]:
+        """The serials on the CRL; cached until the next commit that adds one."""
+        if self._revoked is None:
+            self._revoked = frozenset(self._on_crl)
+        return self._revoked
+
+    def stage(self, delta: Delta, event: Event) -> CertificateRecord | None:
+        """Validate `event` against the state and `delta`, add it to `delta`; raise ValueError.
+
+        Returns the record the event creates or changes (None for a CRL).
+        """
+        match event:
+            case Issued(record):
+                if self.get(record.serial, delta) is not None:
+                    raise ValueError(f"serial {record.serial_hex} is issued twice")
+                changed = record
+            case Revoked(serial, at, reason):
+                changed = dataclasses.replace(
+                    self._existing(serial, delta),
+                    status=Status.REVOKED,
+                    revoked_at=at,
+                    reason=reason,
+                )
+            case Superseded(serial, at, by):
+                current = self._existing(serial, delta)
+                if current.status is not Status.VALID:
+                    raise ValueError(
+                        f"serial {current.serial_hex} is superseded while {current.status}"
+                    )
+                self._existing(by, delta)
+                changed = dataclasses.replace(
+                    current,
+                    status=Status.SUPERSEDED,
+                    revoked_at=at,
+                    reason=x509.ReasonFlags.superseded,
+                    superseded_by=by,
+                )
+            case CrlPublished(number):
+                last = self.crl_number if delta.crl_number is None else delta.crl_number
+                if number <= last:
+                    raise ValueError(f"CRL number {number} does not follow {last}")
+                delta.crl_number = number
+                delta.events.append(event)
+                return None
+        delta.changes[changed.serial] = changed
+        delta.events.append(event)
+        return changed
+
+    def commit(self, delta: Delta) -> None:
+        """Apply a staged delta (which `stage` validated: this cannot fail)."""
+        for serial, record in delta.changes.items():
+            self._records[serial] = record
+            if record.on_crl:
+                if serial not in self._on_crl:
+                    self._revoked = None
+                self._on_crl[serial] = record
+        if delta.crl_number is not None:
+            self.crl_number = delta.crl_number
+
+    def apply(self, events: list[Event]) -> None:
+        """Stage and commit the events of one commit line, all or nothing."""
+        delta = Delta()
+        for event in events:
+            self.stage(delta, event)
+        self.commit(delta)
+
+    def _existing(self, serial: int, delta: Delta) -> CertificateRecord:
+        record = self.get(serial, delta)
+        if record is None:
+            raise ValueError(f"serial {format_serial(serial)} was never issued")
+        return record

@@ -42,12 +42,16 @@ def _crl(ca: CertificateAuthority) -> x509.CertificateRevocationList:
 
 
 def test_init_creates_the_directory(tmp_path: Path) -> None:
-    """init writes the key 0600 in a 0700 directory, the certificate, the index and an empty CRL."""
+    """init writes the key 0600 in a 0700 directory, the certificate, the journal, an empty CRL."""
     ca = CertificateAuthority.init(tmp_path / "data" / "ca")
     assert _mode(ca.directory) == 0o700
     assert _mode(ca.directory / "ca.key") == 0o600
+    assert _mode(ca.directory / "index.jsonl") == 0o600
     assert ca.ca_path.read_bytes() == ca.certificate_pem
-    assert json.loads((ca.directory / "index.json").read_text())["certificates"] == []
+    header, *commits = (ca.directory / "index.jsonl").read_text().splitlines()
+    assert json.loads(header) == {"format": "pybaetyl-ca-journal", "version": 1}
+    assert [json.loads(line)["events"] for line in commits] == [[{"event": "crl", "number": 1}]]
+    assert ca.records() == []
     crl = _crl(ca)
     assert len(crl) == 0
     assert crl.is_signature_valid(ca.certificate.public_key())  # type: ignore[arg-type]
@@ -118,26 +122,39 @@ def test_load_refuses_a_missing_certificate(ca: CertificateAuthority) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    ["{not json", "[]", '{"format": "pybaetyl-ca-index", "version": 1}', '{"format": "x"}'],
+    [
+        "",
+        "{not json",
+        "{not json\n",
+        "[]\n",
+        '{"format": "pybaetyl-ca-index", "version": 1}\n',
+        '{"format": "pybaetyl-ca-journal", "version": 2}\n',
+        '{"format": "pybaetyl-ca-journal", "version": 1}',  # the header itself is incomplete
+        '{"format": "x"}\n',
+    ],
 )
-def test_corrupt_index_is_reported_and_kept(ca: CertificateAuthority, content: str) -> None:
-    """A corrupt index.json raises CAInvalidError and is left byte for byte as it was."""
-    index = ca.directory / "index.json"
-    index.write_text(content)
-    with pytest.raises(CAInvalidError, match="corrupt"):
+def test_corrupt_journal_is_reported_and_kept(ca: CertificateAuthority, content: str) -> None:
+    """A journal without a complete, valid header raises CAInvalidError and is left as it was."""
+    journal = ca.directory / "index.jsonl"
+    journal.write_text(content)
+    with pytest.raises(CAInvalidError, match=r"index\.jsonl is corrupt at line 1"):
         CertificateAuthority.load(ca.directory)
-    assert index.read_text() == content
+    assert journal.read_text() == content
 
 
-def test_index_with_a_bad_record_is_refused(ca: CertificateAuthority) -> None:
-    """A record whose identity disagrees with its common name makes the index corrupt."""
+def test_journal_with_a_bad_record_is_refused(ca: CertificateAuthority) -> None:
+    """A record whose identity disagrees with its common name makes the journal corrupt."""
     ca.issue_from_csr(new_csr()[1], NODE)
-    index = ca.directory / "index.json"
-    document = json.loads(index.read_text())
-    document["certificates"][0]["common_name"] = "acme.other"
-    index.write_text(json.dumps(document))
-    with pytest.raises(CAInvalidError, match="corrupt"):
+    journal = ca.directory / "index.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    commit = json.loads(lines[2])
+    commit["events"][0]["record"]["common_name"] = "acme.other"
+    lines[2] = json.dumps(commit) + "\n"
+    journal.write_text("".join(lines))  # in place and shorter: the running instance reads it again
+    with pytest.raises(CAInvalidError, match="corrupt at line 3"):
         ca.records()
+    with pytest.raises(CAInvalidError, match="corrupt at line 3"):
+        CertificateAuthority.load(ca.directory)
 
 
 def test_open_or_init_creates_once(tmp_path: Path) -> None:

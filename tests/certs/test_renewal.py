@@ -92,10 +92,9 @@ def test_renewing_an_unregistered_certificate_is_refused(
     """A certificate signed by this CA key but missing from the registry is refused."""
     other = CertificateAuthority.load(ca.directory)
     issued = other.issue_from_csr(new_csr()[1], NODE)
-    index = ca.directory / "index.json"
-    text = index.read_text()
+    journal = ca.directory / "index.jsonl"
     # Forge the registry back to empty, as if the certificate had never been recorded.
-    index.write_text(text.split('"certificates"')[0] + '"certificates": []\n}\n')
+    journal.write_text(journal.read_text().splitlines(keepends=True)[0])
     with pytest.raises(CertificateRejectedError, match="not in this CA's registry"):
         ca.renew(issued.certificate_pem, new_csr()[1])
 
