@@ -61,7 +61,9 @@ from broker.acl import (
 from broker.events import ConnectionEvent, DisconnectReason, EventKind, Listeners
 from broker.handler import REASON, HardenedHandler, close_quietly
 from broker.limits import PacketTooLarge, SizeLimitedReader
+from broker.packets import encode_suback, encode_unsuback
 from broker.router import SubscriptionIndex
+from broker.states import SessionStates
 from certs import CertsError, Identity
 
 __all__ = ["HardenedBroker", "PeerCertificate", "peer_of", "principal_of"]
@@ -209,6 +211,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             raise
         except NoDataError as exc:
             raise AMQTTError(exc) from exc
+        session.transitions = SessionStates(session)  # drops amqtt's per-session Machine
 
         listener = getattr(writer, LISTENER_ATTR, "")
         principal, peer = self._principal_of(listener, writer)
@@ -309,6 +312,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     def create_offline_session(self, client_id: str) -> tuple[HardenedHandler, Session]:
         session = Session()
         session.client_id = client_id
+        session.transitions = SessionStates(session)
         handler = HardenedHandler(self.plugins_manager, session)
         session.transitions.disconnect()
         return handler, session
@@ -336,6 +340,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                 await asyncio.sleep(0.05)
         handler.attach(client_session, reader, writer)
         handler.on_publish = self._on_client_publish
+        handler.on_subscribe = self._on_subscribe
+        handler.on_unsubscribe = self._on_unsubscribe
         handler.max_packet_size = self._max_packet_size
         self._sessions[client_session.client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(True)
@@ -395,17 +401,36 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             log.warning("denied %s of %r to %s", action.value, topic, principal.name)
         return allowed
 
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: HardenedHandler, wait_deliver: Any
-    ) -> bool:
-        # Only QoS 2 publishes still arrive this way; QoS 0/1 take the handler's fast path.
-        app_message = wait_deliver.result()
-        if app_message is not None:
-            retain = bool(app_message.publish_packet and app_message.publish_packet.retain_flag)
-            self._on_client_publish(
-                client_session, app_message.topic, bytes(app_message.data), app_message.qos, retain
-            )
-        return True
+    async def _client_message_loop(self, client_session: Session, handler: HardenedHandler) -> None:
+        # Stock waits on four futures (disconnect, subscribe, unsubscribe, delivery), each a task
+        # re-created after every event. Publishes and (un)subscriptions are now handled inline by
+        # the handler's reader loop, so only the disconnect is left to wait for.
+        result = await handler.wait_disconnect()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        await self._handle_disconnect(client_session, handler, done)
+
+    async def _on_subscribe(
+        self,
+        session: Session,
+        handler: HardenedHandler,
+        packet_id: int,
+        topics: list[tuple[str, int]],
+    ) -> None:
+        codes = [await self.add_subscription(subscription, session) for subscription in topics]
+        handler.send_bytes(encode_suback(packet_id, codes))
+        for (topic_filter, _requested), granted in zip(topics, codes, strict=True):
+            if granted != 0x80:  # [MQTT-3.3.1-6]: retained messages follow the SUBACK
+                await self._publish_retained_messages_for_subscription(
+                    (topic_filter, granted), session
+                )
+
+    async def _on_unsubscribe(
+        self, session: Session, handler: HardenedHandler, packet_id: int, filters: list[str]
+    ) -> None:
+        for topic_filter in filters:
+            self._del_subscription(topic_filter, session)
+        handler.send_bytes(encode_unsuback(packet_id))
 
     def _on_client_publish(
         self, session: Session, topic: str, data: bytes, qos: int, retain: bool

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import logging
 from collections.abc import Callable
@@ -54,6 +55,9 @@ class EmbeddedBroker:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        # asyncio has no per-server knob for this; the class attribute is read when each TLS
+        # connection is made, so it applies to every TLS connection this process opens from now.
+        asyncio.sslproto.SSLProtocol.max_size = self.settings.tls_read_buffer
         self._tls = ReloadableTLS(self.tls_files)
         listeners: dict[str, Any] = {
             # amqtt requires a "default" listener and copies its fields into the others; an

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
@@ -33,6 +33,8 @@ from amqtt.mqtt.packet import (
     PUBLISH,
     RESERVED_0,
     RESERVED_15,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
     MQTTFixedHeader,
 )
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -56,6 +58,9 @@ PINGRESP = b"\xd0\x00"
 
 # (session, topic, payload, qos, retain) -> None; routes a client's PUBLISH, synchronously.
 PublishCallback = Callable[[Any, str, bytes, int, bool], None]
+# (session, handler, packet id, [(filter, qos)]) -> awaitable; answers SUBSCRIBE/UNSUBSCRIBE.
+SubscribeCallback = Callable[[Any, "HardenedHandler", int, list[tuple[str, int]]], Awaitable[None]]
+UnsubscribeCallback = Callable[[Any, "HardenedHandler", int, list[str]], Awaitable[None]]
 
 
 class ProtocolViolation(Exception):
@@ -82,6 +87,8 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     _disconnect_waiter: asyncio.Future[Any] | None
 
     on_publish: PublishCallback | None = None
+    on_subscribe: SubscribeCallback | None = None
+    on_unsubscribe: UnsubscribeCallback | None = None
     max_packet_size: int = 256 * 1024
 
     # -- sending ------------------------------------------------------------------------------
@@ -207,6 +214,16 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                     self.send_bytes(PINGRESP)
                 elif packet_type in (RESERVED_0, RESERVED_15):
                     raise ProtocolViolation(f"reserved packet type {packet_type}")
+                elif packet_type == SUBSCRIBE and self.on_subscribe is not None:
+                    packet = await self._decode(packet_type, flags, body)
+                    topics = [(str(f), int(q)) for f, q in packet.payload.topics]
+                    await self.on_subscribe(session, self, packet.variable_header.packet_id, topics)
+                elif packet_type == UNSUBSCRIBE and self.on_unsubscribe is not None:
+                    packet = await self._decode(packet_type, flags, body)
+                    filters = [str(f) for f in packet.payload.topics]
+                    await self.on_unsubscribe(
+                        session, self, packet.variable_header.packet_id, filters
+                    )
                 elif packet_type == DISCONNECT:
                     await self.handle_disconnect(await self._decode(packet_type, flags, body))
                     break
@@ -262,6 +279,32 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             self.on_publish(self.session, topic, body[end:], qos, retain)
         if qos:
             self.send_bytes(encode_puback(packet_id))
+
+    async def handle_publish(self, publish_packet: Any) -> None:
+        # QoS 2 only (0 and 1 never get here): amqtt runs the PUBREC/PUBREL/PUBCOMP flow and then
+        # queues the message; route it from the queue at once rather than through a waiter task.
+        await super().handle_publish(publish_packet)
+        session = self.session
+        while session is not None and not session.delivered_message_queue.empty():
+            message = session.delivered_message_queue.get_nowait()
+            retain = bool(message.publish_packet and message.publish_packet.retain_flag)
+            if self.on_publish is not None:
+                self.on_publish(session, message.topic, bytes(message.data), message.qos, retain)
+
+    async def handle_subscribe(self, subscribe: Any) -> None:
+        # Answered here rather than queued for a waiter task in the broker's client loop.
+        if self.on_subscribe is not None:
+            topics = [(str(f), int(q)) for f, q in subscribe.payload.topics]
+            await self.on_subscribe(self.session, self, subscribe.variable_header.packet_id, topics)
+
+    async def handle_unsubscribe(self, unsubscribe: Any) -> None:
+        if self.on_unsubscribe is not None:
+            filters = [str(f) for f in unsubscribe.payload.topics]
+            packet_id = unsubscribe.variable_header.packet_id
+            await self.on_unsubscribe(self.session, self, packet_id, filters)
+
+    async def handle_puback(self, puback: Any) -> None:
+        self._on_puback(puback.variable_header.packet_id)
 
     def _on_puback(self, packet_id: int) -> None:
         session = self.session
@@ -335,6 +378,4 @@ _STOCK_HANDLERS: dict[int, str] = {
     5: "handle_pubrec",
     6: "handle_pubrel",
     7: "handle_pubcomp",
-    8: "handle_subscribe",
-    10: "handle_unsubscribe",
 }

@@ -7,7 +7,13 @@ encoders produce the same bytes (MQTT 3.1.1, section 3.3) with no allocation bey
 
 from __future__ import annotations
 
-__all__ = ["encode_puback", "encode_publish", "remaining_length"]
+__all__ = [
+    "encode_puback",
+    "encode_publish",
+    "encode_suback",
+    "encode_unsuback",
+    "remaining_length",
+]
 
 
 def remaining_length(length: int) -> bytes:
@@ -40,3 +46,16 @@ def encode_publish(
 def encode_puback(packet_id: int) -> bytes:
     """A PUBACK packet for ``packet_id``."""
     return b"\x40\x02" + packet_id.to_bytes(2, "big")
+
+
+def encode_suback(packet_id: int, return_codes: list[int]) -> bytes:
+    """A SUBACK packet: one return code per requested filter (0x80 for a refusal)."""
+    return (
+        b"\x90" + remaining_length(2 + len(return_codes)) + packet_id.to_bytes(2, "big")
+        + bytes(return_codes)
+    )  # fmt: skip
+
+
+def encode_unsuback(packet_id: int) -> bytes:
+    """An UNSUBACK packet for ``packet_id``."""
+    return b"\xb0\x02" + packet_id.to_bytes(2, "big")

@@ -20,6 +20,9 @@ class BrokerSettings:
     max_packet_size: int = 256 * 1024
     connect_timeout: float = 10.0
     crl_poll_interval: float = 0.25
+    # Bytes of the read buffer asyncio gives each TLS connection (it defaults to 256 KiB, zeroed,
+    # per connection: 2.5 GB for 10,000 idle nodes). Larger is no faster for MQTT-sized packets.
+    tls_read_buffer: int = 4 * 1024
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port", "plain_port"):
@@ -32,6 +35,8 @@ class BrokerSettings:
             raise ValueError("broker.max_packet_size must be between 64 bytes and 256 MiB.")
         if self.connect_timeout <= 0:
             raise ValueError("broker.connect_timeout must be a positive number of seconds.")
+        if not 4096 <= self.tls_read_buffer <= 1024 * 1024:
+            raise ValueError("broker.tls_read_buffer must be between 4096 bytes and 1 MiB.")
         if not 0.05 <= self.crl_poll_interval <= 60:
             raise ValueError("broker.crl_poll_interval must be between 0.05 and 60 seconds.")
 
