@@ -62,6 +62,7 @@ from broker.events import ConnectionEvent, DisconnectReason, EventKind, Listener
 from broker.handler import REASON, HardenedHandler, close_quietly
 from broker.limits import PacketTooLarge, SizeLimitedReader
 from broker.packets import encode_suback, encode_unsuback
+from broker.queues import LazyQueue
 from broker.router import SubscriptionIndex
 from broker.states import SessionStates
 from certs import CertsError, Identity
@@ -106,6 +107,13 @@ def _peer_of(ssl_object: ssl.SSLObject | None) -> tuple[Principal, PeerCertifica
     return Principal.from_identity(identity), PeerCertificate(
         cert.serial_number, cert.not_valid_after_utc
     )
+
+
+def _slim(session: Session) -> None:
+    """Swap amqtt's per-session Machine and queues for lighter equivalents (see states, queues)."""
+    session.transitions = SessionStates(session)
+    session.retained_messages = LazyQueue()
+    session.delivered_message_queue = LazyQueue()
 
 
 class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
@@ -211,7 +219,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             raise
         except NoDataError as exc:
             raise AMQTTError(exc) from exc
-        session.transitions = SessionStates(session)  # drops amqtt's per-session Machine
+        _slim(session)
 
         listener = getattr(writer, LISTENER_ATTR, "")
         principal, peer = self._principal_of(listener, writer)
@@ -312,7 +320,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     def create_offline_session(self, client_id: str) -> tuple[HardenedHandler, Session]:
         session = Session()
         session.client_id = client_id
-        session.transitions = SessionStates(session)
+        _slim(session)
         handler = HardenedHandler(self.plugins_manager, session)
         session.transitions.disconnect()
         return handler, session

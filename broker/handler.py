@@ -43,6 +43,7 @@ from amqtt.session import OutgoingApplicationMessage
 from broker.acl import valid_topic
 from broker.events import DisconnectReason
 from broker.packets import encode_puback, encode_publish
+from broker.queues import LazyQueue
 
 __all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly"]
 
@@ -85,6 +86,12 @@ async def close_quietly(writer: Any) -> None:
 
 class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is untyped
     _disconnect_waiter: asyncio.Future[Any] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Subscriptions are answered inline (handle_subscribe), so these stay empty.
+        self._pending_subscriptions: LazyQueue[Any] = LazyQueue()
+        self._pending_unsubscriptions: LazyQueue[Any] = LazyQueue()
 
     on_publish: PublishCallback | None = None
     on_subscribe: SubscribeCallback | None = None
