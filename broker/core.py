@@ -59,7 +59,7 @@ from broker.acl import (
     valid_filter,
 )
 from broker.events import ConnectionEvent, DisconnectReason, EventKind, Listeners
-from broker.handler import REASON, HardenedHandler, close_quietly
+from broker.handler import REASON, HardenedHandler, close_quietly, enqueue
 from broker.limits import PacketTooLarge, SizeLimitedReader
 from broker.packets import encode_suback, encode_unsuback
 from broker.queues import LazyQueue
@@ -72,9 +72,6 @@ __all__ = ["HardenedBroker", "PeerCertificate", "peer_of", "principal_of"]
 log = logging.getLogger(__name__)
 
 PRINCIPAL = "baetyl.principal"
-# Messages kept for a disconnected persistent session; the oldest go first (desired state is
-# latest-wins, so the newest matter).
-OFFLINE_QUEUE_LIMIT = 1000
 PEER = "baetyl.peer"
 LISTENER_ATTR = "baetyl_listener"
 TAKEN_OVER = "baetyl.taken_over"
@@ -463,10 +460,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             if entry is not None and entry[0] is target and target.transitions.is_connected():
                 entry[1].deliver(topic, data, qos)
             elif not target.clean_session and qos > 0:
-                queue = target.retained_messages
-                if queue.qsize() >= OFFLINE_QUEUE_LIMIT:
-                    queue.get_nowait()
-                queue.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+                enqueue(target, topic, data, qos)
 
     async def _broadcast_message(
         self,
@@ -515,12 +509,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             self._index.remove_all(session.client_id)
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
-        # The offline queue; stock resent these with RETAIN set.
+        # The offline queue, sent through the in-flight window (stock resent it with RETAIN set).
         handler = self._get_handler(session)
-        queue = session.retained_messages
-        while handler is not None and not queue.empty():
-            message = queue.get_nowait()
-            handler.deliver(message.topic, bytes(message.data), message.qos)
+        if handler is not None:
+            handler.drain()
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

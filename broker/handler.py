@@ -45,16 +45,21 @@ from broker.events import DisconnectReason
 from broker.packets import encode_puback, encode_publish
 from broker.queues import LazyQueue
 
-__all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly"]
+__all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly", "enqueue"]
 
 log = logging.getLogger(__name__)
 
 REASON = "baetyl.disconnect_reason"
+DROPPING = "baetyl.dropping"
 STOP_WAIT = 1.0
 RECANCEL_INTERVAL = 0.05
 # A consumer this far behind is cut off rather than buffered for without limit.
 MAX_UNSENT_BYTES = 8 * 1024 * 1024
+# QoS 1 messages sent and not yet acknowledged, per client; more wait in the session's queue
+# (also its offline queue), which keeps at most QUEUE_LIMIT messages and drops the oldest
+# (desired state is latest-wins: the newest matter).
 MAX_INFLIGHT = 1000
+QUEUE_LIMIT = 10_000
 PINGRESP = b"\xd0\x00"
 
 # (session, topic, payload, qos, retain) -> None; routes a client's PUBLISH, synchronously.
@@ -62,6 +67,19 @@ PublishCallback = Callable[[Any, str, bytes, int, bool], None]
 # (session, handler, packet id, [(filter, qos)]) -> awaitable; answers SUBSCRIBE/UNSUBSCRIBE.
 SubscribeCallback = Callable[[Any, "HardenedHandler", int, list[tuple[str, int]]], Awaitable[None]]
 UnsubscribeCallback = Callable[[Any, "HardenedHandler", int, list[str]], Awaitable[None]]
+
+
+def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = False) -> None:
+    """Queue a message for a session (offline, or behind a full window), dropping the oldest."""
+    queue = session.retained_messages
+    if queue.qsize() >= QUEUE_LIMIT:
+        queue.get_nowait()
+        if not session.attributes.get(DROPPING):
+            session.attributes[DROPPING] = True
+            log.warning("%s: queue full (%d); dropping the oldest", session.client_id, QUEUE_LIMIT)
+    elif session.attributes.get(DROPPING):
+        session.attributes[DROPPING] = False
+    queue.put_nowait(OutgoingApplicationMessage(None, topic, qos, data, retain))
 
 
 class ProtocolViolation(Exception):
@@ -140,7 +158,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
     def _cut_off(self, why: str) -> None:
         session = self.session
-        if session is not None:
+        if session is not None and REASON not in session.attributes:
             session.attributes[REASON] = DisconnectReason.SLOW_CONSUMER
             log.warning("disconnecting %s: %s", session.client_id, why)
         transport = self._transport()
@@ -148,20 +166,35 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             transport.abort()
 
     def deliver(self, topic: str, data: bytes, qos: int, *, retain: bool = False) -> None:
-        """Send one message to this client at ``qos`` (0 or 1; QoS 2 goes through amqtt)."""
+        """Send one message to this client at ``qos``, or queue it behind a full window."""
         session = self.session
         if session is None:
             return
         if qos == 0:
             self.send_bytes(encode_publish(topic.encode(), data, 0, retain=retain))
+        elif len(session.inflight_out) >= MAX_INFLIGHT or not session.retained_messages.empty():
+            enqueue(session, topic, data, qos, retain=retain)  # behind the queue: order kept
+        else:
+            self._send_now(topic, data, qos, retain)
+
+    def drain(self) -> None:
+        """Send queued messages while the in-flight window has room."""
+        session = self.session
+        if session is None:
             return
-        if qos != QOS_1:
+        queue = session.retained_messages
+        while not queue.empty() and len(session.inflight_out) < MAX_INFLIGHT:
+            if self._transport() is None and isinstance(self.writer, _TCP_WRITERS):
+                return  # the connection is going; the queue waits for the next one
+            message = queue.get_nowait()
+            self._send_now(message.topic, bytes(message.data), message.qos, message.retain)
+
+    def _send_now(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+        session = self.session
+        if qos != QOS_1:  # QoS 2 keeps amqtt's four-packet flow
             task = asyncio.ensure_future(self.mqtt_publish(topic, data, qos, retain))
             self._slow_sends.add(task)
             task.add_done_callback(self._slow_sends.discard)
-            return
-        if len(session.inflight_out) >= MAX_INFLIGHT:
-            self._cut_off(f"{MAX_INFLIGHT} QoS 1 messages unacknowledged")
             return
         packet_id = session.next_packet_id
         session.inflight_out[packet_id] = OutgoingApplicationMessage(
@@ -315,8 +348,9 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
     def _on_puback(self, packet_id: int) -> None:
         session = self.session
-        if session is not None:
-            session.inflight_out.pop(packet_id, None)
+        acknowledged = session is not None and session.inflight_out.pop(packet_id, None)
+        if acknowledged and not session.retained_messages.empty():
+            self.drain()
         waiter = self._puback_waiters.get(packet_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

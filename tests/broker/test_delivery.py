@@ -6,6 +6,8 @@ import struct
 
 import pytest
 
+from broker import DisconnectReason, EmbeddedBroker
+from broker.handler import MAX_INFLIGHT
 from tests.broker.conftest import Connect
 from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import (
@@ -159,3 +161,32 @@ def test_overlapping_subscriptions_get_one_copy_each(pki: Pki, connect: Connect)
     assert sorted(m.qos for m in copies) == [0, 1]
     assert {m.payload for m in copies} == {b"once"}
     assert service.drain(0.3) == []
+
+
+def test_inflight_window_queues_the_rest_in_order(pki: Pki, broker: BrokerThread) -> None:
+    """A client that has not acknowledged 1,000 QoS 1 messages gets no more until it acks;
+    the rest wait in order and one is sent per PUBACK (no disconnect, nothing lost)."""
+    total = MAX_INFLIGHT + 50
+
+    async def publish_all(embedded: EmbeddedBroker) -> None:
+        for index in range(total):
+            await embedded.publish(DESIRE_A, str(index).encode(), qos=1)
+
+    with RawClient(broker.port, pki.ca_file, pki.node_a) as raw:
+        raw.send(connect_packet(NODE_A))
+        raw.expect(CONNACK)
+        raw.send(subscribe_packet(1, DESIRE_A, 1))
+        raw.expect(SUBACK)
+        broker.call(publish_all)
+        window = [raw.expect(PUBLISH).publish() for _ in range(MAX_INFLIGHT)]
+        assert [payload for _, _, payload in window] == [
+            str(i).encode() for i in range(MAX_INFLIGHT)
+        ]
+        with pytest.raises(TimeoutError):
+            raw.read(timeout=0.3)  # the window is full
+        for _topic, packet_id, _payload in window[:10]:
+            assert packet_id is not None
+            raw.send(packet(PUBACK, 0, struct.pack("!H", packet_id)))
+        more = [raw.expect(PUBLISH).publish()[2] for _ in range(10)]
+        assert more == [str(i).encode() for i in range(MAX_INFLIGHT, MAX_INFLIGHT + 10)]
+    assert not [e for e in broker.events if e.reason == DisconnectReason.SLOW_CONSUMER]
