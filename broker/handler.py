@@ -107,6 +107,9 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._out: list[bytes] = []
+        self._last_read = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
         # Subscriptions are answered inline (handle_subscribe), so these stay empty.
         self._pending_subscriptions: LazyQueue[Any] = LazyQueue()
         self._pending_unsubscriptions: LazyQueue[Any] = LazyQueue()
@@ -126,12 +129,27 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         return transport  # type: ignore[no-any-return]
 
     def send_bytes(self, data: bytes) -> None:
-        """Queue ``data`` on the connection now; cut the client off if it stopped reading."""
-        transport = self._transport()
-        if transport is None:
-            if self.writer is not None and not isinstance(self.writer, _TCP_WRITERS):
+        """Queue ``data`` for the connection; written once per event-loop iteration.
+
+        Everything sent to one client in one iteration (a burst of reports to a service, a
+        PUBACK and a PUBLISH) goes out as one TLS write: one record, one system call.
+        """
+        if not isinstance(self.writer, _TCP_WRITERS):
+            if self.writer is not None:
                 self._send_slow(data)  # WebSocket: amqtt's writer needs an awaited drain
             return
+        self._out.append(data)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        transport = self._transport()
+        if transport is None:
+            return  # the connection is going; unacknowledged QoS 1 stays for redelivery
         transport.write(data)
         if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self._cut_off(f"more than {MAX_UNSENT_BYTES} bytes unsent")
@@ -227,24 +245,25 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             await super()._reader_loop()  # WebSocket connections keep amqtt's loop
             return
         session = self.session
-        keepalive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else None
+        loop = asyncio.get_running_loop()
+        keepalive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else 0
+        if keepalive:
+            # One timer per keepalive period, not a timeout per packet read.
+            self._last_read = loop.time()
+            self._idle_timer = loop.call_later(keepalive, self._check_idle, keepalive)
         slow_tasks: set[asyncio.Task[None]] = set()
         self._reader_ready.set()
         try:
             while True:
-                try:
-                    async with asyncio.timeout(keepalive):
-                        first = await raw.readexactly(1)
-                        length = await self._read_length(raw)
-                        if length + 5 > self.max_packet_size:
-                            raise ProtocolViolation(
-                                f"a packet of {length} bytes exceeds the limit of "
-                                f"{self.max_packet_size} bytes"
-                            )
-                        body = await raw.readexactly(length) if length else b""
-                except TimeoutError:
-                    self.handle_read_timeout()
-                    break
+                first = await raw.readexactly(1)
+                length = await self._read_length(raw)
+                if length + 5 > self.max_packet_size:
+                    raise ProtocolViolation(
+                        f"a packet of {length} bytes exceeds the limit of "
+                        f"{self.max_packet_size} bytes"
+                    )
+                body = await raw.readexactly(length) if length else b""
+                self._last_read = loop.time()
                 packet_type, flags = first[0] >> 4, first[0] & 0x0F
                 if packet_type == PUBLISH and (flags >> 1) & 0x03 < 2:
                     self._on_publish(flags, body)
@@ -252,27 +271,21 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                     self._on_puback(int.from_bytes(body, "big"))
                 elif packet_type == PINGREQ:
                     self.send_bytes(PINGRESP)
-                elif packet_type in (RESERVED_0, RESERVED_15):
-                    raise ProtocolViolation(f"reserved packet type {packet_type}")
-                elif packet_type == SUBSCRIBE and self.on_subscribe is not None:
-                    packet = await self._decode(packet_type, flags, body)
-                    topics = [(str(f), int(q)) for f, q in packet.payload.topics]
-                    await self.on_subscribe(session, self, packet.variable_header.packet_id, topics)
-                elif packet_type == UNSUBSCRIBE and self.on_unsubscribe is not None:
-                    packet = await self._decode(packet_type, flags, body)
-                    filters = [str(f) for f in packet.payload.topics]
-                    await self.on_unsubscribe(
-                        session, self, packet.variable_header.packet_id, filters
-                    )
+                elif packet_type == SUBSCRIBE:
+                    await self.handle_subscribe(await self._decode(packet_type, flags, body))
+                elif packet_type == UNSUBSCRIBE:
+                    await self.handle_unsubscribe(await self._decode(packet_type, flags, body))
                 elif packet_type == DISCONNECT:
                     await self.handle_disconnect(await self._decode(packet_type, flags, body))
                     break
+                elif packet_type in (RESERVED_0, RESERVED_15):
+                    raise ProtocolViolation(f"reserved packet type {packet_type}")
                 else:
                     await self._stock_packet(packet_type, flags, body, slow_tasks)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client went away
         except asyncio.CancelledError:
-            pass
+            pass  # stop(), a take-over, or the keepalive timer (which set the reason)
         except ProtocolViolation as exc:
             if session is not None:
                 session.attributes.setdefault(REASON, DisconnectReason.PROTOCOL_ERROR)
@@ -282,9 +295,20 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         finally:
             for task in slow_tasks:
                 task.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+        self._flush()
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
+
+    def _check_idle(self, keepalive: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._last_read + keepalive
+        if loop.time() < deadline:
+            self._idle_timer = loop.call_at(deadline, self._check_idle, keepalive)
+        else:
+            self.handle_read_timeout()  # [MQTT-3.1.2-24]: silent for 1.5 x keepalive
 
     @staticmethod
     async def _read_length(raw: asyncio.StreamReader) -> int:
