@@ -34,11 +34,13 @@ import contextlib
 import logging
 import math
 import ssl
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import websockets
 from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
@@ -121,6 +123,33 @@ def _widen_tls_reads(writer: Any) -> None:
         protocol.max_size = SERVICE_TLS_READ_BUFFER  # read by get_buffer() from the next read
 
 
+DENIED_LOG_INTERVAL = 10.0
+DENIED = "baetyl.denied"  # (time of the last log line, refusals since)
+
+
+def _log_denied(session: Session, what: str, topic: str) -> None:
+    """Log a refusal with the client's identity, at most once per interval per client.
+
+    A client retrying a forbidden publish in a loop must not flood the log: the refusals in
+    between are counted and reported with the next line.
+    """
+    now = time.monotonic()
+    last, since = session.attributes.get(DENIED, (0.0, 0))
+    if now - last < DENIED_LOG_INTERVAL:
+        session.attributes[DENIED] = (last, since + 1)
+        return
+    session.attributes[DENIED] = (now, 0)
+    principal: Principal | None = session.attributes.get(PRINCIPAL)
+    more = f" ({since} more refused since the last line)" if since else ""
+    log.warning(
+        "denied %s of %r to %s%s",
+        what,
+        topic,
+        principal.name if principal else session.client_id,
+        more,
+    )
+
+
 def _slim(session: Session) -> None:
     """Swap amqtt's per-session Machine and queues for lighter equivalents (see states, queues)."""
     session.transitions = SessionStates(session)
@@ -167,7 +196,20 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         port: int,
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
-        if str(listener_type) != "tcp" and getattr(listener_type, "value", None) != "tcp":
+        kind = str(getattr(listener_type, "value", listener_type))
+        if kind == "ws":
+            # Stock sets neither: a WebSocket message (one MQTT packet or more) of up to 1 MiB,
+            # and no limit on the opening handshake. Both follow our limits here.
+            return await websockets.serve(
+                partial(self.ws_connected, listener_name=listener_name),
+                address,
+                port,
+                ssl=ssl_context,
+                subprotocols=[websockets.Subprotocol("mqtt")],
+                max_size=self._max_packet_size,
+                open_timeout=self._connect_timeout,
+            )
+        if kind != "tcp":
             return await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
             )
@@ -460,7 +502,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         principal: Principal | None = session.attributes.get(PRINCIPAL)
         if principal is None or not may_publish(principal, topic):
             # MQTT 3.1.1 has no negative PUBACK: the message is dropped and the refusal logged.
-            log.warning("denied publish of %r to %s", topic, principal.name if principal else "?")
+            _log_denied(session, "publish", topic)
             return
         self._route(topic, data, qos)
         if retain:
@@ -512,7 +554,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         if principal is None or not valid_filter(topic_filter):
             return 0x80
         if not may_subscribe(principal, topic_filter):
-            log.warning("denied subscription to %r for %s", topic_filter, principal.name)
+            _log_denied(session, "subscription", topic_filter)
             return 0x80
         qos = min(qos, 2)
         self._index.add(topic_filter, session.client_id, session, qos)

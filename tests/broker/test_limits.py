@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
 
+import pytest
+
+from tests.broker.clients import MqttClient
 from tests.broker.conftest import Connect
-from tests.broker.helpers import HOST, NODE_A, BrokerThread, Pki, node_topic, until
+from tests.broker.helpers import HOST, NODE_A, NODE_B, BrokerThread, Pki, node_topic, until
 from tests.broker.rawmqtt import RawClient
 
 REPORT_A = node_topic(NODE_A, "report")
@@ -77,3 +81,40 @@ def test_connections_over_the_cap_are_refused(
         return connect(pki.operator, port=broker.port, connected=False).try_connect() == (0, False)
 
     assert until(accepted, timeout=3, step=0.05)
+
+
+def test_oversized_publish_over_websocket_closes_the_connection(
+    pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect
+) -> None:
+    """max_packet_size applies on the wss listener too (stock allowed 1 MiB WebSocket messages)."""
+    broker = start_broker(max_packet_size=2048, ws_port=0)
+    service = connect(pki.service, port=broker.port)
+    assert service.subscribe(REPORT_A, 1) == [1]
+    node = MqttClient(
+        broker.ports["wss"], NODE_A, ca=pki.ca_file, creds=pki.node_a, transport="websockets"
+    )
+    try:
+        node.connect()
+        node.publish(REPORT_A, b"x" * 1500, qos=1)
+        assert len(service.receive().payload) == 1500
+        node.client.publish(REPORT_A, b"x" * 4000, qos=1)
+        assert node.disconnected.wait(2), "the oversized publish did not close the connection"
+        assert service.drain(0.3) == []
+    finally:
+        node.close()
+
+
+def test_refused_publishes_are_logged_once_per_interval(
+    pki: Pki, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node looping on a forbidden topic gets one log line, not one per message."""
+    node = connect(pki.node_a)
+    with caplog.at_level(logging.WARNING, logger="broker.core"):
+        for _ in range(20):
+            node.publish(node_topic(NODE_B, "report"), b"x", qos=1)
+        node.publish(REPORT_A, b"fine", qos=1)  # a later allowed publish: the loop is alive
+        assert until(lambda: any("denied publish" in r.getMessage() for r in caplog.records))
+        time.sleep(0.3)
+    denied = [r.getMessage() for r in caplog.records if "denied publish" in r.getMessage()]
+    assert len(denied) == 1, denied
+    assert NODE_A in denied[0]
