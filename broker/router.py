@@ -33,6 +33,7 @@ class Subscription(Generic[K, V]):
 
 @dataclass(slots=True)
 class _Node(Generic[K, V]):
+    path: str = ""  # the filter up to this node, e.g. "$baetyl/node/+"
     children: dict[str, _Node[K, V]] = field(default_factory=dict)
     here: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending here
     hash: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending "/#" here
@@ -60,12 +61,12 @@ class SubscriptionIndex(Generic[K, V]):
             node = self._root
             levels = topic_filter.split("/")
             for level in levels[:-1]:
-                node = node.children.setdefault(level, _Node())
+                node = self._child(node, level)
             last = levels[-1]
             if last == "#":
                 bucket = node.hash
             else:
-                node = node.children.setdefault(last, _Node())
+                node = self._child(node, last)
                 bucket = node.here
         else:
             bucket = self._exact.setdefault(topic_filter, {})
@@ -73,6 +74,13 @@ class SubscriptionIndex(Generic[K, V]):
         bucket[key] = subscription
         self._by_key.setdefault(key, {})[topic_filter] = subscription
         return new
+
+    def _child(self, node: _Node[K, V], level: str) -> _Node[K, V]:
+        child = node.children.get(level)
+        if child is None:
+            path = level if node is self._root else f"{node.path}/{level}"
+            child = node.children[level] = _Node(path=path)
+        return child
 
     def remove(self, topic_filter: str, key: K) -> bool:
         """Remove ``key``'s subscription to ``topic_filter``; True if there was one."""
@@ -131,28 +139,25 @@ class SubscriptionIndex(Generic[K, V]):
         levels = topic.split("/")
         # [MQTT-4.7.2-1] a filter starting with a wildcard never matches a topic starting with $.
         dollar = topic.startswith("$")
-        yield from self._walk(self._root, levels, 0, [], dollar)
+        yield from self._walk(self._root, levels, 0, dollar)
 
     def _walk(
-        self, node: _Node[K, V], levels: list[str], depth: int, path: list[str], dollar: bool
+        self, node: _Node[K, V], levels: list[str], depth: int, dollar: bool
     ) -> Iterator[tuple[str, Subscription[K, V]]]:
         wildcard_allowed = not (dollar and depth == 0)
         if node.hash and wildcard_allowed:
             # "a/#" matches "a" itself as well as everything below it [MQTT-4.7.1-2].
-            topic_filter = "/".join([*path, "#"])
+            topic_filter = "#" if node is self._root else f"{node.path}/#"
             for subscription in node.hash.values():
                 yield topic_filter, subscription
         if depth == len(levels):
-            if node.here:
-                topic_filter = "/".join(path)
-                for subscription in node.here.values():
-                    yield topic_filter, subscription
+            for subscription in node.here.values():
+                yield node.path, subscription
             return
-        level = levels[depth]
-        child = node.children.get(level)
+        child = node.children.get(levels[depth])
         if child is not None:
-            yield from self._walk(child, levels, depth + 1, [*path, level], dollar)
+            yield from self._walk(child, levels, depth + 1, dollar)
         if wildcard_allowed:
             plus = node.children.get("+")
             if plus is not None:
-                yield from self._walk(plus, levels, depth + 1, [*path, "+"], dollar)
+                yield from self._walk(plus, levels, depth + 1, dollar)
