@@ -29,6 +29,7 @@ from broker.acl import (
 from broker.embedded import EmbeddedBroker
 from broker.errors import BrokerError, BrokerStartError, TLSConfigError
 from broker.events import ConnectionEvent, ConnectionListener, DisconnectReason, EventKind
+from broker.gcpolicy import freeze_long_lived
 from broker.settings import BrokerSettings, TLSFiles
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "TLSFiles",
     "client_id_allowed",
     "filter_matches",
+    "freeze_long_lived",
     "may_publish",
     "may_receive",
     "may_subscribe",

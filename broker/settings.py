@@ -23,6 +23,9 @@ class BrokerSettings:
     # Bytes of the read buffer asyncio gives each TLS connection (it defaults to 256 KiB, zeroed,
     # per connection: 2.5 GB for 10,000 idle nodes). Larger is no faster for MQTT-sized packets.
     tls_read_buffer: int = 4 * 1024
+    # Run by `baetyl up` / `baetyl broker run` (see broker/gcpolicy.py); 0 turns it off.
+    gc_freeze_interval: float = 2.0
+    gc_full_collect_interval: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port", "plain_port"):
@@ -37,6 +40,11 @@ class BrokerSettings:
             raise ValueError("broker.connect_timeout must be a positive number of seconds.")
         if not 4096 <= self.tls_read_buffer <= 1024 * 1024:
             raise ValueError("broker.tls_read_buffer must be between 4096 bytes and 1 MiB.")
+        if self.gc_freeze_interval < 0 or self.gc_full_collect_interval <= 0:
+            raise ValueError(
+                "broker.gc_freeze_interval must be 0 (off) or more, and "
+                "broker.gc_full_collect_interval more than 0 seconds."
+            )
         if not 0.05 <= self.crl_poll_interval <= 60:
             raise ValueError("broker.crl_poll_interval must be between 0.05 and 60 seconds.")
 

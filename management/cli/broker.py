@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 
-from broker import EmbeddedBroker, TLSFiles
+from broker import EmbeddedBroker, TLSFiles, freeze_long_lived
 from certs import CertificateAuthority
 from management.bootstrap import ensure_pki
 from management.config import Settings
@@ -66,13 +66,24 @@ async def _serve(settings: Settings, ca: CertificateAuthority, files: TLSFiles) 
         for name, port in sorted(ports.items()):
             print(f"  {name:6} {settings.broker.host if name != 'local' else '127.0.0.1'}:{port}")
         print("Press Ctrl-C to stop.", flush=True)
-        refresher = asyncio.create_task(_refresh_crl(ca))
+        background = [asyncio.create_task(_refresh_crl(ca))]
+        if settings.broker.gc_freeze_interval:
+            background.append(
+                asyncio.create_task(
+                    freeze_long_lived(
+                        settings.broker.gc_freeze_interval,
+                        settings.broker.gc_full_collect_interval,
+                    )
+                )
+            )
         try:
             await stop.wait()
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     print("pybaetyl stopped.", flush=True)
 
 

@@ -1,0 +1,45 @@
+"""Keep a fleet's long-lived objects out of the cyclic garbage collector's full passes.
+
+Ten thousand connected nodes are some five million long-lived Python objects (sessions,
+transports, protocols). CPython 3.11 walks all of them on every full collection, about a
+second on this machine's cores, whenever enough new objects have survived: measured, that pause
+landed inside the fan-out of one message to every node often enough to double its time, and
+connecting 10,000 nodes spent about a fifth of its CPU there. ``gc.freeze()`` moves everything
+alive now into a generation the collector skips; doing that every few seconds, after collecting
+the young generations, keeps the collector's work proportional to what is new. Objects frozen
+while alive that later become cyclic garbage are not reclaimed until the next full pass, so one
+runs every ``collect_every`` seconds (unfreeze, collect, freeze again).
+
+Run by the server process (``baetyl up``, ``baetyl broker run``), not by the embedded broker
+itself: the policy is the process's, and a process embedding the broker chooses its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+__all__ = ["freeze_long_lived"]
+
+log = logging.getLogger(__name__)
+
+
+async def freeze_long_lived(freeze_every: float, collect_every: float) -> None:
+    """Freeze survivors every ``freeze_every`` s; collect fully every ``collect_every`` s."""
+    loop = asyncio.get_running_loop()
+    next_full = loop.time() + collect_every
+    try:
+        while True:
+            await asyncio.sleep(freeze_every)
+            if loop.time() >= next_full:
+                next_full = loop.time() + collect_every
+                gc.unfreeze()
+                started = loop.time()
+                found = gc.collect()
+                log.info(
+                    "full garbage collection: %d objects in %.2f s", found, loop.time() - started
+                )
+            gc.freeze()
+    finally:
+        gc.unfreeze()
