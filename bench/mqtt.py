@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+from broker.packets import remaining_length
+
 __all__ = [
     "CONNACK",
     "PUBACK",
@@ -26,15 +28,6 @@ __all__ = [
 CONNACK, PUBLISH, PUBACK, SUBACK = 2, 3, 4, 9
 
 
-def _remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(out)
-
-
 def _string(text: str | bytes) -> bytes:
     data = text.encode() if isinstance(text, str) else text
     return struct.pack("!H", len(data)) + data
@@ -44,13 +37,13 @@ def connect(client_id: str, *, keepalive: int = 120, clean_session: bool = True)
     """CONNECT with protocol level 4, no username, password or will."""
     flags = 0x02 if clean_session else 0x00
     body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _string(client_id)
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + remaining_length(len(body)) + body
 
 
 def subscribe(packet_id: int, topic: str, qos: int = 1) -> bytes:
     """SUBSCRIBE to one filter."""
     body = struct.pack("!H", packet_id) + _string(topic) + bytes([qos])
-    return b"\x82" + _remaining_length(len(body)) + body
+    return b"\x82" + remaining_length(len(body)) + body
 
 
 def publish(topic: str, payload: bytes, *, qos: int = 1, packet_id: int = 0) -> bytes:
@@ -59,7 +52,7 @@ def publish(topic: str, payload: bytes, *, qos: int = 1, packet_id: int = 0) -> 
     if qos:
         body += struct.pack("!H", packet_id)
     body += payload
-    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+    return bytes([0x30 | (qos << 1)]) + remaining_length(len(body)) + body
 
 
 def puback(packet_id: int) -> bytes:

@@ -70,7 +70,7 @@ from broker.router import SubscriptionIndex
 from broker.states import SessionStates
 from certs import CertsError, Identity
 
-__all__ = ["HardenedBroker", "PeerCertificate", "peer_of", "principal_of"]
+__all__ = ["HardenedBroker", "PeerCertificate", "peer_of"]
 
 log = logging.getLogger(__name__)
 
@@ -617,11 +617,6 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         session.will_flag = False
         await self._cleanup_session(client_id)
         return True
-
-
-def principal_of(session: Session) -> Principal | None:
-    found: Principal | None = session.attributes.get(PRINCIPAL)
-    return found
 
 
 def peer_of(session: Session) -> PeerCertificate | None:

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from amqtt.errors import BrokerError as AmqttBrokerError
 
-from broker.core import HardenedBroker, peer_of
+from broker.core import HardenedBroker, PeerCertificate, peer_of
 from broker.errors import BrokerError, BrokerStartError
 from broker.events import ConnectionListener, DisconnectReason, Listeners
 from broker.handler import REASON
@@ -188,22 +188,21 @@ class EmbeddedBroker:
     async def _drop_revoked(self) -> None:
         assert self._tls is not None
         revoked = self._tls.revoked
-
-        def is_revoked(session: Any) -> bool:
-            peer = peer_of(session)
-            return peer is not None and peer.serial in revoked
-
-        for client_id in self._core.sessions_where(is_revoked):
-            log.warning("disconnecting %s: its certificate was revoked", client_id)
-            await self._core.disconnect_client(client_id, DisconnectReason.REVOKED)
+        await self._drop_where(lambda peer: peer.serial in revoked, DisconnectReason.REVOKED)
 
     async def _drop_expired(self) -> None:
         now = datetime.now(UTC)
+        await self._drop_where(lambda peer: peer.not_after <= now, DisconnectReason.EXPIRED)
 
-        def is_expired(session: Any) -> bool:
+    async def _drop_where(
+        self, condition: Callable[[PeerCertificate], bool], reason: DisconnectReason
+    ) -> None:
+        """Disconnect every client whose verified certificate meets ``condition``."""
+
+        def matches(session: Any) -> bool:
             peer = peer_of(session)
-            return peer is not None and peer.not_after <= now
+            return peer is not None and condition(peer)
 
-        for client_id in self._core.sessions_where(is_expired):
-            log.warning("disconnecting %s: its certificate expired", client_id)
-            await self._core.disconnect_client(client_id, DisconnectReason.EXPIRED)
+        for client_id in self._core.sessions_where(matches):
+            log.warning("disconnecting %s: its certificate is %s", client_id, reason)
+            await self._core.disconnect_client(client_id, reason)

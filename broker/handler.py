@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
@@ -108,6 +108,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._out: list[bytes] = []
+        self._slow_sends: set[asyncio.Future[Any]] = set()
         self._last_read = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         # Subscriptions are answered inline (handle_subscribe), so these stay empty.
@@ -162,17 +163,13 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                 writer.write(data)
                 await writer.drain()
 
-        task = asyncio.ensure_future(send())
+        self._track(send())
+
+    def _track(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a send that must be awaited (WebSocket, QoS 2), keeping a reference until done."""
+        task = asyncio.ensure_future(coroutine)
         self._slow_sends.add(task)
         task.add_done_callback(self._slow_sends.discard)
-
-    @property
-    def _slow_sends(self) -> set[asyncio.Future[None]]:
-        sends: set[asyncio.Future[None]] | None = getattr(self, "_baetyl_sends", None)
-        if sends is None:
-            sends = set()
-            self._baetyl_sends = sends
-        return sends
 
     def _cut_off(self, why: str) -> None:
         session = self.session
@@ -210,9 +207,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     def _send_now(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         session = self.session
         if qos != QOS_1:  # QoS 2 keeps amqtt's four-packet flow
-            task = asyncio.ensure_future(self.mqtt_publish(topic, data, qos, retain))
-            self._slow_sends.add(task)
-            task.add_done_callback(self._slow_sends.discard)
+            self._track(self.mqtt_publish(topic, data, qos, retain))
             return
         packet_id = session.next_packet_id
         session.inflight_out[packet_id] = OutgoingApplicationMessage(
