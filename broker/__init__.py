@@ -26,9 +26,17 @@ from broker.acl import (
     valid_filter,
     valid_topic,
 )
+from broker.core import LocalHandler
 from broker.embedded import EmbeddedBroker
 from broker.errors import BrokerError, BrokerStartError, TLSConfigError
-from broker.events import ConnectionEvent, ConnectionListener, DisconnectReason, EventKind
+from broker.events import (
+    ConnectionEvent,
+    ConnectionListener,
+    DeniedListener,
+    DeniedPublish,
+    DisconnectReason,
+    EventKind,
+)
 from broker.gcpolicy import freeze_long_lived
 from broker.settings import BrokerSettings, TLSFiles
 
@@ -40,9 +48,12 @@ __all__ = [
     "BrokerStartError",
     "ConnectionEvent",
     "ConnectionListener",
+    "DeniedListener",
+    "DeniedPublish",
     "DisconnectReason",
     "EmbeddedBroker",
     "EventKind",
+    "LocalHandler",
     "Principal",
     "Role",
     "TLSConfigError",

@@ -34,7 +34,15 @@ __all__ = [
 ]
 
 NODE_UPSTREAM = ("report", "desire/get", "resource/get")
-NODE_DOWNSTREAM = ("desire", "delta", "report/accepted", "report/rejected", "resource")
+NODE_DOWNSTREAM = (
+    "desire",
+    "desire/rejected",
+    "delta",
+    "report/accepted",
+    "report/rejected",
+    "resource",
+    "resource/rejected",
+)
 
 
 class Role(StrEnum):

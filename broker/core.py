@@ -61,7 +61,7 @@ from broker.acl import (
     may_subscribe,
     valid_filter,
 )
-from broker.events import ConnectionEvent, DisconnectReason, EventKind, Listeners
+from broker.events import ConnectionEvent, DeniedPublish, DisconnectReason, EventKind, Listeners
 from broker.handler import REASON, HardenedHandler, close_quietly, enqueue
 from broker.limits import PacketTooLarge, SizeLimitedReader
 from broker.packets import encode_suback, encode_unsuback
@@ -150,6 +150,23 @@ def _log_denied(session: Session, what: str, topic: str) -> None:
     )
 
 
+LocalHandler = Callable[[str, bytes, Principal | None], None]
+
+
+class LocalSubscriber:
+    """An in-process subscriber (the cloud's own services): called synchronously per message.
+
+    Its key in the subscription index contains ``:`` and ``.``, which no client id of a node,
+    operator, service or plaintext client can (acl.client_id_allowed), so it never collides.
+    """
+
+    __slots__ = ("callback", "client_id")
+
+    def __init__(self, client_id: str, callback: LocalHandler) -> None:
+        self.client_id = client_id
+        self.callback = callback
+
+
 def _slim(session: Session) -> None:
     """Swap amqtt's per-session Machine and queues for lighter equivalents (see states, queues)."""
     session.transitions = SessionStates(session)
@@ -179,7 +196,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self._max_connections = max_connections
         self._events = events
         self._open_connections = 0
-        self._index: SubscriptionIndex[str, Session] = SubscriptionIndex()
+        self._index: SubscriptionIndex[str, Session | LocalSubscriber] = SubscriptionIndex()
+        self._local_count = 0
 
     # -- listeners ------------------------------------------------------------------------------
 
@@ -431,6 +449,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                 principal=principal.name if principal else "",
                 at=datetime.now(UTC),
                 reason=reason,
+                role=str(principal.role) if principal else "",
             )
         )
 
@@ -503,17 +522,33 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         if principal is None or not may_publish(principal, topic):
             # MQTT 3.1.1 has no negative PUBACK: the message is dropped and the refusal logged.
             _log_denied(session, "publish", topic)
+            self._events.emit_denied(
+                DeniedPublish(
+                    client_id=session.client_id or "",
+                    principal=principal.name if principal else "",
+                    role=str(principal.role) if principal else "",
+                    topic=topic,
+                )
+            )
             return
-        self._route(topic, data, qos)
+        self._route(topic, data, qos, principal)
         if retain:
             self._retain(topic, data, qos)
 
     # -- delivery ------------------------------------------------------------------------------
 
-    def _route(self, topic: str, data: bytes, publish_qos: int | None) -> None:
+    def _route(
+        self, topic: str, data: bytes, publish_qos: int | None, sender: Principal | None = None
+    ) -> None:
         """Deliver to every matching subscription now: no queue, no task per message."""
         for _filter, subscription in self._index.match(topic):
             target = subscription.value
+            if isinstance(target, LocalSubscriber):
+                try:
+                    target.callback(topic, data, sender)
+                except Exception:
+                    log.exception("in-process subscriber %s failed on %r", target.client_id, topic)
+                continue
             qos = subscription.qos if publish_qos is None else min(publish_qos, subscription.qos)
             entry = self._sessions.get(target.client_id)
             if entry is not None and entry[0] is target and target.transitions.is_connected():
@@ -598,6 +633,23 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             handler.deliver(retained.topic, bytes(retained.data), qos, retain=True)
 
     # -- control from the cloud ------------------------------------------------------------------
+
+    def subscribe_local(self, topic_filter: str, callback: LocalHandler) -> Callable[[], None]:
+        """Call ``callback(topic, payload, sender)`` for every message matching ``topic_filter``.
+
+        The callback runs synchronously inside routing: it must be quick and must not block.
+        Returns a function that removes the subscription.
+        """
+        if not valid_filter(topic_filter):
+            raise ValueError(f"{topic_filter!r} is not a valid MQTT topic filter.")
+        self._local_count += 1
+        key = f"local:{self._local_count}."
+        self._index.add(topic_filter, key, LocalSubscriber(key, callback), 1)
+
+        def unsubscribe() -> None:
+            self._index.remove_all(key)
+
+        return unsubscribe
 
     def sessions_where(self, predicate: Callable[[Session], bool]) -> list[str]:
         """Client ids of connected sessions for which ``predicate`` holds."""

@@ -21,9 +21,9 @@ from typing import Any, Self
 
 from amqtt.errors import BrokerError as AmqttBrokerError
 
-from broker.core import HardenedBroker, PeerCertificate, peer_of
+from broker.core import HardenedBroker, LocalHandler, PeerCertificate, peer_of
 from broker.errors import BrokerError, BrokerStartError
-from broker.events import ConnectionListener, DisconnectReason, Listeners
+from broker.events import ConnectionListener, DeniedListener, DisconnectReason, Listeners
 from broker.handler import REASON
 from broker.settings import BrokerSettings, TLSFiles
 from broker.tls import ReloadableTLS
@@ -136,6 +136,23 @@ class EmbeddedBroker:
     def add_listener(self, listener: ConnectionListener) -> Callable[[], None]:
         """Call ``listener`` on every connect and disconnect; returns a function that removes it."""
         return self._events.add(listener)
+
+    def add_denied_listener(self, listener: DeniedListener) -> Callable[[], None]:
+        """Call ``listener`` whenever a client's publish is refused by the ACL."""
+        return self._events.add_denied(listener)
+
+    def subscribe(self, topic_filter: str, callback: LocalHandler) -> Callable[[], None]:
+        """Receive, in process, every message matching ``topic_filter`` (see ``subscribe_local``).
+
+        ``callback(topic, payload, sender)`` runs synchronously while the message is routed;
+        ``sender`` is the publisher's verified principal (None for the cloud's own publishes).
+        Returns a function that removes the subscription.
+        """
+        return self._core.subscribe_local(topic_filter, callback)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish as the cloud itself, synchronously (routing never waits; see ``publish``)."""
+        self._core._route(topic, payload, qos)
 
     def connected(self) -> list[str]:
         """Client ids of the connected clients."""

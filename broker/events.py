@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-__all__ = ["ConnectionEvent", "ConnectionListener", "DisconnectReason", "EventKind", "Listeners"]
+__all__ = [
+    "ConnectionEvent",
+    "ConnectionListener",
+    "DeniedListener",
+    "DeniedPublish",
+    "DisconnectReason",
+    "EventKind",
+    "Listeners",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +48,21 @@ class ConnectionEvent:
     principal: str
     at: datetime
     reason: DisconnectReason | None = None
+    role: str = ""  # the principal's role: "node", "operator", "service" or "local"
+
+
+@dataclass(frozen=True, slots=True)
+class DeniedPublish:
+    """A client published to a topic its identity may not use; the message was dropped."""
+
+    client_id: str
+    principal: str
+    role: str
+    topic: str
 
 
 ConnectionListener = Callable[[ConnectionEvent], None]
+DeniedListener = Callable[[DeniedPublish], None]
 
 
 class Listeners:
@@ -50,6 +70,7 @@ class Listeners:
 
     def __init__(self) -> None:
         self._listeners: list[ConnectionListener] = []
+        self._denied: list[DeniedListener] = []
 
     def add(self, listener: ConnectionListener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -61,3 +82,14 @@ class Listeners:
                 listener(event)
             except Exception:
                 log.exception("connection listener %r failed on %s", listener, event.kind)
+
+    def add_denied(self, listener: DeniedListener) -> Callable[[], None]:
+        self._denied.append(listener)
+        return lambda: self._denied.remove(listener)
+
+    def emit_denied(self, event: DeniedPublish) -> None:
+        for listener in list(self._denied):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("denied-publish listener %r failed", listener)
