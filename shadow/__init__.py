@@ -1,0 +1,91 @@
+"""The shadow: each node's desired and reported state, and the protocol that carries it.
+
+This package's top level is **pure** (no ORM, no broker): the document model (merge, delta,
+versions, limits), the codecs, the topics and the message envelopes. The edge imports it. The
+service that stores shadows and talks over the bus is ``shadow.server``.
+
+Exceptions (``shadow.errors``)::
+
+    ShadowError
+    ├── RequestError (code)  BadRequest 400, Forbidden 403, NotFound 404, Conflict 409,
+    │                        TooLarge 413, TooManyRequests 429, Unavailable 500
+    └── StoreError
+        └── StaleWrite
+"""
+
+from shadow.codec import Encoding, decode, encode, sniff
+from shadow.document import EMPTY, JSONObject, Limits, Section, delta, merge
+from shadow.envelopes import (
+    Accepted,
+    Delta,
+    DesiredFollower,
+    DesireMessage,
+    GetRequest,
+    Rejected,
+    ReportRequest,
+    ResourceKind,
+    ResourceMessage,
+    ResourceRequest,
+    parse_accepted,
+    parse_delta,
+    parse_desire,
+    parse_rejected,
+    parse_resource,
+)
+from shadow.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RequestError,
+    ShadowError,
+    StaleWrite,
+    StoreError,
+    TooLarge,
+    TooManyRequests,
+    Unavailable,
+)
+from shadow.topics import Channel, parse, topic, valid_node_id
+
+__all__ = [
+    "EMPTY",
+    "Accepted",
+    "BadRequest",
+    "Channel",
+    "Conflict",
+    "Delta",
+    "DesireMessage",
+    "DesiredFollower",
+    "Encoding",
+    "Forbidden",
+    "GetRequest",
+    "JSONObject",
+    "Limits",
+    "NotFound",
+    "Rejected",
+    "ReportRequest",
+    "RequestError",
+    "ResourceKind",
+    "ResourceMessage",
+    "ResourceRequest",
+    "Section",
+    "ShadowError",
+    "StaleWrite",
+    "StoreError",
+    "TooLarge",
+    "TooManyRequests",
+    "Unavailable",
+    "decode",
+    "delta",
+    "encode",
+    "merge",
+    "parse",
+    "parse_accepted",
+    "parse_delta",
+    "parse_desire",
+    "parse_rejected",
+    "parse_resource",
+    "sniff",
+    "topic",
+    "valid_node_id",
+]

@@ -1,0 +1,76 @@
+"""The ``$baetyl/node/<id>/...`` topics: building and parsing them.
+
+A node id is one topic level, exactly the identity in the node's certificate (``<ns>.<name>``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "DOWNSTREAM",
+    "PREFIX",
+    "UPSTREAM",
+    "Channel",
+    "parse",
+    "subscription_filter",
+    "topic",
+    "valid_node_id",
+]
+
+PREFIX = "$baetyl/node/"
+MAX_NODE_ID_LENGTH = 255
+
+
+class Channel(StrEnum):
+    """What follows ``$baetyl/node/<id>/``."""
+
+    DESIRE = "desire"
+    DESIRE_GET = "desire/get"
+    DESIRE_REJECTED = "desire/rejected"
+    DELTA = "delta"
+    REPORT = "report"
+    REPORT_ACCEPTED = "report/accepted"
+    REPORT_REJECTED = "report/rejected"
+    RESOURCE_GET = "resource/get"
+    RESOURCE = "resource"
+    RESOURCE_REJECTED = "resource/rejected"
+
+
+UPSTREAM = (Channel.REPORT, Channel.DESIRE_GET, Channel.RESOURCE_GET)
+DOWNSTREAM = tuple(channel for channel in Channel if channel not in UPSTREAM)
+_CHANNELS = {channel.value: channel for channel in Channel}
+
+
+def valid_node_id(node_id: str) -> bool:
+    """One non-empty topic level without wildcards or NUL, at most 255 characters."""
+    return (
+        0 < len(node_id) <= MAX_NODE_ID_LENGTH
+        and "/" not in node_id
+        and "+" not in node_id
+        and "#" not in node_id
+        and "\x00" not in node_id
+    )
+
+
+def topic(node_id: str, channel: Channel) -> str:
+    """``$baetyl/node/<node_id>/<channel>``."""
+    if not valid_node_id(node_id):
+        raise ValueError(f"{node_id!r} is not a node id: use one topic level like 'acme.gw-1'.")
+    return f"{PREFIX}{node_id}/{channel.value}"
+
+
+def subscription_filter(channel: Channel) -> str:
+    """The filter matching ``channel`` of every node: ``$baetyl/node/+/<channel>``."""
+    return f"{PREFIX}+/{channel.value}"
+
+
+def parse(name: str) -> tuple[str, Channel] | None:
+    """``(node_id, channel)`` of a ``$baetyl/node/...`` topic, or None if it is not one."""
+    if not name.startswith(PREFIX):
+        return None
+    node_id, sep, rest = name[len(PREFIX) :].partition("/")
+    channel = _CHANNELS.get(rest)
+    if not sep or channel is None or not valid_node_id(node_id):
+        return None
+    return node_id, channel
