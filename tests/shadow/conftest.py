@@ -1,0 +1,96 @@
+"""Fixtures for the shadow store: a fresh database on each backend (SQLite file, MariaDB).
+
+MariaDB is expected at 127.0.0.1:3306 as root with an empty password. If it cannot be reached
+the MariaDB tests skip, or fail when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pymysql
+import pytest
+
+MYSQL_HOST, MYSQL_PORT, MYSQL_USER = "127.0.0.1", 3306, "root"
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A test database: the store URL to open it with and a side door for raw SQL."""
+
+    dialect: Literal["sqlite", "mysql"]
+    url: str
+    path: Path | None = None  # the SQLite file
+    name: str = ""  # the MySQL database
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement outside the store (autocommit); its rows."""
+        if self.dialect == "sqlite":
+            assert self.path is not None
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+            finally:
+                conn.close()
+        mysql = _mysql_connect(self.name)
+        try:
+            with mysql.cursor() as cursor:
+                cursor.execute(sql.replace("?", "%s"), params)
+                return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            mysql.close()
+
+
+def _mysql_connect(database: str | None = None) -> pymysql.Connection[Any]:
+    return pymysql.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_USER,
+        password="",
+        database=database,
+        connect_timeout=3,
+        autocommit=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> None:
+    """MariaDB answers at 127.0.0.1:3306; otherwise skip (fail under CI)."""
+    try:
+        _mysql_connect().close()
+    except pymysql.Error as exc:
+        message = (
+            f"MariaDB is not reachable at {MYSQL_HOST}:{MYSQL_PORT} as {MYSQL_USER} ({exc}); "
+            "start it (apt-get install mariadb-server) to run the MySQL store tests."
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh, empty database on each backend, dropped afterwards."""
+    if request.param == "sqlite":
+        path = tmp_path / "baetyl.db"
+        yield Database("sqlite", f"sqlite://{path}", path=path)
+        return
+    request.getfixturevalue("mariadb")
+    name = f"pybaetyl_test_{secrets.token_hex(6)}"
+    admin = _mysql_connect()
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        yield Database(
+            "mysql", f"mysql://{MYSQL_USER}:@{MYSQL_HOST}:{MYSQL_PORT}/{name}", name=name
+        )
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()

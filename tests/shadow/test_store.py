@@ -1,0 +1,275 @@
+"""TortoiseStore on SQLite and MariaDB: migrations, load, conditional commits, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from shadow.document import EMPTY, Section
+from shadow.errors import StaleWrite, StoreError
+from shadow.server.sql import TortoiseStore
+from shadow.server.store import ShadowRecord, ShadowWrite
+from tests.shadow.conftest import Database
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(node_id: str, dv: int = 1, rv: int = 0, **state: object) -> ShadowRecord:
+    """A shadow with ``state`` desired at version ``dv`` and an empty reported at ``rv``."""
+    return ShadowRecord(
+        node_id,
+        desired=Section(dict(state), {k: {"ts": 1} for k in state}, dv),
+        reported=Section({}, {}, rv),
+        online=True,
+        last_seen=1_700_000_000_000,
+        updated_at=1_700_000_000_001,
+    )
+
+
+def insert(*records: ShadowRecord) -> list[ShadowWrite]:
+    """Writes that insert ``records`` as new shadows."""
+    return [ShadowWrite(r, based_on=None) for r in records]
+
+
+async def test_open_creates_schema_and_reopening_is_idempotent(database: Database) -> None:
+    """Opening applies migration 1 once; a second open applies nothing and the data is kept."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a")))
+    async with TortoiseStore.open(database.url) as store:
+        assert await store.node_ids() == ["a"]
+    assert database.execute("SELECT id, name FROM baetyl_migrations") == [(1, "create shadows")]
+
+
+async def test_concurrent_opens_migrate_once(database: Database) -> None:
+    """Two stores opening a fresh database at once both work and migration 1 is recorded once."""
+    first, second = TortoiseStore(database.url), TortoiseStore(database.url)
+    await asyncio.gather(first.__aenter__(), second.__aenter__())
+    try:
+        await first.commit(insert(record("a")))
+        assert await second.node_ids() == ["a"]
+    finally:
+        await first.__aexit__(None, None, None)
+        await second.__aexit__(None, None, None)
+    assert database.execute("SELECT COUNT(*) FROM baetyl_migrations") == [(1,)]
+
+
+async def test_database_migrated_by_newer_code_is_refused(database: Database) -> None:
+    """A recorded migration this code does not know makes opening fail, asking for an upgrade."""
+    async with TortoiseStore(database.url):
+        pass
+    database.execute("INSERT INTO baetyl_migrations VALUES (?, ?, ?)", (7, "future", 0))
+    with pytest.raises(StoreError, match=r"newer pybaetyl \(migration 7\); upgrade pybaetyl"):
+        async with TortoiseStore(database.url):
+            pass
+
+
+async def test_load_of_missing_nodes_is_empty(database: Database) -> None:
+    """Nodes without a stored shadow are absent from what load returns."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a")))
+        assert await store.load(["b", "c"]) == {}
+        assert set(await store.load(["a", "b"])) == {"a"}
+        assert await store.load([]) == {}
+
+
+async def test_insert_then_load_round_trips(database: Database) -> None:
+    """Unicode, nested JSON, big integers, floats and a null last_seen come back as stored."""
+    shadow = ShadowRecord(
+        "default.Ünïcode-Node",
+        desired=Section(
+            {"name": "温度 🌡", "nested": {"list": [1, {"deep": [None, True]}], "f": 0.1}},
+            {"name": {"ts": 1}},
+            2**62,
+        ),
+        reported=Section({"huge": 2**80, "neg": -(2**63)}, {"huge": {"ts": 2}}, 3),
+        online=False,
+        last_seen=None,
+        updated_at=1_700_000_000_123,
+    )
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(shadow, record("other")))
+        assert await store.load([shadow.node_id]) == {shadow.node_id: shadow}
+        assert await store.load([shadow.node_id.lower()]) == {}  # node ids are case-sensitive
+
+
+async def test_conditional_update_applies(database: Database) -> None:
+    """An update based on the stored versions replaces the row."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a", 1, 0, temp=20)))
+        new = record("a", 2, 5, temp=21)
+        await store.commit([ShadowWrite(new, based_on=(1, 0))])
+        assert await store.load(["a"]) == {"a": new}
+
+
+async def test_update_that_changes_nothing_still_matches(database: Database) -> None:
+    """Rewriting a row with identical values is not mistaken for a stale write (found rows)."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a")))
+        await store.commit([ShadowWrite(record("a"), based_on=(1, 0))])
+        assert await store.load(["a"]) == {"a": record("a")}
+
+
+async def test_two_writes_of_one_node_in_a_batch_apply_in_order(database: Database) -> None:
+    """A batch may carry a node twice, the second write based on the first."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a", 1, 0)))
+        await store.commit(
+            [
+                ShadowWrite(record("a", 2, 0, step=1), based_on=(1, 0)),
+                ShadowWrite(record("a", 3, 0, step=2), based_on=(2, 0)),
+            ]
+        )
+        assert await store.load(["a"]) == {"a": record("a", 3, 0, step=2)}
+
+
+async def test_stale_update_writes_nothing_of_the_batch(database: Database) -> None:
+    """One stale row fails the batch with StaleWrite naming it; its valid rows are not written."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a"), record("b"), record("c")))
+        with pytest.raises(StaleWrite) as caught:
+            await store.commit(
+                [
+                    ShadowWrite(record("a", 2, 0), based_on=(1, 0)),
+                    ShadowWrite(record("b", 9, 0), based_on=(8, 0)),
+                    *insert(record("new")),
+                    ShadowWrite(record("c", 2, 0), based_on=(1, 0)),
+                ]
+            )
+        assert caught.value.node_ids == ["b"]
+        assert await store.load(["a", "b", "c", "new"]) == {n: record(n) for n in ("a", "b", "c")}
+
+
+async def test_duplicate_insert_is_stale(database: Database) -> None:
+    """Inserting an existing shadow (or one twice) fails the batch with StaleWrite naming it."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a")))
+        with pytest.raises(StaleWrite) as caught:
+            await store.commit(insert(record("fresh"), record("a", 5)))
+        assert caught.value.node_ids == ["a"]
+        with pytest.raises(StaleWrite) as caught:
+            await store.commit(insert(record("twice"), record("twice")))
+        assert caught.value.node_ids == ["twice"]
+        assert await store.node_ids() == ["a"]
+        assert (await store.load(["a"]))["a"] == record("a")
+
+
+async def test_batch_of_5000_writes_is_one_transaction(database: Database) -> None:
+    """5,000 inserts commit together; 5,000 updates whose last one is stale leave no row changed."""
+    nodes = [f"node-{i:05d}" for i in range(5000)]
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(*(record(n, 1, 0, i=i) for i, n in enumerate(nodes))))
+        assert len(await store.load(nodes)) == 5000
+        updates = [ShadowWrite(record(n, 2, 0, i=-1), based_on=(1, 0)) for n in nodes]
+        updates[-1] = ShadowWrite(record(nodes[-1], 2, 0), based_on=(1, 99))
+        with pytest.raises(StaleWrite) as caught:
+            await store.commit(updates)
+        assert caught.value.node_ids == [nodes[-1]]
+        loaded = await store.load(nodes)
+        assert all(r.desired.version == 1 for r in loaded.values())
+        await store.commit(updates[:-1])
+        assert (await store.load([nodes[0]]))[nodes[0]].desired == Section(
+            {"i": -1}, {"i": {"ts": 1}}, 2
+        )
+
+
+async def test_ping_answers(database: Database) -> None:
+    """ping returns quietly while the database is up."""
+    async with TortoiseStore(database.url) as store:
+        await store.ping()
+
+
+async def test_closed_store_refuses_use(database: Database) -> None:
+    """A store used outside its async with raises StoreError saying so."""
+    store = TortoiseStore(database.url)
+    with pytest.raises(StoreError, match="not open"):
+        await store.ping()
+    async with store:
+        pass
+    with pytest.raises(StoreError, match="not open"):
+        await store.load(["a"])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:p@host/db",
+        "sqlite://relative.db",
+        "sqlite:///tmp/x.db?journal_mode=OFF",
+        "mysql://root@127.0.0.1:notaport/db",
+        "mysql://127.0.0.1/db",
+        "mysql://root:secret@127.0.0.1:3306/",
+        "mysql://root:secret@127.0.0.1:3306/db;drop",
+        "not a url",
+    ],
+)
+def test_bad_url_is_refused(url: str) -> None:
+    """An unsupported or malformed URL raises StoreError naming the accepted forms, no password."""
+    with pytest.raises(StoreError, match=r"use sqlite:///absolute/path") as caught:
+        TortoiseStore(url)
+    assert "secret" not in str(caught.value)
+
+
+async def test_unreachable_mysql_says_what_to_check() -> None:
+    """A MySQL server that does not answer makes opening fail with what to check."""
+    with pytest.raises(StoreError, match="check that the server runs and is reachable"):
+        async with TortoiseStore("mysql://root:@127.0.0.1:1/nowhere"):
+            pass
+
+
+async def test_sqlite_in_missing_directory_says_what_to_check(tmp_path: Path) -> None:
+    """A SQLite file whose directory does not exist makes opening fail with what to check."""
+    with pytest.raises(StoreError, match="check that its directory exists"):
+        async with TortoiseStore(f"sqlite://{tmp_path}/missing/baetyl.db"):
+            pass
+
+
+async def test_data_survives_close_and_reopen(database: Database) -> None:
+    """What was committed is there after the store was closed and opened again."""
+    async with TortoiseStore(database.url) as store:
+        await store.commit(insert(record("a", temp=1), record("b")))
+        await store.commit([ShadowWrite(record("a", 2, 1, temp=2), based_on=(1, 0))])
+    async with TortoiseStore(database.url) as store:
+        assert await store.load(["a", "b"]) == {
+            "a": record("a", 2, 1, temp=2),
+            "b": record("b"),
+        }
+        assert (await store.load(["b"]))["b"].reported == EMPTY
+
+
+CHILD = """
+import asyncio, sys
+from shadow.document import Section
+from shadow.server.sql import TortoiseStore
+from shadow.server.store import ShadowRecord, ShadowWrite
+
+async def main() -> None:
+    async with TortoiseStore(sys.argv[1]) as store:
+        shadow = ShadowRecord("killed", Section({"k": 1}, {}, 1), updated_at=5)
+        await store.commit([ShadowWrite(shadow, based_on=None)])
+        print("committed", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_commit_is_durable_across_sigkill(database: Database) -> None:
+    """A commit that returned is found after its process was killed with SIGKILL right after."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, database.url, cwd=REPO, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), timeout=30)
+        assert line == b"committed\n"
+    finally:
+        child.kill()
+        await child.wait()
+    assert child.returncode == -9
+    async with TortoiseStore(database.url) as store:
+        loaded = await store.load(["killed"])
+    assert loaded["killed"].desired == Section({"k": 1}, {}, 1)
