@@ -1,0 +1,30 @@
+"""The shadow service and what it stands on: the bus, the store, the settings.
+
+::
+
+    async with TortoiseStore.open(url) as store, ShadowService(EmbeddedBus(broker), store) as svc:
+        await svc.update_desired("acme.gw-1", {"apps": [{"name": "web", "version": "3"}]})
+"""
+
+from shadow.server.bus import Bus, Denied, EmbeddedBus, MessageHandler, Presence
+from shadow.server.service import DesiredWrite, NoResources, ResourceSource, ShadowService
+from shadow.server.settings import ShadowSettings
+from shadow.server.sql import TortoiseStore
+from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
+
+__all__ = [
+    "Bus",
+    "Denied",
+    "DesiredWrite",
+    "EmbeddedBus",
+    "MessageHandler",
+    "NoResources",
+    "Presence",
+    "ResourceSource",
+    "ShadowRecord",
+    "ShadowService",
+    "ShadowSettings",
+    "ShadowStore",
+    "ShadowWrite",
+    "TortoiseStore",
+]
