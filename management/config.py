@@ -24,15 +24,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from broker import BrokerSettings
+from shadow.server import ShadowSettings
 
 __all__ = [
     "CONFIG_FILE_NAME",
     "DEFAULT_DATA_DIR",
     "BrokerSettings",
     "ConfigError",
+    "DatabaseSettings",
     "LogLevel",
     "PKISettings",
     "Settings",
+    "ShadowSettings",
     "load_settings",
 ]
 
@@ -88,6 +91,29 @@ class PKISettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """Where shadows (and later every resource) are stored."""
+
+    url: str = ""  # empty: SQLite in <data-dir>/baetyl.db
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("sqlite://", "mysql://")):
+            raise ConfigError(
+                "database.url must be sqlite:///<path> or mysql://<user>:<password>@<host>:<port>/"
+                "<database> (or empty for SQLite in the data directory)."
+            )
+
+    def redacted(self) -> str:
+        """The URL with its password masked, for logs and ``config show``."""
+        scheme, sep, rest = self.url.partition("://")
+        credentials, at, host = rest.rpartition("@")
+        if not sep or not at or ":" not in credentials:
+            return self.url
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the cloud process is configured with."""
 
@@ -95,6 +121,15 @@ class Settings:
     log_level: LogLevel = LogLevel.INFO
     pki: PKISettings = field(default_factory=PKISettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite://{(self.data_dir / 'baetyl.db').resolve()}"
 
     @property
     def ca_dir(self) -> Path:

@@ -20,6 +20,7 @@ from management.cli import broker as broker_cli
 from management.cli import certs as certs_cli
 from management.cli import config as config_cli
 from management.config import ConfigError, load_settings
+from shadow import ShadowError
 
 __all__ = ["build_parser", "main"]
 
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(level)
         code: int = args.func(args)
         return code
-    except (ConfigError, CertsError, BrokerError, edge_cli.EdgeError) as exc:
+    except (ConfigError, CertsError, BrokerError, ShadowError, edge_cli.EdgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from broker import EmbeddedBroker, TLSFiles, freeze_long_lived
 from certs import CertificateAuthority
 from management.bootstrap import ensure_pki
 from management.config import Settings
+from shadow.server import EmbeddedBus, ShadowService, TortoiseStore
 
 __all__ = ["add_parser", "add_up_parser"]
 
@@ -28,7 +29,7 @@ def add_up_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "the CA and the server certificate, then serves MQTT over mTLS (port 8883). "
         "Stops cleanly on Ctrl-C or SIGTERM.",
     )
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, cloud=True)
 
 
 def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,24 +46,34 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Run only the broker (with the CA and server certificate it needs) until "
         "Ctrl-C or SIGTERM.",
     )
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, cloud=False)
 
 
 def _run(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     ca, files = ensure_pki(settings)
-    asyncio.run(_serve(settings, ca, files))
+    asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
     return 0
 
 
-async def _serve(settings: Settings, ca: CertificateAuthority, files: TLSFiles) -> None:
+async def _serve(
+    settings: Settings, ca: CertificateAuthority, files: TLSFiles, *, cloud: bool
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with EmbeddedBroker(settings.broker, files) as broker:
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, files))
+        if cloud:
+            store = await stack.enter_async_context(TortoiseStore.open(settings.database_url))
+            await stack.enter_async_context(
+                ShadowService(EmbeddedBus(broker), store, settings.shadow)
+            )
         ports = broker.ports
         print(f"pybaetyl is up. Data directory: {settings.data_dir.resolve()}", flush=True)
+        if cloud:
+            print(f"  store  {settings.database.redacted() or settings.database_url}")
         for name, port in sorted(ports.items()):
             print(f"  {name:6} {settings.broker.host if name != 'local' else '127.0.0.1'}:{port}")
         print("Press Ctrl-C to stop.", flush=True)

@@ -33,7 +33,9 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _show(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
-    print(json.dumps(_plain(dataclasses.asdict(settings)), indent=2, sort_keys=True))
+    tree = _plain(dataclasses.asdict(settings))
+    tree["database"]["url"] = settings.database.redacted()  # never print a password
+    print(json.dumps(tree, indent=2, sort_keys=True))
     return 0
 
 
