@@ -1,7 +1,9 @@
 """Schema migrations of the shadow store: an ordered list of SQL steps and their runner.
 
-Every migration has an id (1, 2, 3, ... in order), a name and its statements for each dialect.
-Applied migrations are recorded in ``baetyl_migrations(id, name, applied_at)``. Opening a store
+Every migration belongs to a component (``shadow`` here; the management API adds its own) and
+has an id (1, 2, 3, ... in order within its component), a name and its statements for each
+dialect. Applied migrations are recorded in ``baetyl_migrations(component, id, name,
+applied_at)``; components are applied in the order given. Opening a store
 applies the pending ones in order, each in its own transaction; re-opening applies nothing.
 
 Two processes opening the same database at once are serialised: on SQLite each migration runs in
@@ -43,6 +45,7 @@ class Migration:
     name: str
     sqlite: tuple[str, ...]
     mysql: tuple[str, ...]
+    component: str = "shadow"
 
     def __post_init__(self) -> None:
         if self.id < 1 or not self.name or not self.sqlite or not self.mysql:
@@ -88,40 +91,53 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 _SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS baetyl_migrations (
-    id INTEGER NOT NULL PRIMARY KEY,
+    component VARCHAR(64) NOT NULL,
+    id INTEGER NOT NULL,
     name VARCHAR(255) NOT NULL,
-    applied_at BIGINT NOT NULL
+    applied_at BIGINT NOT NULL,
+    PRIMARY KEY (component, id)
 )"""
 
 _MYSQL_TABLE = """CREATE TABLE baetyl_migrations (
-    id INT NOT NULL PRIMARY KEY,
+    component VARCHAR(64) NOT NULL,
+    id INT NOT NULL,
     name VARCHAR(255) NOT NULL,
-    applied_at BIGINT NOT NULL
+    applied_at BIGINT NOT NULL,
+    PRIMARY KEY (component, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
+
+Key = tuple[str, int]  # (component, id)
 
 
 def _check(migrations: Sequence[Migration]) -> None:
-    """Refuse a migration list whose ids are not 1, 2, 3, ... (a programming error)."""
-    if [m.id for m in migrations] != list(range(1, len(migrations) + 1)):
-        raise ValueError("Migration ids must be 1, 2, 3, ... in order; fix the MIGRATIONS list.")
-
-
-def _check_recorded(recorded: dict[int, str], migrations: Sequence[Migration]) -> None:
-    """Refuse a database migrated by newer code, or by code whose migrations differ from ours."""
-    if not recorded:
-        return
-    newest = max(recorded)
-    if newest > len(migrations):
-        raise StoreError(
-            f"this database was migrated by a newer pybaetyl (migration {newest}); "
-            "upgrade pybaetyl to use it."
-        )
+    """Refuse a list whose ids are not 1, 2, 3, ... within each component (a programming error)."""
+    ids: dict[str, list[int]] = {}
     for migration in migrations:
-        name = recorded.get(migration.id)
-        if name is not None and name != migration.name:
+        ids.setdefault(migration.component, []).append(migration.id)
+    for component, found in ids.items():
+        if found != list(range(1, len(found) + 1)):
+            raise ValueError(
+                f"Migration ids of {component!r} must be 1, 2, 3, ... in order; fix the list."
+            )
+
+
+def _check_recorded(recorded: dict[Key, str], migrations: Sequence[Migration]) -> None:
+    """Refuse a database migrated by newer code, or by code whose migrations differ from ours."""
+    known = {(m.component, m.id): m.name for m in migrations}
+    components = {m.component for m in migrations}
+    for (component, number), name in sorted(recorded.items()):
+        if component not in components:
+            continue  # another component's tables (e.g. the API's, opened by the shadow alone)
+        if (component, number) not in known:
             raise StoreError(
-                f"This database records migration {migration.id} as {name!r} but this pybaetyl "
-                f"knows it as {migration.name!r}; open it with the pybaetyl that created it."
+                f"this database was migrated by a newer pybaetyl ({component} migration "
+                f"{number}); upgrade pybaetyl to use it."
+            )
+        if known[(component, number)] != name:
+            raise StoreError(
+                f"This database records {component} migration {number} as {name!r} but this "
+                f"pybaetyl knows it as {known[(component, number)]!r}; open it with the "
+                "pybaetyl that created it."
             )
 
 
@@ -141,15 +157,16 @@ async def migrate_sqlite(
         await conn.execute("BEGIN IMMEDIATE")
         try:
             await conn.execute(_SQLITE_TABLE)
-            rows = await conn.execute_fetchall("SELECT id, name FROM baetyl_migrations")
-            recorded = {int(row[0]): str(row[1]) for row in rows}
+            rows = await conn.execute_fetchall("SELECT component, id, name FROM baetyl_migrations")
+            recorded = {(str(row[0]), int(row[1])): str(row[2]) for row in rows}
             _check_recorded(recorded, migrations)
-            if migration is not None and migration.id not in recorded:
+            if migration is not None and (migration.component, migration.id) not in recorded:
                 for statement in migration.sqlite:
                     await conn.execute(statement)
                 await conn.execute(
-                    "INSERT INTO baetyl_migrations (id, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.id, migration.name, _now_ms()),
+                    "INSERT INTO baetyl_migrations (component, id, name, applied_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (migration.component, migration.id, migration.name, _now_ms()),
                 )
                 applied.append(migration.id)
             await conn.commit()
@@ -187,19 +204,20 @@ async def migrate_mysql(
             (exists,) = await cur.fetchone()
             if not exists:
                 await cur.execute(_MYSQL_TABLE)
-            await cur.execute("SELECT id, name FROM baetyl_migrations")
-            recorded = {int(row[0]): str(row[1]) for row in await cur.fetchall()}
+            await cur.execute("SELECT component, id, name FROM baetyl_migrations")
+            recorded = {(str(row[0]), int(row[1])): str(row[2]) for row in await cur.fetchall()}
             _check_recorded(recorded, migrations)
             for migration in migrations:
-                if migration.id in recorded:
+                if (migration.component, migration.id) in recorded:
                     continue
                 await conn.begin()
                 try:
                     for statement in migration.mysql:
                         await cur.execute(statement)
                     await cur.execute(
-                        "INSERT INTO baetyl_migrations (id, name, applied_at) VALUES (%s, %s, %s)",
-                        (migration.id, migration.name, _now_ms()),
+                        "INSERT INTO baetyl_migrations (component, id, name, applied_at) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (migration.component, migration.id, migration.name, _now_ms()),
                     )
                     await conn.commit()
                 except BaseException:

@@ -32,8 +32,8 @@ import os
 import re
 import sqlite3
 import urllib.parse
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self
@@ -47,7 +47,7 @@ from tortoise.exceptions import BaseORMException
 
 from shadow.document import Section
 from shadow.errors import StaleWrite, StoreError
-from shadow.server.migrations import migrate_mysql, migrate_sqlite
+from shadow.server.migrations import MIGRATIONS, Migration, migrate_mysql, migrate_sqlite
 from shadow.server.store import ShadowRecord, ShadowWrite
 
 __all__ = ["TortoiseStore"]
@@ -295,9 +295,20 @@ class _Backend(Protocol):
 
     param: str  # the driver's parameter marker
 
-    async def migrate(self) -> None: ...
+    async def migrate(self, migrations: Sequence[Migration]) -> None: ...
     async def select(self, sql: str, params: Sequence[Any]) -> list[Row]: ...
     async def commit(self, inserts: list[Row], updates: list[Row]) -> None: ...
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+
+class Transaction(Protocol):
+    """Plain SQL inside one transaction (``?`` marks parameters, whatever the dialect)."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it matched."""
+        ...
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
 
 class _Sqlite:
@@ -313,7 +324,7 @@ class _Sqlite:
     def __init__(self, client: BaseDBAsyncClient) -> None:
         self._client = client
 
-    async def migrate(self) -> None:
+    async def migrate(self, migrations: Sequence[Migration]) -> None:
         async with self._client.acquire_connection() as conn:
             rows = await conn.execute_fetchall("PRAGMA journal_mode")
             if str(next(iter(rows))[0]).lower() != "wal":
@@ -321,7 +332,18 @@ class _Sqlite:
                     "SQLite could not switch the shadow database to WAL mode; put it on a local "
                     "file system that supports shared memory (not a network share)."
                 )
-            await migrate_sqlite(conn)
+            await migrate_sqlite(conn, migrations)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._client.acquire_connection() as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTransaction(conn)
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
 
     async def select(self, sql: str, params: Sequence[Any]) -> list[Row]:
         async with self._client.acquire_connection() as conn:
@@ -393,9 +415,22 @@ class _MySQL:
         self._client = client
         self._database = database
 
-    async def migrate(self) -> None:
+    async def migrate(self, migrations: Sequence[Migration]) -> None:
         async with self._client.acquire_connection() as conn:
-            await migrate_mysql(conn, self._database)
+            await migrate_mysql(conn, self._database, migrations)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._client.acquire_connection() as conn:
+            await conn.begin()
+            try:
+                async with conn.cursor() as cursor:
+                    yield _MySQLTransaction(cursor)
+                await conn.commit()
+            except BaseException:
+                with suppress(*_DB_ERRORS):
+                    await conn.rollback()
+                raise
 
     async def select(self, sql: str, params: Sequence[Any]) -> list[Row]:
         async with self._client.acquire_connection() as conn, conn.cursor() as cursor:
@@ -456,6 +491,31 @@ class _MySQL:
             yield packet
 
 
+class _SqliteTransaction:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(sql, params)
+        return int(cursor.rowcount)
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(row) for row in await self._conn.execute_fetchall(sql, params)]
+
+
+class _MySQLTransaction:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._cursor.execute(sql.replace("?", "%s"), params)
+        return int(self._cursor.rowcount)
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        await self._cursor.execute(sql.replace("?", "%s"), params)
+        return [tuple(row) for row in await self._cursor.fetchall()]
+
+
 # --- the store ------------------------------------------------------------------------------------
 
 
@@ -466,15 +526,16 @@ class TortoiseStore:
     a bad one raises ``StoreError`` here. Entering connects and migrates the schema.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         self.target: Final = parse_url(url)
+        self._migrations = tuple(migrations)
         self._context: TortoiseContext | None = None
         self._backend: _Backend | None = None
 
     @classmethod
-    def open(cls, url: str) -> TortoiseStore:
+    def open(cls, url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> TortoiseStore:
         """The store for ``url``, to be entered with ``async with``."""
-        return cls(url)
+        return cls(url, migrations=migrations)
 
     @property
     def dialect(self) -> Literal["sqlite", "mysql"]:
@@ -504,7 +565,7 @@ class TortoiseStore:
                     f"(CREATE DATABASE {self.target.database} CHARACTER SET utf8mb4)."
                 )
             with _translated(f"open the {self.target.describe()}", advice):
-                await backend.migrate()
+                await backend.migrate(self._migrations)
             self._backend = backend
         except BaseException:
             await self._close()
@@ -583,3 +644,20 @@ class TortoiseStore:
             "check that the database runs and is reachable from here.",
         ):
             await backend.select("SELECT 1", ())
+
+    # -- plain SQL for the other stores on the same database (the management API's) ----------
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """One transaction (``async with store.transaction() as tx``); rolled back on error.
+
+        Database errors inside are raised as the driver's; callers translate them.
+        """
+        return self._open_backend().transaction()
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Rows of one query outside a transaction (``?`` marks parameters)."""
+        backend = self._open_backend()
+        if backend.param != "?":
+            sql = sql.replace("?", backend.param)
+        with _translated("read from the database", "retry later; if it persists, check it."):
+            return await backend.select(sql, params)

@@ -10,6 +10,7 @@ import pytest
 
 from shadow.document import EMPTY, Section
 from shadow.errors import StaleWrite, StoreError
+from shadow.server.migrations import MIGRATIONS, Migration, _check
 from shadow.server.sql import TortoiseStore
 from shadow.server.store import ShadowRecord, ShadowWrite
 from tests.shadow.conftest import Database
@@ -40,7 +41,9 @@ async def test_open_creates_schema_and_reopening_is_idempotent(database: Databas
         await store.commit(insert(record("a")))
     async with TortoiseStore.open(database.url) as store:
         assert await store.node_ids() == ["a"]
-    assert database.execute("SELECT id, name FROM baetyl_migrations") == [(1, "create shadows")]
+    assert database.execute("SELECT component, id, name FROM baetyl_migrations") == [
+        ("shadow", 1, "create shadows")
+    ]
 
 
 async def test_concurrent_opens_migrate_once(database: Database) -> None:
@@ -60,8 +63,10 @@ async def test_database_migrated_by_newer_code_is_refused(database: Database) ->
     """A recorded migration this code does not know makes opening fail, asking for an upgrade."""
     async with TortoiseStore(database.url):
         pass
-    database.execute("INSERT INTO baetyl_migrations VALUES (?, ?, ?)", (7, "future", 0))
-    with pytest.raises(StoreError, match=r"newer pybaetyl \(migration 7\); upgrade pybaetyl"):
+    database.execute(
+        "INSERT INTO baetyl_migrations VALUES (?, ?, ?, ?)", ("shadow", 7, "future", 0)
+    )
+    with pytest.raises(StoreError, match=r"newer pybaetyl \(shadow migration 7\); upgrade"):
         async with TortoiseStore(database.url):
             pass
 
@@ -273,3 +278,37 @@ async def test_commit_is_durable_across_sigkill(database: Database) -> None:
     async with TortoiseStore(database.url) as store:
         loaded = await store.load(["killed"])
     assert loaded["killed"].desired == Section({"k": 1}, {}, 1)
+
+
+EXTRA = Migration(
+    1,
+    "create notes",
+    sqlite=("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",),
+    mysql=("CREATE TABLE notes (id INT PRIMARY KEY, body TEXT NOT NULL) ENGINE=InnoDB",),
+    component="notes",
+)
+
+
+async def test_another_component_migrates_beside_the_shadow(database: Database) -> None:
+    """A second component's migrations run too, and its tables take plain SQL transactions."""
+    async with TortoiseStore(database.url, migrations=(*MIGRATIONS, EXTRA)) as store:
+        async with store.transaction() as tx:
+            inserted = await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (1, "hi"))
+            assert inserted == 1
+        with pytest.raises(RuntimeError, match="roll back"):  # noqa: PT012 # the rollback path
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (2, "lost"))
+                raise RuntimeError("roll back")
+        assert await store.select("SELECT id, body FROM notes") == [(1, "hi")]
+    async with TortoiseStore(database.url):  # the shadow alone ignores the other component
+        pass
+    assert ("notes", 1, "create notes") in database.execute(
+        "SELECT component, id, name FROM baetyl_migrations"
+    )
+
+
+def test_migration_ids_must_count_up_within_a_component() -> None:
+    """A list whose ids skip within a component is a programming error caught at open."""
+    broken = Migration(2, "skip", sqlite=("SELECT 1",), mysql=("SELECT 1",), component="notes")
+    with pytest.raises(ValueError, match="notes"):
+        _check([*MIGRATIONS, broken])
