@@ -29,6 +29,7 @@ from shadow.server import ShadowSettings
 __all__ = [
     "CONFIG_FILE_NAME",
     "DEFAULT_DATA_DIR",
+    "ApiSettings",
     "BrokerSettings",
     "ConfigError",
     "DatabaseSettings",
@@ -91,6 +92,28 @@ class PKISettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The management API (plain HTTP, loopback by default) and the activation endpoint (HTTPS)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9004
+    activation_host: str = "0.0.0.0"  # noqa: S104 # nodes activate from the network
+    activation_port: int = 9003
+    public_host: str = "localhost"  # the name nodes use to reach the broker and activation
+    install_token_ttl: int = 3600  # seconds an install command stays usable
+
+    def __post_init__(self) -> None:
+        for name in ("port", "activation_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"api.{name} is {port}; use a TCP port from 0 to 65535.")
+        if not 60 <= self.install_token_ttl <= 7 * 86400:
+            raise ConfigError("api.install_token_ttl must be from 60 seconds to 7 days.")
+        if not self.public_host:
+            raise ConfigError("api.public_host must name this server as nodes reach it.")
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     """Where shadows (and later every resource) are stored."""
 
@@ -123,6 +146,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     @property
     def database_url(self) -> str:
@@ -138,6 +162,11 @@ class Settings:
     @property
     def server_dir(self) -> Path:
         return self.data_dir / "server"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Keys of the API: secrets at rest, activation token signing (0700, files 0600)."""
+        return self.data_dir / "keys"
 
 
 T = TypeVar("T")

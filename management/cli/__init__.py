@@ -19,6 +19,7 @@ from edge import cli as edge_cli
 from management.cli import broker as broker_cli
 from management.cli import certs as certs_cli
 from management.cli import config as config_cli
+from management.cli import tokens as tokens_cli
 from management.config import ConfigError, load_settings
 from shadow import ShadowError
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs_cli.add_parser(groups)
     edge_cli.add_parser(groups)
     config_cli.add_parser(groups)
+    tokens_cli.add_parser(groups)
     return parser
 
 

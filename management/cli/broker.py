@@ -11,8 +11,8 @@ import signal
 from broker import EmbeddedBroker, TLSFiles, freeze_long_lived
 from certs import CertificateAuthority
 from management.bootstrap import ensure_pki
+from management.cloud import Cloud
 from management.config import Settings
-from shadow.server import EmbeddedBus, ShadowService, TortoiseStore
 
 __all__ = ["add_parser", "add_up_parser"]
 
@@ -64,18 +64,27 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
-        broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, files))
         if cloud:
-            store = await stack.enter_async_context(TortoiseStore.open(settings.database_url))
-            await stack.enter_async_context(
-                ShadowService(EmbeddedBus(broker), store, settings.shadow)
-            )
-        ports = broker.ports
+            running = await stack.enter_async_context(Cloud(settings, ca, files))
+            ports = running.ports
+        else:
+            broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, files))
+            ports = broker.ports
         print(f"pybaetyl is up. Data directory: {settings.data_dir.resolve()}", flush=True)
         if cloud:
-            print(f"  store  {settings.database.redacted() or settings.database_url}")
+            print(f"  store      {settings.database.redacted() or settings.database_url}")
+        hosts = {
+            "local": "127.0.0.1",
+            "api": settings.api.host,
+            "activation": settings.api.activation_host,
+        }
         for name, port in sorted(ports.items()):
-            print(f"  {name:6} {settings.broker.host if name != 'local' else '127.0.0.1'}:{port}")
+            print(f"  {name:10} {hosts.get(name, settings.broker.host)}:{port}")
+        if cloud:
+            print(
+                f"  API docs   http://{settings.api.host}:{ports['api']}/docs; create a token "
+                "with 'baetyl tokens create'."
+            )
         print("Press Ctrl-C to stop.", flush=True)
         background = [asyncio.create_task(_refresh_crl(ca))]
         if settings.broker.gc_freeze_interval:

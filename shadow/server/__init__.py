@@ -7,17 +7,20 @@
 """
 
 from shadow.server.bus import Bus, Denied, EmbeddedBus, MessageHandler, Presence
+from shadow.server.migrations import MIGRATIONS, Migration
 from shadow.server.service import DesiredWrite, NoResources, ResourceSource, ShadowService
 from shadow.server.settings import ShadowSettings
-from shadow.server.sql import TortoiseStore
+from shadow.server.sql import TortoiseStore, Transaction
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
 
 __all__ = [
+    "MIGRATIONS",
     "Bus",
     "Denied",
     "DesiredWrite",
     "EmbeddedBus",
     "MessageHandler",
+    "Migration",
     "NoResources",
     "Presence",
     "ResourceSource",
@@ -27,4 +30,5 @@ __all__ = [
     "ShadowStore",
     "ShadowWrite",
     "TortoiseStore",
+    "Transaction",
 ]

@@ -1,0 +1,197 @@
+"""The aiohttp application of the management API: context, middlewares, health.
+
+::
+
+    app = create_app(context)        # routes in routes.py, OpenAPI in openapi.py
+
+Every request under ``/v1`` (except the OpenAPI document) needs ``Authorization: Bearer
+<token>``; the token's namespace is the only one the request sees, and a name from another
+namespace is simply not found (404, never 403). Errors are ``{code, message, requestId}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from certs import CertificateAuthority
+from management.api.errors import ApiError, BadRequest, NotFound, Unauthorized, Unavailable
+from management.api.schemas import ValidationFailed
+from management.crypto import SecretBox
+from management.matching import Matcher
+from management.selectors import SelectorError
+from management.store import ResourceConflict, ResourceMissing, ResourceStore
+from management.tokens import TokenError, TokenSigner, hash_secret, parse_api_token
+from shadow import Conflict as ShadowConflict
+from shadow import RequestError, StoreError
+from shadow.server import ShadowService
+
+__all__ = ["CONTEXT", "NAMESPACE", "REQUEST_ID", "ApiContext", "create_app", "json_body"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """What the handlers use: the stores, the shadow, the keys and the public addresses."""
+
+    store: ResourceStore
+    shadow: ShadowService
+    matcher: Matcher
+    secrets: SecretBox
+    signer: TokenSigner
+    ca: CertificateAuthority
+    public_host: str  # the host name nodes use for the broker and the activation endpoint
+    mqtt_port: int
+    activation_port: int
+    install_token_ttl: int = 3600
+    node_cert_days: int = 365
+
+
+CONTEXT = web.AppKey("context", ApiContext)
+NAMESPACE = "baetyl.namespace"  # request key: the namespace of the caller's token
+REQUEST_ID = "baetyl.request_id"
+_OPEN_PATHS = frozenset({"/v1/openapi.json", "/docs", "/healthz", "/readyz"})
+MAX_BODY = 2 * 1024 * 1024
+
+
+def _error(
+    request: web.Request, status: int, code: str, message: str, field: str | None = None
+) -> web.Response:
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "requestId": request.get(REQUEST_ID, ""),
+    }
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate every error into ``{code, message, requestId}`` with its HTTP status."""
+    request[REQUEST_ID] = uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error(request, exc.status, exc.code, exc.message, exc.field)
+    except ValidationFailed as exc:
+        response = _error(request, 400, "ValidationFailed", exc.message, exc.field)
+    except SelectorError as exc:
+        response = _error(request, 400, "ValidationFailed", str(exc), "selector")
+    except ResourceMissing as exc:
+        response = _error(request, 404, "NotFound", str(exc))
+    except (ResourceConflict, ShadowConflict) as exc:
+        message = exc.message if isinstance(exc, RequestError) else str(exc)
+        response = _error(request, 409, "Conflict", message)
+    except RequestError as exc:  # from the shadow: 400/413 on desired state, 500 store down
+        if exc.code >= 500:
+            response = _error(request, 503, "Unavailable", exc.message)
+        else:
+            response = _error(request, 400, "ValidationFailed", exc.message)
+    except StoreError as exc:
+        log.error("request %s: the store failed: %s", request[REQUEST_ID], exc)
+        response = _error(
+            request, 503, "Unavailable", "The database is unavailable; retry in a few seconds."
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(request, exc.status, exc.reason.replace(" ", ""), exc.reason + ".")
+    except Exception:
+        log.exception("request %s failed", request[REQUEST_ID])
+        response = _error(
+            request, 500, "InternalError", "The server failed on this request; it was logged."
+        )
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind the request to its token's namespace, or refuse it with 401."""
+    if request.path in _OPEN_PATHS or not request.path.startswith("/v1/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, text = header.partition(" ")
+    if scheme.lower() != "bearer" or not text.strip():
+        raise Unauthorized(
+            "This API needs 'Authorization: Bearer <token>'; create a token with "
+            "'baetyl tokens create --namespace <ns>'."
+        )
+    try:
+        token_id, secret = parse_api_token(text.strip())
+    except TokenError:
+        raise Unauthorized("The bearer token is malformed; use the token printed by "
+                           "'baetyl tokens create'.") from None  # fmt: skip
+    context = request.app[CONTEXT]
+    record = await context.store.token(token_id)
+    now = int(time.time() * 1000)
+    if (
+        record is None
+        or record.secret_hash != hash_secret(secret)
+        or (record.expires_at is not None and record.expires_at <= now)
+    ):
+        raise Unauthorized(
+            "The bearer token is unknown, revoked or expired; create a new one with "
+            "'baetyl tokens create'."
+        )
+    request[NAMESPACE] = record.namespace
+    return await handler(request)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 saying what is wrong with it."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadRequest(f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest(f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less.") from None
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"The body is not valid JSON ({exc}); send a JSON object.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.")
+    return body
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers."""
+    try:
+        await request.app[CONTEXT].store.db.ping()
+    except StoreError:
+        raise Unavailable("The database does not answer; the API is not ready.") from None
+    return web.json_response({"status": "ready"})
+
+
+async def not_found(_request: web.Request) -> web.Response:
+    raise NotFound("There is no such route; see /v1/openapi.json for the routes.")
+
+
+def create_app(context: ApiContext) -> web.Application:
+    """The management API for ``context``: every route under ``/v1``, health, docs."""
+    from management.api import openapi, routes  # they import this module
+
+    app = web.Application(middlewares=[errors, authenticate], client_max_size=MAX_BODY)
+    app[CONTEXT] = context
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    routes.add_routes(app)
+    openapi.add_routes(app)
+    return app

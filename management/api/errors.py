@@ -1,0 +1,46 @@
+"""The API's errors: each one an HTTP status and a machine-readable code.
+
+Every error response is ``{"code", "message", "requestId"}`` (plus ``"field"`` for validation),
+whatever raised it; the middleware in ``app.py`` does the translation.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ApiError", "BadRequest", "Conflict", "NotFound", "Unauthorized", "Unavailable"]
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and ``code``; ``message`` says what to do."""
+
+    status = 500
+    code = "InternalError"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "BadRequest"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "Unauthorized"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "NotFound"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "Conflict"
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "Unavailable"

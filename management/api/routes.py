@@ -1,0 +1,327 @@
+"""The ``/v1`` routes: nodes, apps, configs, secrets, registries, certificates.
+
+Writes validate the body against its schema (``schemas.py``), then check what a schema cannot
+(label syntax, selectors, references between resources), store, and push the change to the
+affected nodes' desired state through the matcher.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+
+from certs import Identity, Status
+from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
+from management.api.errors import BadRequest, Conflict
+from management.api.schemas import validate
+from management.api.views import stored_body, view
+from management.matching import app_matches, desired_apps, mounts, node_id
+from management.selectors import Selector, validate_labels
+from management.store import Kind, Resource
+from management.tokens import ActivationClaims, ActivationKind
+
+__all__ = ["COLLECTIONS", "add_routes"]
+
+# URL collection -> (kind, write schema)
+COLLECTIONS: dict[str, tuple[Kind, str]] = {
+    "nodes": (Kind.NODE, "NodeWrite"),
+    "apps": (Kind.APP, "AppWrite"),
+    "configs": (Kind.CONFIG, "ConfigWrite"),
+    "secrets": (Kind.SECRET, "SecretWrite"),
+    "registries": (Kind.REGISTRY, "RegistryWrite"),
+    "certificates": (Kind.CERTIFICATE, "CertificateWrite"),
+}
+MAX_PAGE_SIZE = 200
+
+
+def _ctx(request: web.Request) -> ApiContext:
+    return request.app[CONTEXT]
+
+
+def _ns(request: web.Request) -> str:
+    namespace: str = request[NAMESPACE]
+    return namespace
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}.", field=name)
+    return value
+
+
+def _expected_version(request: web.Request) -> int | None:
+    """The version named by ``If-Match`` (the ``version`` of a read), if any."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequest('If-Match must be the resource\'s version, e.g. If-Match: "3".')
+    return int(text)
+
+
+# -- checks a schema cannot make -------------------------------------------------------------------
+
+
+async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, Any]) -> None:
+    validate_labels(body.get("labels") or {}, field="labels")
+    if kind is Kind.APP:
+        text = str(body.get("selector", ""))
+        Selector.parse(text)  # SelectorError -> 400 naming the position
+        for index, volume in enumerate(body.get("volumes") or []):
+            for source in (Kind.CONFIG, Kind.SECRET):
+                ref = volume.get(source.value)
+                if (
+                    isinstance(ref, dict)
+                    and await ctx.store.find(namespace, source, str(ref.get("name"))) is None
+                ):
+                    raise BadRequest(
+                        f"volumes[{index}].{source.value}.name: there is no {source} named "
+                        f"{ref.get('name')!r}; create it first.",
+                        field=f"volumes[{index}].{source.value}.name",
+                    )
+
+
+# -- generic collection handlers -------------------------------------------------------------------
+
+
+def _list_handler(kind: Kind) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        ctx = _ctx(request)
+        selector = Selector.parse(request.query.get("selector", ""))
+        name_part = request.query.get("name", "")
+        page_no = _int_param(request, "pageNo", 1, 1, 1_000_000)
+        page_size = _int_param(request, "pageSize", 20, 1, MAX_PAGE_SIZE)
+        items = [
+            r
+            for r in await ctx.store.list(_ns(request), kind)
+            if name_part in r.name and (selector.is_empty() or selector.matches(r.labels))
+        ]
+        page = items[(page_no - 1) * page_size : page_no * page_size]
+        views = [await _view(ctx, r, full=False) for r in page]
+        return web.json_response(
+            {"total": len(items), "pageNo": page_no, "pageSize": page_size, "items": views}
+        )
+
+    return handle
+
+
+async def _view(ctx: ApiContext, resource: Resource, *, full: bool = True) -> dict[str, Any]:
+    out = view(resource, box=ctx.secrets if full else None, full=full)
+    if resource.kind is Kind.NODE:
+        record = await ctx.shadow.get(node_id(resource.namespace, resource.name))
+        out["online"] = record.online
+        out["lastSeen"] = (
+            None
+            if record.last_seen is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.last_seen / 1000))
+        )
+        out["report"] = record.reported.state
+        out["desire"] = record.desired.state
+        apps = await ctx.store.list(resource.namespace, Kind.APP)
+        out["apps"] = desired_apps(resource, apps)
+    return out
+
+
+def _create_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        ctx = _ctx(request)
+        body = validate(schema, await json_body(request))
+        await _check(ctx, _ns(request), kind, body)
+        created = await ctx.store.create(stored_body(kind, _ns(request), body, ctx.secrets))
+        await _after_write(ctx, None, created)
+        return web.json_response(await _view(ctx, created), status=201)
+
+    return handle
+
+
+def _get_handler(kind: Kind) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        ctx = _ctx(request)
+        resource = await ctx.store.get(_ns(request), kind, request.match_info["name"])
+        return web.json_response(await _view(ctx, resource))
+
+    return handle
+
+
+def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        ctx = _ctx(request)
+        name = request.match_info["name"]
+        raw = await json_body(request)
+        raw.setdefault("name", name)
+        body = validate(schema, raw)
+        if body["name"] != name:
+            raise BadRequest(
+                f"name {body['name']!r} differs from {name!r} in the URL; names cannot change.",
+                field="name",
+            )
+        await _check(ctx, _ns(request), kind, body)
+        before = await ctx.store.get(_ns(request), kind, name)
+        updated = await ctx.store.update(
+            stored_body(kind, _ns(request), body, ctx.secrets),
+            expected_version=_expected_version(request),
+        )
+        await _after_write(ctx, before, updated)
+        return web.json_response(await _view(ctx, updated))
+
+    return handle
+
+
+def _delete_handler(kind: Kind) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        ctx = _ctx(request)
+        name = request.match_info["name"]
+        namespace = _ns(request)
+        if kind in (Kind.CONFIG, Kind.SECRET):
+            users = await ctx.matcher.users_of(namespace, kind, name)
+            if users:
+                raise Conflict(
+                    f"The {kind} {name!r} is mounted by app(s) {', '.join(users)}; remove it "
+                    "from their volumes first."
+                )
+        deleted = await ctx.store.delete(namespace, kind, name)
+        await _after_write(ctx, deleted, None)
+        return web.Response(status=204)
+
+    return handle
+
+
+async def _after_write(ctx: ApiContext, before: Resource | None, after: Resource | None) -> None:
+    """Push what the write changes to the nodes it affects."""
+    resource = after or before
+    assert resource is not None
+    if resource.kind is Kind.APP:
+        await ctx.matcher.after_app_change(resource.namespace, before, after)
+    elif resource.kind is Kind.NODE:
+        if after is not None:
+            await ctx.matcher.after_node_change(after)
+        else:
+            await _forget_node(ctx, resource)
+    elif resource.kind in (Kind.CONFIG, Kind.SECRET) and before is not None and after is not None:
+        await ctx.matcher.after_mounted_change(resource.namespace, resource.kind, resource.name)
+
+
+async def _forget_node(ctx: ApiContext, node: Resource) -> None:
+    """A deleted node: its certificates revoked (its connection closes), its desired emptied."""
+    identity = Identity.node(node.namespace, node.name)
+    for record in ctx.ca.records():
+        if record.identity == identity and record.status is Status.VALID:
+            ctx.ca.revoke(record.serial)
+    await ctx.shadow.replace_desired(node_id(node.namespace, node.name), {})
+
+
+# -- node extras -----------------------------------------------------------------------------------
+
+
+async def node_apps(request: web.Request) -> web.Response:
+    """The apps the node should run, with what it reports about them."""
+    ctx = _ctx(request)
+    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
+    apps = [a for a in await ctx.store.list(node.namespace, Kind.APP) if app_matches(a, node)]
+    record = await ctx.shadow.get(node_id(node.namespace, node.name))
+    stats = {s.get("name"): s for s in record.reported.state.get("appstats", []) or []
+             if isinstance(s, dict)}  # fmt: skip
+    items = [{**await _view(ctx, app, full=False), "status": stats.get(app.name)} for app in apps]
+    return web.json_response({"total": len(items), "items": items})
+
+
+async def node_stats(request: web.Request) -> web.Response:
+    """What the node last reported about itself: node info, stats, app stats."""
+    ctx = _ctx(request)
+    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
+    record = await ctx.shadow.get(node_id(node.namespace, node.name))
+    reported = record.reported.state
+    return web.json_response(
+        {
+            "online": record.online,
+            "node": reported.get("node", {}),
+            "nodestats": reported.get("nodestats", {}),
+            "appstats": reported.get("appstats", []),
+        }
+    )
+
+
+async def node_properties(request: web.Request) -> web.Response:
+    """Desired node properties (ours) and reported ones (the node's)."""
+    ctx = _ctx(request)
+    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
+    record = await ctx.shadow.get(node_id(node.namespace, node.name))
+    return web.json_response(
+        {
+            "desire": node.body.get("properties") or {},
+            "report": record.reported.state.get("nodeprops", {}),
+        }
+    )
+
+
+async def put_node_properties(request: web.Request) -> web.Response:
+    """Replace the desired node properties: ``{"desire": {...}}``."""
+    ctx = _ctx(request)
+    body = await json_body(request)
+    desire = body.get("desire")
+    if set(body) != {"desire"} or not isinstance(desire, dict):
+        raise BadRequest('The body must be {"desire": {<property>: <value>, ...}}.', field="desire")
+    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
+    updated = await ctx.store.update(
+        Resource(node.namespace, Kind.NODE, node.name, labels=node.labels,
+                 body={**node.body, "properties": desire}),
+        expected_version=_expected_version(request),
+    )  # fmt: skip
+    await ctx.matcher.after_node_change(updated)
+    return await node_properties(request)
+
+
+async def node_init(request: web.Request) -> web.Response:
+    """The one-line install command with a signed, expiring, single-use activation token."""
+    ctx = _ctx(request)
+    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
+    now = int(time.time())
+    claims = ActivationClaims.new(
+        ActivationKind.NODE, node.namespace, node.name, now=now, lifetime=ctx.install_token_ttl
+    )
+    token = ctx.signer.sign(claims)
+    fingerprint = ctx.ca.certificate.fingerprint(hashes.SHA256()).hex()
+    url = f"https://{ctx.public_host}:{ctx.activation_port}"
+    cmd = f"baetyl edge activate --url {url} --ca-sha256 {fingerprint} --token {token}"
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))
+    return web.json_response({"cmd": cmd, "token": token, "expiresAt": expires})
+
+
+async def config_users(request: web.Request) -> web.Response:
+    """The apps mounting a config (or secret)."""
+    ctx = _ctx(request)
+    kind = Kind.CONFIG if request.path.startswith("/v1/configs/") else Kind.SECRET
+    name = request.match_info["name"]
+    await ctx.store.get(_ns(request), kind, name)
+    apps = await ctx.store.list(_ns(request), Kind.APP)
+    users = [await _view(ctx, app, full=False) for app in apps if (kind, name) in mounts(app)]
+    return web.json_response({"total": len(users), "items": users})
+
+
+def add_routes(app: web.Application) -> None:
+    for collection, (kind, schema) in COLLECTIONS.items():
+        base = f"/v1/{collection}"
+        app.router.add_get(base, _list_handler(kind))
+        app.router.add_post(base, _create_handler(kind, schema))
+        app.router.add_get(base + "/{name}", _get_handler(kind))
+        app.router.add_put(base + "/{name}", _update_handler(kind, schema))
+        app.router.add_delete(base + "/{name}", _delete_handler(kind))
+    app.router.add_get("/v1/nodes/{name}/apps", node_apps)
+    app.router.add_get("/v1/nodes/{name}/stats", node_stats)
+    app.router.add_get("/v1/nodes/{name}/properties", node_properties)
+    app.router.add_put("/v1/nodes/{name}/properties", put_node_properties)
+    app.router.add_get("/v1/nodes/{name}/init", node_init)
+    app.router.add_get("/v1/configs/{name}/apps", config_users)
+    app.router.add_get("/v1/secrets/{name}/apps", config_users)

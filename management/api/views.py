@@ -1,0 +1,141 @@
+"""Between API bodies and stored resources: what is stored from a write, what a read shows.
+
+Secret values (secret data, registry passwords, certificate keys) are encrypted before they are
+stored, bound to their record (``SecretBox`` context ``<kind>/<namespace>/<name>/<key>``), and
+never shown by a read except a secret's own data on ``GET /v1/secrets/<name>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from management.api.errors import BadRequest
+from management.crypto import SecretBox
+from management.store import Kind, Resource
+
+__all__ = ["decrypt_data", "stored_body", "view"]
+
+# Fields every kind keeps in its body besides the common ones.
+_COMMON = ("name", "labels", "description")
+
+
+def _time(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _context(resource: Resource, key: str) -> str:
+    return f"{resource.kind}/{resource.namespace}/{resource.name}/{key}"
+
+
+def stored_body(kind: Kind, namespace: str, body: dict[str, Any], box: SecretBox) -> Resource:
+    """The resource to store for a validated write ``body`` (secret values encrypted)."""
+    name = str(body["name"])
+    labels = dict(body.get("labels") or {})
+    kept = {k: v for k, v in body.items() if k not in ("name", "labels")}
+    resource = Resource(namespace, kind, name, labels=labels, body=kept)
+    if kind is Kind.SECRET:
+        kept["data"] = {
+            key: box.encrypt(str(value).encode(), context=_context(resource, key))
+            for key, value in (body.get("data") or {}).items()
+        }
+    elif kind is Kind.REGISTRY and "password" in body:
+        kept["password"] = box.encrypt(
+            str(body["password"]).encode(), context=_context(resource, "password")
+        )
+    elif kind is Kind.CERTIFICATE:
+        data = body["data"]
+        kept["data"] = {
+            "certificate": data["certificate"],
+            "key": box.encrypt(str(data["key"]).encode(), context=_context(resource, "key")),
+        }
+        kept["info"] = _certificate_info(str(data["certificate"]), str(data["key"]))
+    return resource
+
+
+def _certificate_info(certificate_pem: str, key_pem: str) -> dict[str, Any]:
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    except ValueError:
+        raise BadRequest(
+            "data.certificate is not a PEM certificate; paste the '-----BEGIN CERTIFICATE-----' "
+            "block.",
+            field="data.certificate",
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise BadRequest(
+            "data.key is not an unencrypted PEM private key; export it without a passphrase.",
+            field="data.key",
+        ) from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = serialization.Encoding.PEM
+    if key.public_key().public_bytes(pem, spki) != certificate.public_key().public_bytes(pem, spki):
+        raise BadRequest(
+            "data.key does not belong to data.certificate; send the key the certificate was "
+            "issued for.",
+            field="data.key",
+        )
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        dns_names = san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns_names = []
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return {
+        "fingerprint": hashlib.sha256(der).hexdigest(),
+        "notBefore": certificate.not_valid_before_utc.isoformat().replace("+00:00", "Z"),
+        "notAfter": certificate.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
+        "subject": certificate.subject.rfc4514_string(),
+        "dnsNames": dns_names,
+    }
+
+
+def decrypt_data(resource: Resource, box: SecretBox) -> dict[str, str]:
+    """A secret's data in clear (for its owner's GET and for the node that mounts it)."""
+    data = resource.body.get("data") or {}
+    return {
+        key: box.decrypt(token, context=_context(resource, key)).decode()
+        for key, token in data.items()
+    }
+
+
+def view(resource: Resource, *, box: SecretBox | None = None, full: bool = True) -> dict[str, Any]:
+    """The API's JSON for a stored resource.
+
+    ``full=False`` is the list form (a secret's data left out). A secret's data is shown only
+    with ``box`` (its own GET); passwords and private keys are never shown.
+    """
+    out: dict[str, Any] = {
+        "name": resource.name,
+        "namespace": resource.namespace,
+        "version": str(resource.version),
+        "labels": resource.labels,
+        "description": resource.body.get("description", ""),
+        "createTime": _time(resource.created_at),
+        "updateTime": _time(resource.updated_at),
+    }
+    body = resource.body
+    if resource.kind is Kind.SECRET:
+        if full and box is not None:
+            out["data"] = decrypt_data(resource, box)
+    elif resource.kind is Kind.REGISTRY:
+        out["address"] = body.get("address", "")
+        out["username"] = body.get("username", "")
+    elif resource.kind is Kind.CERTIFICATE:
+        out["data"] = {"certificate": body.get("data", {}).get("certificate", "")}
+        out.update(body.get("info", {}))
+    else:
+        for key, value in body.items():
+            if key not in _COMMON:
+                out[key] = value
+    return out

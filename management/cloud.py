@@ -1,0 +1,130 @@
+"""The whole cloud in one process: broker, store, shadow service, management API, activation.
+
+::
+
+    async with Cloud(settings, ca, tls_files) as cloud:
+        cloud.ports        # {"mqtts": 8883, "api": 9004, "activation": 9003, ...}
+
+Startup order: store (migrated), broker, shadow service, the API's keys, then the HTTP servers;
+shutdown is the reverse, so no request reaches a component that is already gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ssl
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from broker import EmbeddedBroker, TLSFiles
+from certs import CertificateAuthority
+from management.activation import create_activation_app
+from management.api import ApiContext, create_app
+from management.config import Settings
+from management.crypto import SecretBox
+from management.matching import Matcher, NodeResources
+from management.store import ResourceStore, all_migrations
+from management.tokens import TokenSigner
+from shadow.server import EmbeddedBus, ShadowService, TortoiseStore
+
+__all__ = ["Cloud"]
+
+
+def _server_context(files: TLSFiles) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key)
+    return context
+
+
+class Cloud:
+    """Every cloud component, started and stopped together."""
+
+    def __init__(self, settings: Settings, ca: CertificateAuthority, files: TLSFiles) -> None:
+        self.settings = settings
+        self.ca = ca
+        self.files = files
+        self._stack = contextlib.AsyncExitStack()
+        self._ports: dict[str, int] = {}
+        self.context: ApiContext | None = None
+        self.broker: EmbeddedBroker | None = None
+
+    async def __aenter__(self) -> Self:
+        settings = self.settings
+        stack = self._stack
+        try:
+            db = await stack.enter_async_context(
+                TortoiseStore.open(settings.database_url, migrations=all_migrations())
+            )
+            broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, self.files))
+            self.broker = broker
+            store = ResourceStore(db)
+            secrets = SecretBox.open_or_create(settings.keys_dir / "secrets.key")
+            signer = TokenSigner.open_or_create(settings.keys_dir / "activation.key")
+            shadow = await stack.enter_async_context(
+                ShadowService(
+                    EmbeddedBus(broker),
+                    db,
+                    settings.shadow,
+                    resources=NodeResources(store, secrets),
+                )
+            )
+            self._ports.update(broker.ports)
+            self.context = ApiContext(
+                store=store,
+                shadow=shadow,
+                matcher=Matcher(store, shadow),
+                secrets=secrets,
+                signer=signer,
+                ca=self.ca,
+                public_host=settings.api.public_host,
+                mqtt_port=self._ports["mqtts"],
+                activation_port=settings.api.activation_port,
+                install_token_ttl=settings.api.install_token_ttl,
+                node_cert_days=settings.pki.node_cert_days,
+            )
+            self._ports["activation"] = await self._serve(
+                create_activation_app(self.context),
+                settings.api.activation_host,
+                settings.api.activation_port,
+                _server_context(self.files),
+            )
+            # The install commands name the port the activation endpoint really got.
+            self.context = dataclasses.replace(
+                self.context, activation_port=self._ports["activation"]
+            )
+            self._ports["api"] = await self._serve(
+                create_app(self.context), settings.api.host, settings.api.port, None
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def _serve(
+        self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
+    ) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port, ssl_context=tls, shutdown_timeout=2.0)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The bound port of each listener (useful with port 0)."""
+        return dict(self._ports)

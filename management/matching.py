@@ -1,0 +1,217 @@
+"""Which apps each node should run, and pushing that to the nodes' desired state.
+
+An app runs on the nodes of its namespace whose labels match its ``selector`` (Kubernetes label
+selector syntax; every node also carries the hidden label ``baetyl-node-name=<name>``). An empty
+selector matches no node: an app reaches a node only when someone said so.
+
+A node's desired state holds references, not payloads (PROTOCOL.md)::
+
+    {"apps": [{"name": "web", "version": "3"}, ...], "nodeprops": {...}}
+
+Every change recomputes only the nodes it affects, in one pass, and writes their desired state
+through the shadow service in one batch (``write_desired_many``):
+
+* an app created, updated or deleted: the nodes its old or new selector matches;
+* a node's labels or properties changed: that node;
+* a config or secret updated: each app mounting it gets a new version, then as above.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from management.selectors import Selector, SelectorError
+from management.store import Kind, Resource, ResourceStore
+from shadow import JSONObject, RequestError, ResourceKind
+from shadow.server import DesiredWrite, ShadowService
+
+__all__ = [
+    "NODE_NAME_LABEL",
+    "Matcher",
+    "NodeResources",
+    "app_matches",
+    "desired_apps",
+    "mounts",
+    "node_id",
+]
+
+NODE_NAME_LABEL = "baetyl-node-name"
+
+
+def node_id(namespace: str, name: str) -> str:
+    """The node id in certificates and topics: ``<namespace>.<name>``."""
+    return f"{namespace}.{name}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _selector(text: str) -> Selector | None:
+    if not text.strip():
+        return None
+    try:
+        return Selector.parse(text)
+    except SelectorError:
+        return None  # stored selectors were validated on write; never match a bad one
+
+
+def _labels(node: Resource) -> dict[str, str]:
+    return {**node.labels, NODE_NAME_LABEL: node.name}
+
+
+def app_matches(app: Resource, node: Resource) -> bool:
+    """Whether ``app`` runs on ``node`` (same namespace, selector matches its labels)."""
+    selector = _selector(str(app.body.get("selector", "")))
+    return (
+        selector is not None and app.namespace == node.namespace and selector.matches(_labels(node))
+    )
+
+
+def desired_apps(node: Resource, apps: Iterable[Resource]) -> list[dict[str, str]]:
+    """``[{"name", "version"}]`` of the apps running on ``node``, by name."""
+    return [
+        {"name": app.name, "version": str(app.version)}
+        for app in sorted(apps, key=lambda a: a.name)
+        if app_matches(app, node)
+    ]
+
+
+def mounts(app: Resource) -> set[tuple[Kind, str]]:
+    """The (kind, name) of every config and secret the app's volumes reference."""
+    found: set[tuple[Kind, str]] = set()
+    for volume in app.body.get("volumes", []) or []:
+        if not isinstance(volume, dict):
+            continue
+        for kind in (Kind.CONFIG, Kind.SECRET):
+            source = volume.get(kind.value)
+            if isinstance(source, dict) and isinstance(source.get("name"), str):
+                found.add((kind, source["name"]))
+    return found
+
+
+def desired_of(node: Resource, apps: Iterable[Resource]) -> JSONObject:
+    """The whole desired state the cloud wants on ``node``."""
+    properties: Any = node.body.get("properties") or {}
+    return {"apps": desired_apps(node, apps), "nodeprops": properties}
+
+
+class Matcher:
+    """Keeps nodes' desired state in line with the apps, configs and secrets of the API."""
+
+    def __init__(self, store: ResourceStore, shadow: ShadowService) -> None:
+        self.store = store
+        self.shadow = shadow
+
+    async def push(self, nodes: Sequence[Resource], apps: Sequence[Resource]) -> int:
+        """Write the desired state of ``nodes`` in one batch; how many were written.
+
+        The matcher owns the whole desired document, so it is replaced (a merge patch would
+        keep properties and apps that were removed).
+        """
+        if not nodes:
+            return 0
+        writes = [
+            DesiredWrite(node_id(node.namespace, node.name), desired_of(node, apps), replace=True)
+            for node in nodes
+        ]
+        results = await self.shadow.write_desired_many(writes)
+        failed = [r for r in results if isinstance(r, RequestError)]
+        if failed:
+            raise failed[0]
+        return len(nodes)
+
+    async def after_app_change(
+        self, namespace: str, before: Resource | None, after: Resource | None
+    ) -> int:
+        """Push to the nodes the app ran on before or runs on now."""
+        nodes = await self.store.list(namespace, Kind.NODE)
+        apps = await self.store.list(namespace, Kind.APP)
+        affected = [
+            node
+            for node in nodes
+            if (before is not None and app_matches(before, node))
+            or (after is not None and app_matches(after, node))
+        ]
+        return await self.push(affected, apps)
+
+    async def after_node_change(self, node: Resource) -> int:
+        """Push the node's own desired state (its labels or properties changed)."""
+        apps = await self.store.list(node.namespace, Kind.APP)
+        return await self.push([node], apps)
+
+    async def after_mounted_change(self, namespace: str, kind: Kind, name: str) -> list[str]:
+        """A config or secret changed: bump the version of every app mounting it and push.
+
+        Returns the names of the apps bumped.
+        """
+        apps = await self.store.list(namespace, Kind.APP)
+        users = [app for app in apps if (kind, name) in mounts(app)]
+        bumped = []
+        for app in users:
+            bumped.append(await self.store.update(app))
+        if not bumped:
+            return []
+        apps = await self.store.list(namespace, Kind.APP)
+        nodes = await self.store.list(namespace, Kind.NODE)
+        affected = [node for node in nodes if any(app_matches(app, node) for app in bumped)]
+        await self.push(affected, apps)
+        return [app.name for app in bumped]
+
+    async def users_of(self, namespace: str, kind: Kind, name: str) -> list[str]:
+        """Names of the apps whose volumes reference this config or secret."""
+        apps = await self.store.list(namespace, Kind.APP)
+        return [app.name for app in apps if (kind, name) in mounts(app)]
+
+
+class NodeResources:
+    """What a node may fetch with ``resource/get``: only what its desired state leads to.
+
+    An app must run on the node (its selector matches) and be at the version asked for; a config
+    or secret must be mounted by such an app. Anything else is "not found" (404) — a node
+    cannot learn what exists beyond its own apps, in its own namespace.
+    """
+
+    def __init__(self, store: ResourceStore, secrets: Any) -> None:
+        self.store = store
+        self.secrets = secrets  # a SecretBox (typed loosely: the API module imports this one)
+
+    async def resource(
+        self, node_id: str, kind: ResourceKind, name: str, version: str
+    ) -> JSONObject | None:
+        namespace, _, node_name = node_id.partition(".")
+        node = await self.store.find(namespace, Kind.NODE, node_name)
+        if node is None:
+            return None
+        apps = [a for a in await self.store.list(namespace, Kind.APP) if app_matches(a, node)]
+        if kind is ResourceKind.APP:
+            app = next((a for a in apps if a.name == name), None)
+            if app is None or str(app.version) != version:
+                return None
+            return await self._app_spec(app)
+        wanted = Kind.CONFIG if kind is ResourceKind.CONFIG else Kind.SECRET
+        if not any((wanted, name) in mounts(app) for app in apps):
+            return None
+        found = await self.store.find(namespace, wanted, name)
+        if found is None or str(found.version) != version:
+            return None
+        if wanted is Kind.SECRET:
+            from management.api.views import decrypt_data  # api imports this module
+
+            return {"data": decrypt_data(found, self.secrets)}
+        return {"data": found.body.get("data", {})}
+
+    async def _app_spec(self, app: Resource) -> JSONObject:
+        """The app as the node runs it, each volume naming the version of what it mounts."""
+        spec = {k: v for k, v in app.body.items() if k != "description"}
+        volumes = []
+        for volume in spec.get("volumes", []) or []:
+            volume = dict(volume)
+            for kind in (Kind.CONFIG, Kind.SECRET):
+                source = volume.get(kind.value)
+                if isinstance(source, dict):
+                    mounted = await self.store.find(app.namespace, kind, str(source.get("name")))
+                    version = "" if mounted is None else str(mounted.version)
+                    volume[kind.value] = {**source, "version": version}
+            volumes.append(volume)
+        spec["volumes"] = volumes
+        return spec
