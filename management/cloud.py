@@ -107,10 +107,10 @@ class Cloud:
     async def _serve(
         self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
     ) -> int:
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, host, port, ssl_context=tls, shutdown_timeout=2.0)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -58,8 +58,8 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("context", ApiContext)
-NAMESPACE = "baetyl.namespace"  # request key: the namespace of the caller's token
-REQUEST_ID = "baetyl.request_id"
+NAMESPACE = web.RequestKey("namespace", str)  # the namespace of the caller's token
+REQUEST_ID = web.RequestKey("request_id", str)
 _OPEN_PATHS = frozenset({"/v1/openapi.json", "/docs", "/healthz", "/readyz"})
 MAX_BODY = 2 * 1024 * 1024
 

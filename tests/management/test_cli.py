@@ -16,6 +16,12 @@ import pytest
 from tests.support.tools import require_tool
 
 BAETYL = str(Path(sys.executable).with_name("baetyl"))
+# Every listener of `baetyl up` on loopback and an ephemeral port.
+EPHEMERAL = [
+    "--set", "broker.host=127.0.0.1", "--set", "broker.port=0",
+    "--set", "api.port=0", "--set", "api.activation_host=127.0.0.1",
+    "--set", "api.activation_port=0",
+]  # fmt: skip
 
 
 def baetyl(
@@ -29,12 +35,13 @@ def baetyl(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ((), ["up", "broker", "certs", "edge", "config"]),
+        ((), ["up", "broker", "certs", "edge", "config", "tokens"]),
         (("certs",), ["init", "issue", "renew", "revoke", "list", "crl"]),
         (("certs", "issue"), ["node", "operator", "service", "server"]),
         (("broker",), ["run"]),
         (("edge",), ["keygen"]),
         (("config",), ["show"]),
+        (("tokens",), ["create", "list", "revoke"]),
     ],
 )
 def test_help_on_every_level(tmp_path: Path, argv: tuple[str, ...], expected: list[str]) -> None:
@@ -89,7 +96,7 @@ def test_config_show_reflects_layers(tmp_path: Path) -> None:
 def running_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``baetyl up`` on port 0 in a fresh directory, stopped with SIGTERM afterwards."""
     proc = subprocess.Popen(
-        [BAETYL, "--set", "broker.host=127.0.0.1", "--set", "broker.port=0", "up"],
+        [BAETYL, *EPHEMERAL, "up"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -169,7 +176,7 @@ def test_up_restarts_on_the_same_data_directory(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     ca_before = (tmp_path / "baetyl-data" / "ca" / "ca.crt").read_bytes()
     proc = subprocess.Popen(
-        [BAETYL, "--set", "broker.host=127.0.0.1", "--set", "broker.port=0", "up"],
+        [BAETYL, *EPHEMERAL, "up"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

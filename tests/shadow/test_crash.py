@@ -36,6 +36,8 @@ def start_up(cwd: Path, db_url: str) -> tuple[subprocess.Popen[str], int]:
     """``baetyl up`` on an ephemeral port with the given store; returns it and its MQTT port."""
     proc = subprocess.Popen(
         [BAETYL, "--set", "broker.host=127.0.0.1", "--set", "broker.port=0",
+         "--set", "api.port=0", "--set", "api.activation_host=127.0.0.1",
+         "--set", "api.activation_port=0",
          "--set", f"database.url={db_url}",
          "--set", "shadow.report_rate=100000", "--set", "shadow.report_burst=100000", "up"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
