@@ -7,6 +7,7 @@ affected nodes' desired state through the matcher.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -216,9 +217,13 @@ async def _after_write(ctx: ApiContext, before: Resource | None, after: Resource
 async def _forget_node(ctx: ApiContext, node: Resource) -> None:
     """A deleted node: its certificates revoked (its connection closes), its desired emptied."""
     identity = Identity.node(node.namespace, node.name)
-    for record in ctx.ca.records():
-        if record.identity == identity and record.status is Status.VALID:
-            ctx.ca.revoke(record.serial)
+
+    def revoke_all() -> None:  # file I/O under the CA's lock: off the event loop
+        for record in ctx.ca.records():
+            if record.identity == identity and record.status is Status.VALID:
+                ctx.ca.revoke(record.serial)
+
+    await asyncio.to_thread(revoke_all)
     await ctx.shadow.replace_desired(node_id(node.namespace, node.name), {})
 
 
