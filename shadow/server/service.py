@@ -383,7 +383,9 @@ class ShadowService:
                 op.future.set_exception(error)
 
     async def _process(self, batch: list[_Op]) -> None:
-        missing = list({op.node_id for op in batch} - self._cache.keys())
+        # Look up the batch's nodes, not the cache: set - dict.keys() walks the whole cache.
+        cache = self._cache
+        missing = [n for n in dict.fromkeys(op.node_id for op in batch) if n not in cache]
         if missing:
             try:
                 await self._load(missing)

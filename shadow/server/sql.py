@@ -212,15 +212,30 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _values(record: ShadowRecord) -> Row:
+# The JSON of a section last written or loaded, by node and side: a write re-encodes only the
+# section that changed (a report leaves desired as it was, and the other way round).
+Encoded = tuple[Section, str, str]
+
+
+def _encoded(section: Section, memo: dict[str, Encoded], key: str) -> tuple[str, str]:
+    hit = memo.get(key)
+    if hit is not None and hit[0] is section:
+        return hit[1], hit[2]
+    state, metadata = _json(section.state), _json(section.metadata)
+    memo[key] = (section, state, metadata)
+    return state, metadata
+
+
+def _values(record: ShadowRecord, memo: dict[str, Encoded] | None = None) -> Row:
     """The row values of ``record`` after node_id, in column order."""
+    memo = {} if memo is None else memo
     try:
+        desired = _encoded(record.desired, memo, "d" + record.node_id)
+        reported = _encoded(record.reported, memo, "r" + record.node_id)
         return (
-            _json(record.desired.state),
-            _json(record.desired.metadata),
+            *desired,
             record.desired.version,
-            _json(record.reported.state),
-            _json(record.reported.metadata),
+            *reported,
             record.reported.version,
             record.online,
             record.last_seen,
@@ -529,6 +544,7 @@ class TortoiseStore:
     def __init__(self, url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         self.target: Final = parse_url(url)
         self._migrations = tuple(migrations)
+        self._encoded: dict[str, Encoded] = {}
         self._context: TortoiseContext | None = None
         self._backend: _Backend | None = None
 
@@ -618,7 +634,7 @@ class TortoiseStore:
         # Rows in node order, so that concurrent committers lock them in the same order (no
         # deadlocks); the sort is stable, so two writes of one node keep their order.
         for write in sorted(writes, key=lambda w: w.record.node_id):
-            values = _values(write.record)
+            values = _values(write.record, self._encoded)
             if write.based_on is None:
                 inserts.append((write.record.node_id, *values))
             else:
