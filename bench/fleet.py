@@ -22,8 +22,17 @@ class FleetTimeout(Exception):
 class Fleet:
     """N simulated nodes split over worker processes, each with its own event loop."""
 
-    def __init__(self, pki_root: Path, nodes: int, workers: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        pki_root: Path,
+        nodes: int,
+        workers: int,
+        concurrency: int,
+        *,
+        subscribe: tuple[str, ...] = (),
+    ) -> None:
         self.pki_root = pki_root
+        self.subscribe = subscribe  # more filters per node at connect (see WorkerSpec)
         self.nodes = nodes
         self.workers = max(1, min(workers, nodes))
         self.concurrency = max(1, math.ceil(concurrency / self.workers))
@@ -41,7 +50,9 @@ class Fleet:
             if count <= 0:
                 break
             parent, child = ctx.Pipe()
-            spec = WorkerSpec(self.pki_root, first, count, self.concurrency)
+            spec = WorkerSpec(
+                self.pki_root, first, count, self.concurrency, subscribe=self.subscribe
+            )
             process = ctx.Process(target=worker_main, args=(child, spec), daemon=True)
             process.start()
             child.close()

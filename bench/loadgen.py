@@ -7,12 +7,19 @@ message. The main process drives the workers through a pipe, one command at a ti
     ("connect", host, port, deadline)     -> ("connect", stats)      CONNECT + SUBSCRIBE desire
     ("fanout", deadline)                  -> ("fanout", stats)       wait for one desire per node
     ("fanin", start_at, seconds, grace)   -> ("fanin", stats)        QoS 1 reports, 1 in flight
+    ("arm", tag)                          -> ("armed", nodes)        watch for a desire with `tag`
+    ("tagged", deadline)                  -> ("tagged", stats)       wait: every node has `tag`
+    ("reports", start_at, seconds, rate, grace) -> ("reports", stats) shadow reports at `rate`/s
     ("close",)                            -> ("closed", count)
 
 Every reply ends with the CPU seconds the worker used on the command.
     ("exit",)                             -> (process ends)
 
-Deadlines and start times are `time.monotonic()` values, which are system-wide on Linux.
+Deadlines and start times are `time.monotonic()` values, which are system-wide on Linux. The
+`tagged` receipt times are `time.time()` (wall clock), to compare with the server's write time.
+
+`WorkerSpec.subscribe` adds topic filters (relative to `$baetyl/node/<id>/`, e.g. `report/+`) that
+every node subscribes to at connect, after `desire`; the shadow benchmark uses it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import asyncio.sslproto
 import collections
 import contextlib
+import json
 import random
 import resource
 import ssl
@@ -38,6 +46,10 @@ __all__ = ["WorkerSpec", "raise_nofile", "worker_main"]
 # connections would cost the load generator 2.5 GB for nothing. Client side only.
 CLIENT_SSL_BUFFER = 16 * 1024
 REPORT_PAYLOAD = b'{"nodestats":{"cpu":0.25,"mem":0.5},"apps":[{"name":"a","version":"1"}]}'
+SHADOW_REPORT = (
+    b'{"clientToken":"%s","reported":{"nodestats":{"cpu":0.25,"mem":0.5,"seq":%d},'
+    b'"apps":[{"name":"a","version":"1","status":"Running"}]}}'
+)
 
 
 def raise_nofile() -> None:
@@ -55,6 +67,7 @@ class WorkerSpec:
     count: int
     concurrency: int
     keepalive: int = 300
+    subscribe: tuple[str, ...] = ()  # more filters under $baetyl/node/<id>/, QoS 1
 
 
 def _cpu() -> float:
@@ -78,6 +91,9 @@ class Node(asyncio.Protocol):
         self.reader = mqtt.PacketReader()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.desire_at: float | None = None
+        self.tag_at: float | None = None  # wall clock: the first desire carrying the armed tag
+        self.answer_prefix = f"$baetyl/node/{node_id}/report/"
+        self.subacks = 0
         self.packet_id = 0
         self.reporting = False
 
@@ -100,21 +116,33 @@ class Node(asyncio.Protocol):
             if kind == mqtt.PUBACK:
                 self._on_puback()
             elif kind == mqtt.PUBLISH:
-                topic, qos, packet_id, _payload = mqtt.parse_publish(flags, body)
+                topic, qos, packet_id, payload = mqtt.parse_publish(flags, body)
                 if qos and self.transport is not None:
                     self.transport.write(mqtt.puback(packet_id))
-                if topic == self.desire_topic and self.desire_at is None:
-                    self.desire_at = time.monotonic()
-                    self.worker.on_desire()
+                if topic == self.desire_topic:
+                    if self.desire_at is None:
+                        self.desire_at = time.monotonic()
+                        self.worker.on_desire()
+                    tag = self.worker.tag
+                    if tag is not None and self.tag_at is None and tag in payload:
+                        self.tag_at = time.time()
+                        self.worker.on_tagged()
+                elif topic.startswith(self.answer_prefix):
+                    self.worker.on_answer(topic.endswith("/accepted"), payload)
             elif kind == mqtt.CONNACK:
                 if len(body) < 2 or body[1] != 0:
                     self._fail(f"CONNACK return code {body[1] if len(body) > 1 else '?'}")
                 elif self.transport is not None:
                     self.transport.write(mqtt.subscribe(1, self.desire_topic, 1))
+                    prefix = f"$baetyl/node/{self.node_id}/"
+                    for i, extra in enumerate(self.worker.spec.subscribe):
+                        self.transport.write(mqtt.subscribe(2 + i, prefix + extra, 1))
             elif kind == mqtt.SUBACK:
                 if len(body) < 3 or body[2] == 0x80:
-                    self._fail("SUBACK refused the desire subscription")
-                elif not self.ready.done():
+                    self._fail("SUBACK refused a subscription")
+                    continue
+                self.subacks += 1
+                if self.subacks > len(self.worker.spec.subscribe) and not self.ready.done():
                     self.ready.set_result(None)
 
     # -- fan-in ----------------------------------------------------------------------------------
@@ -125,6 +153,16 @@ class Node(asyncio.Protocol):
         self.packet_id = self.packet_id % 65535 + 1
         self.transport.write(
             mqtt.publish(self.report_topic, REPORT_PAYLOAD, qos=1, packet_id=self.packet_id)
+        )
+
+    def send_shadow_report(self, token: str, seq: int) -> None:
+        """A shadow report (PROTOCOL.md) with `token`; the answer comes on report/accepted."""
+        if self.transport is None:
+            return
+        self.packet_id = self.packet_id % 65535 + 1
+        payload = SHADOW_REPORT % (token.encode(), seq)
+        self.transport.write(
+            mqtt.publish(self.report_topic, payload, qos=1, packet_id=self.packet_id)
         )
 
     def _on_puback(self) -> None:
@@ -168,6 +206,17 @@ class Worker:
         self.acks_late = 0
         self.sent = 0
         self.lost = 0
+        # The shadow benchmark: a desire tag to watch for, and reports waiting for their answer.
+        self.tag: bytes | None = None
+        self.tagged = 0
+        self.tagged_wanted = 0
+        self.tagged_done = asyncio.Event()
+        self.pending: dict[str, float] = {}  # clientToken -> monotonic time of the publish
+        self.latencies: list[float] = []
+        self.answers_end = 0.0
+        self.answered_late = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.unknown_answers = 0
 
     def node_id(self, offset: int) -> str:
         return f"bench.n{self.spec.first + offset}"
@@ -177,6 +226,30 @@ class Worker:
         if self.desires >= self.desires_wanted:
             self.desires_done.set()
 
+    def on_tagged(self) -> None:
+        self.tagged += 1
+        if self.tagged >= self.tagged_wanted:
+            self.tagged_done.set()
+
+    def on_answer(self, accepted: bool, payload: bytes) -> None:
+        """A report/accepted or report/rejected: match it to its report by clientToken."""
+        now = time.monotonic()
+        try:
+            answer = json.loads(payload)
+            token = answer.get("clientToken")
+        except (ValueError, AttributeError):
+            token = None
+        sent_at = self.pending.pop(token, None) if isinstance(token, str) else None
+        if sent_at is None:
+            self.unknown_answers += 1
+            return
+        if now > self.answers_end:
+            self.answered_late += 1
+        if accepted:
+            self.latencies.append(now - sent_at)
+        else:
+            self.rejected[str(answer.get("code"))] += 1
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_reader(self.conn.fileno(), self._read_command)
@@ -185,6 +258,9 @@ class Worker:
             "connect": self.connect_all,
             "fanout": self.fanout,
             "fanin": self.fanin,
+            "arm": self.arm,
+            "tagged": self.wait_tagged,
+            "reports": self.reports,
             "close": self.close_all,
         }
         while True:
@@ -322,6 +398,93 @@ class Worker:
                 "acks_in_window": in_window,
                 "acks_after": self.acks_late + self.acks_in_window - in_window,
                 "lost_connections": self.lost,
+            },
+        )
+
+    def arm(self, tag: bytes) -> tuple[str, int]:
+        """Watch for the next desire whose payload contains `tag` (forgets the previous one)."""
+        self.tag = tag
+        self.tagged = 0
+        self.tagged_done.clear()
+        live = 0
+        for node in self.nodes:
+            if node is not None:
+                node.tag_at = None
+                live += 1
+        self.tagged_wanted = live
+        return ("armed", live)
+
+    async def wait_tagged(self, deadline: float) -> tuple[str, dict[str, Any]]:
+        """Wait until every node got the armed tag (or the deadline); wall-clock receipt times."""
+        live = [n for n in self.nodes if n is not None]
+        if self.tagged < len(live):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.tagged_done.wait()
+        stamps = [n.tag_at for n in live if n.tag_at is not None]
+        self.tag = None
+        return (
+            "tagged",
+            {
+                "wanted": len(live),
+                "received": len(stamps),
+                "first": min(stamps) if stamps else None,
+                "last": max(stamps) if stamps else None,
+                "lost_connections": self.lost,
+            },
+        )
+
+    async def reports(
+        self, start_at: float, seconds: float, rate: float, grace: float
+    ) -> tuple[str, dict[str, Any]]:
+        """Shadow reports at `rate` per second (this worker's share), round robin over the nodes.
+
+        Paced by a 5 ms tick, not one report in flight per node: a node may have several. Each
+        report's latency is publish -> its report/accepted, matched by clientToken.
+        """
+        live = [n for n in self.nodes if n is not None and n.transport is not None]
+        self.pending.clear()
+        self.latencies = []
+        self.rejected.clear()
+        self.answered_late = self.unknown_answers = 0
+        self.answers_end = start_at + seconds
+        lost0 = self.lost
+        sent = 0
+        prefix = f"w{self.spec.first}-"
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        if live and rate > 0:
+            end = start_at + seconds
+            while True:
+                now = time.monotonic()
+                if now >= end:
+                    break
+                due = int((now - start_at) * rate) - sent
+                for _ in range(due):
+                    node = live[sent % len(live)]
+                    token = f"{prefix}{sent}"
+                    self.pending[token] = time.monotonic()
+                    node.send_shadow_report(token, sent)
+                    sent += 1
+                await asyncio.sleep(0.005)
+        in_window = len(self.latencies)
+        rejected_in_window = sum(self.rejected.values())
+        waited = time.monotonic()
+        while self.pending and time.monotonic() - waited < grace:  # noqa: ASYNC110 - bounded poll
+            await asyncio.sleep(0.05)
+        return (
+            "reports",
+            {
+                "nodes": len(live),
+                "sent": sent,
+                "accepted_in_window": in_window,
+                "rejected_in_window": rejected_in_window,
+                "accepted": len(self.latencies),
+                "rejected": dict(self.rejected),
+                "unanswered": len(self.pending),
+                "answered_late": self.answered_late,
+                "unknown_answers": self.unknown_answers,
+                "latencies": self.latencies,
+                "lost_connections": self.lost - lost0,
             },
         )
 
