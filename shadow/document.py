@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shadow.errors import BadRequest, TooLarge
@@ -218,9 +218,11 @@ def validate(value: object, limits: Limits, *, path: str) -> JSONObject:
     return state
 
 
-def _check_size(state: JSONObject, limits: Limits, path: str) -> None:
+def _check_size(state: JSONObject, limits: Limits, path: str) -> str:
+    """The state as compact JSON, checked against the size limit."""
     try:
-        size = encoded_size(state)
+        text = _ENCODER.encode(state)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise BadRequest(
             f"{path} has a string with a lone UTF-16 surrogate, which UTF-8 cannot encode; "
@@ -231,6 +233,7 @@ def _check_size(state: JSONObject, limits: Limits, path: str) -> None:
             f"{path} is {size} bytes as compact JSON; the limit is {limits.max_bytes} bytes, "
             "send a smaller state or remove keys you no longer need."
         )
+    return text
 
 
 def merge(target: JSONObject, patch: JSONObject) -> JSONObject:
@@ -332,6 +335,8 @@ class Section:
     state: JSONObject
     metadata: JSONObject
     version: int = 0
+    encoded: str | None = field(default=None, compare=False, repr=False)
+    """The state as compact JSON when it is known already (writers reuse it)."""
 
     def __post_init__(self) -> None:
         if type(self.version) is not int or self.version < 0:
@@ -349,16 +354,18 @@ class Section:
         """
         _check_structure(patch, limits, path)
         state = merge(self.state, patch)
-        _check_size(state, limits, path)
-        return Section(state, stamp(self.metadata, patch, now_ms), self.version + 1)
+        text = _check_size(state, limits, path)
+        return Section(state, stamp(self.metadata, patch, now_ms), self.version + 1, text)
 
     def replace(self, state: JSONObject, now_ms: int, limits: Limits, *, path: str) -> Section:
         """This section with its state replaced by ``state``, every key stamped, version + 1.
 
         ``None`` values delete, as in a patch onto an empty state: they are left out.
         """
-        validate(state, limits, path=path)
-        return Section(merge({}, state), stamp({}, state, now_ms), self.version + 1)
+        _check_structure(state, limits, path)
+        merged = merge({}, state)
+        text = _check_size(merged, limits, path)
+        return Section(merged, stamp({}, state, now_ms), self.version + 1, text)
 
     def to_dict(self) -> dict[str, Any]:
         """The section as a JSON object: ``{"state": ..., "metadata": ..., "version": ...}``."""

@@ -168,6 +168,28 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _encode(message: dict[str, Any], encoding: Encoding) -> bytes:
+    """Encode an answer; a desire push in JSON reuses its state's JSON from the write."""
+    desired = message.get("desired")
+    if encoding is Encoding.JSON and isinstance(desired, _Encoded):
+        rest = {k: v for k, v in message.items() if k != "desired"}
+        head = codec.encode(rest, Encoding.JSON)  # '{...}' without desired
+        return head[:-1] + b',"desired":' + desired.text.encode() + b"}"
+    if isinstance(desired, _Encoded):
+        message = {**message, "desired": desired.state}
+    return codec.encode(message, encoding)
+
+
+class _Encoded:
+    """A desired state whose compact JSON is known (from the write that produced it)."""
+
+    __slots__ = ("state", "text")
+
+    def __init__(self, state: dict[str, Any], text: str) -> None:
+        self.state = state
+        self.text = text
+
+
 class ShadowService:
     """Keeps every node's shadow, answers its requests and pushes its desired state."""
 
@@ -447,7 +469,7 @@ class ShadowService:
 
     def _deliver(self, outcome: _Outcome) -> None:
         for name, message, encoding in outcome.answers:
-            self._bus.publish(name, codec.encode(message, encoding))
+            self._bus.publish(name, _encode(message, encoding))
         for future, result in outcome.settle:
             if future.done():
                 continue
@@ -630,7 +652,10 @@ class ShadowService:
             out.settle.append((op.future, error))
             return
         out.changed[op.node_id] = dataclasses.replace(current, desired=desired, updated_at=now)
-        push = (topic(op.node_id, Channel.DESIRE), desire_message(desired, now), entry.encoding)
+        message = desire_message(desired, now)
+        if desired.encoded is not None:
+            message["desired"] = _Encoded(desired.state, desired.encoded)
+        push = (topic(op.node_id, Channel.DESIRE), message, entry.encoding)
         index = out.pushes.get(op.node_id)
         if index is None:  # one push per node per batch: the latest
             out.pushes[op.node_id] = len(out.answers)

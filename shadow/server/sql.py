@@ -221,7 +221,8 @@ def _encoded(section: Section, memo: dict[str, Encoded], key: str) -> tuple[str,
     hit = memo.get(key)
     if hit is not None and hit[0] is section:
         return hit[1], hit[2]
-    state, metadata = _json(section.state), _json(section.metadata)
+    state = section.encoded if section.encoded is not None else _json(section.state)
+    metadata = _json(section.metadata)
     memo[key] = (section, state, metadata)
     return state, metadata
 
