@@ -7,6 +7,9 @@ the node. The answer holds the certificate, the CA and the broker's address.
 
 Refused (with ``{code, message, requestId}``): a malformed, forged or expired token (401), a
 token already used (401), a token for a node that no longer exists (404), a bad CSR (400).
+
+``POST /v1/activate/batch`` (``batches.py``) is the other way in: a device of a batch trades the
+batch's secret, its own fingerprint and a CSR for the certificate of a node made for it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from certs import CertsError, Identity
+from certs import CertsError, Identity, validate_csr
+from management import batches
 from management.api.app import CONTEXT, ApiContext, errors, json_body
 from management.api.errors import BadRequest, NotFound, Unauthorized
 from management.api.schemas import validate
@@ -48,6 +52,12 @@ async def activate(request: web.Request) -> web.Response:
             f"The node {claims.node!r} this token was made for no longer exists; create it and "
             "get a new install command."
         )
+    identity = Identity.node(claims.namespace, claims.node)
+    csr = str(body["csr"]).encode()
+    try:  # before the token is used up: a node whose CSR is refused may send a better one
+        validate_csr(csr, identity)
+    except CertsError as exc:
+        raise BadRequest(str(exc), field="csr") from None
     if not await ctx.store.use_activation(
         claims.jti, claims.namespace, claims.node, claims.expires_at * 1000
     ):
@@ -55,9 +65,10 @@ async def activate(request: web.Request) -> web.Response:
             "This activation token was used already; get a new install command "
             f"(GET /v1/nodes/{claims.node}/init)."
         )
-    identity = Identity.node(claims.namespace, claims.node)
     try:
-        issued = await asyncio.to_thread(ctx.ca.issue_from_csr, str(body["csr"]).encode(), identity)
+        issued = await asyncio.to_thread(
+            ctx.ca.issue_from_csr, csr, identity, validity_days=ctx.node_cert_days
+        )
     except CertsError as exc:
         raise BadRequest(str(exc), field="csr") from None
     log.info("activated node %s (certificate %s)", identity.common_name, issued.record.serial_hex)
@@ -75,4 +86,5 @@ def create_activation_app(context: ApiContext) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
     app[CONTEXT] = context
     app.router.add_post("/v1/activate", activate)
+    batches.add_activation_routes(app)
     return app

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from broker import BrokerSettings
-from shadow.server import ShadowSettings
+from shadow import ShadowSettings
 
 __all__ = [
     "CONFIG_FILE_NAME",

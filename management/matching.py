@@ -18,12 +18,13 @@ through the shadow service in one batch (``write_desired_many``):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from management.selectors import Selector, SelectorError
-from management.store import Kind, Resource, ResourceStore
+from management.store import Kind, Resource, ResourceConflict, ResourceMissing, ResourceStore
 from shadow import JSONObject, RequestError, ResourceKind
 from shadow.server import DesiredWrite, ShadowService
 
@@ -101,6 +102,9 @@ class Matcher:
     def __init__(self, store: ResourceStore, shadow: ShadowService) -> None:
         self.store = store
         self.shadow = shadow
+        # Pushes are computed from what the store holds when they run; one at a time, so a push
+        # computed from an older read can never land after a newer one.
+        self._lock = asyncio.Lock()
 
     async def push(self, nodes: Sequence[Resource], apps: Sequence[Resource]) -> int:
         """Write the desired state of ``nodes`` in one batch; how many were written.
@@ -120,7 +124,7 @@ class Matcher:
             raise failed[0]
         return len(nodes)
 
-    async def after_app_change(
+    async def _after_app_change(
         self, namespace: str, before: Resource | None, after: Resource | None
     ) -> int:
         """Push to the nodes the app ran on before or runs on now."""
@@ -134,12 +138,12 @@ class Matcher:
         ]
         return await self.push(affected, apps)
 
-    async def after_node_change(self, node: Resource) -> int:
+    async def _after_node_change(self, node: Resource) -> int:
         """Push the node's own desired state (its labels or properties changed)."""
         apps = await self.store.list(node.namespace, Kind.APP)
         return await self.push([node], apps)
 
-    async def after_mounted_change(self, namespace: str, kind: Kind, name: str) -> list[str]:
+    async def _after_mounted_change(self, namespace: str, kind: Kind, name: str) -> list[str]:
         """A config or secret changed: bump the version of every app mounting it and push.
 
         Returns the names of the apps bumped.
@@ -148,7 +152,8 @@ class Matcher:
         users = [app for app in apps if (kind, name) in mounts(app)]
         bumped = []
         for app in users:
-            bumped.append(await self.store.update(app))
+            if (done := await self._bump(app, kind, name)) is not None:
+                bumped.append(done)
         if not bumped:
             return []
         apps = await self.store.list(namespace, Kind.APP)
@@ -156,6 +161,39 @@ class Matcher:
         affected = [node for node in nodes if any(app_matches(app, node) for app in bumped)]
         await self.push(affected, apps)
         return [app.name for app in bumped]
+
+    async def _bump(self, app: Resource, kind: Kind, name: str) -> Resource | None:
+        """Write ``app`` back unchanged to give it a new version; None if it stopped mounting.
+
+        The write names the version read, so a concurrent change of the app (a PUT with a new
+        selector) is never overwritten with the body read before it: the app is read again.
+        """
+        while True:
+            try:
+                return await self.store.update(app, expected_version=app.version)
+            except (ResourceConflict, ResourceMissing):
+                fresh = await self.store.find(app.namespace, Kind.APP, app.name)
+                if fresh is None or (kind, name) not in mounts(fresh):
+                    return None
+                app = fresh
+
+    async def after_app_change(
+        self, namespace: str, before: Resource | None, after: Resource | None
+    ) -> int:
+        """Push to the nodes the app ran on before or runs on now."""
+        async with self._lock:
+            return await self._after_app_change(namespace, before, after)
+
+    async def after_node_change(self, node: Resource) -> int:
+        """Push the node's own desired state (its labels or properties changed)."""
+        async with self._lock:
+            fresh = await self.store.find(node.namespace, Kind.NODE, node.name)
+            return await self._after_node_change(fresh or node)
+
+    async def after_mounted_change(self, namespace: str, kind: Kind, name: str) -> list[str]:
+        """A config or secret changed: bump the apps mounting it and push; their names."""
+        async with self._lock:
+            return await self._after_mounted_change(namespace, kind, name)
 
     async def users_of(self, namespace: str, kind: Kind, name: str) -> list[str]:
         """Names of the apps whose volumes reference this config or secret."""

@@ -275,29 +275,38 @@ class ResourceStore:
     async def create(self, resource: Resource) -> Resource:
         """Insert a new resource at version 1; ``ResourceConflict`` if the name is taken."""
         now = _now_ms()
-        async with self.db.transaction() as tx:
-            taken = await tx.select(
-                "SELECT version FROM resources WHERE namespace = ? AND kind = ? AND name = ?",
-                (resource.namespace, resource.kind.value, resource.name),
-            )
-            if taken:
-                raise ResourceConflict(
-                    f"A {resource.kind} named {resource.name!r} exists already; choose another "
-                    "name, or update it with PUT."
+        taken_message = (
+            f"A {resource.kind} named {resource.name!r} exists already; choose another name, or "
+            "update it with PUT."
+        )
+        try:
+            async with self.db.transaction() as tx:
+                taken = await tx.select(
+                    "SELECT version FROM resources WHERE namespace = ? AND kind = ? AND name = ?",
+                    (resource.namespace, resource.kind.value, resource.name),
                 )
-            await tx.execute(
-                f"INSERT INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    resource.namespace,
-                    resource.kind.value,
-                    resource.name,
-                    1,
-                    _dumps(resource.labels),
-                    _dumps(resource.body),
-                    now,
-                    now,
-                ),
-            )
+                if taken:
+                    raise ResourceConflict(taken_message)
+                await tx.execute(
+                    f"INSERT INTO resources ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    (
+                        resource.namespace,
+                        resource.kind.value,
+                        resource.name,
+                        1,
+                        _dumps(resource.labels),
+                        _dumps(resource.body),
+                        now,
+                        now,
+                    ),
+                )
+        except ResourceConflict:
+            raise
+        except Exception:
+            # Two creates at once (InnoDB): both saw no row, the second INSERT hit the primary key.
+            if await self.find(resource.namespace, resource.kind, resource.name) is not None:
+                raise ResourceConflict(taken_message) from None
+            raise
         return Resource(
             resource.namespace,
             resource.kind,
@@ -313,8 +322,18 @@ class ResourceStore:
         """Write new labels and body, bumping the version.
 
         With ``expected_version``, the write happens only if the stored version is still that one
-        (``ResourceConflict`` otherwise); ``ResourceMissing`` if it does not exist.
+        (``ResourceConflict`` otherwise); without it the last writer wins (a write that races
+        another is retried). ``ResourceMissing`` if it does not exist.
         """
+        for _attempt in range(4 if expected_version is None else 1):
+            try:
+                return await self._update_once(resource, expected_version)
+            except ResourceConflict:
+                if expected_version is not None:
+                    raise
+        return await self._update_once(resource, expected_version)
+
+    async def _update_once(self, resource: Resource, expected_version: int | None) -> Resource:
         now = _now_ms()
         async with self.db.transaction() as tx:
             rows = await tx.select(
@@ -381,12 +400,18 @@ class ResourceStore:
 
     async def use_activation(self, jti: str, namespace: str, node: str, expires_at: int) -> bool:
         """Record a token's single use; False if it was used before."""
-        async with self.db.transaction() as tx:
-            if await tx.select("SELECT jti FROM activations WHERE jti = ?", (jti,)):
+        try:
+            async with self.db.transaction() as tx:
+                if await tx.select("SELECT jti FROM activations WHERE jti = ?", (jti,)):
+                    return False
+                await tx.execute(
+                    "INSERT INTO activations (jti, namespace, node, expires_at, used_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (jti, namespace, node, expires_at, _now_ms()),
+                )
+        except Exception:
+            # Two uses at once (InnoDB): both saw no row, the second INSERT hit the primary key.
+            if await self.db.select("SELECT jti FROM activations WHERE jti = ?", (jti,)):
                 return False
-            await tx.execute(
-                "INSERT INTO activations (jti, namespace, node, expires_at, used_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (jti, namespace, node, expires_at, _now_ms()),
-            )
+            raise
         return True

@@ -45,6 +45,7 @@ from shadow.errors import (
     TooManyRequests,
     Unavailable,
 )
+from shadow.settings import ShadowSettings
 from shadow.topics import Channel, parse, topic, valid_node_id
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "ResourceRequest",
     "Section",
     "ShadowError",
+    "ShadowSettings",
     "StaleWrite",
     "StoreError",
     "TooLarge",

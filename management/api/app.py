@@ -108,6 +108,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = _error(request, exc.status, exc.reason.replace(" ", ""), exc.reason + ".")
+        if "Allow" in exc.headers:  # a 405 says which methods the route has
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("request %s failed", request[REQUEST_ID])
         response = _error(
@@ -186,6 +188,7 @@ async def not_found(_request: web.Request) -> web.Response:
 
 def create_app(context: ApiContext) -> web.Application:
     """The management API for ``context``: every route under ``/v1``, health, docs."""
+    from management import batches  # it imports this module too
     from management.api import openapi, routes  # they import this module
 
     app = web.Application(middlewares=[errors, authenticate], client_max_size=MAX_BODY)
@@ -193,5 +196,6 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     routes.add_routes(app)
+    batches.add_routes(app)
     openapi.add_routes(app)
     return app

@@ -6,7 +6,15 @@ whatever raised it; the middleware in ``app.py`` does the translation.
 
 from __future__ import annotations
 
-__all__ = ["ApiError", "BadRequest", "Conflict", "NotFound", "Unauthorized", "Unavailable"]
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "Unauthorized",
+    "Unavailable",
+]
 
 
 class ApiError(Exception):
@@ -29,6 +37,11 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     status = 401
     code = "Unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "Forbidden"
 
 
 class NotFound(ApiError):

@@ -1,5 +1,12 @@
 """The OpenAPI 3.1 document of ``/v1`` (built from the routes and ``schemas.COMPONENTS``) and a
-browsable page of it at ``/docs`` that needs nothing from the internet."""
+browsable page of it at ``/docs`` that needs nothing from the internet.
+
+The activation endpoints are a separate HTTPS app (``activation.py``, port 9003, no bearer token)
+and are not in this document: ``POST /v1/activate`` (``ActivationRequest``: a node's install
+token and CSR) and ``POST /v1/activate/batch`` (``BatchActivationRequest``: namespace, batch,
+the batch's secret, the device's fingerprint and CSR; see ``batches.py`` for its checks and
+status codes). Both answer 201 with an ``ActivationResponse``; their schemas are here.
+"""
 
 from __future__ import annotations
 
@@ -192,10 +199,12 @@ def document() -> dict[str, Any]:
             "get": {
                 "tags": [collection], "operationId": f"{collection}_apps",
                 "summary": "The apps mounting it",
+                "parameters": [p for p in _LIST_PARAMS if p["name"] in ("pageNo", "pageSize")],
                 "responses": {"200": _json("AppList", "The apps."),
                               **_error_responses(401, 404, 503)},
             },
         }  # fmt: skip
+    paths.update(_batch_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -212,6 +221,44 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _batch_paths() -> dict[str, Any]:
+    """The batch routes (``batches.py``): no update, and the secret is shown only on create."""
+    tag = "batches"
+    return {
+        "/v1/batches": {
+            "get": {
+                "tags": [tag], "operationId": "list_batches", "summary": "List batches",
+                "parameters": _LIST_PARAMS,
+                "responses": {"200": _json("BatchList", "A page of batches, without their "
+                                           "activation records."),
+                              **_error_responses(400, 401, 503)},
+            },
+            "post": {
+                "tags": [tag], "operationId": "create_batch",
+                "summary": "Create a batch; its secret is in this answer only",
+                "requestBody": _body("BatchWrite"),
+                "responses": {"201": _json("BatchCreated", "Created; keep the secret."),
+                              **_error_responses(400, 401, 409, 503)},
+            },
+        },
+        "/v1/batches/{name}": {
+            "parameters": [_NAME],
+            "get": {
+                "tags": [tag], "operationId": "get_batch",
+                "summary": "Get a batch with its activation records",
+                "responses": {"200": _json("Batch", "Found."),
+                              **_error_responses(401, 404, 503)},
+            },
+            "delete": {
+                "tags": [tag], "operationId": "delete_batch",
+                "summary": "Delete a batch (the nodes it made stay)",
+                "responses": {"204": {"description": "Deleted."},
+                              **_error_responses(401, 404, 503)},
+            },
+        },
+    }  # fmt: skip
 
 
 async def openapi_json(_request: web.Request) -> web.Response:

@@ -8,6 +8,8 @@ affected nodes' desired state through the matcher.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +20,10 @@ from cryptography.hazmat.primitives import hashes
 from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
 from management.api.errors import BadRequest, Conflict
-from management.api.schemas import validate
+from management.api.schemas import COMPONENTS, ValidationFailed, validate
 from management.api.views import stored_body, view
 from management.matching import app_matches, desired_apps, mounts, node_id
-from management.selectors import Selector, validate_labels
+from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind
 
@@ -37,6 +39,8 @@ COLLECTIONS: dict[str, tuple[Kind, str]] = {
     "certificates": (Kind.CERTIFICATE, "CertificateWrite"),
 }
 MAX_PAGE_SIZE = 200
+_MAX_PROPERTIES: int = COMPONENTS["NodeWrite"]["properties"]["properties"]["maxProperties"]
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a label key shown as labels.<key>
 
 
 def _ctx(request: web.Request) -> ApiContext:
@@ -67,7 +71,7 @@ def _expected_version(request: web.Request) -> int | None:
     if header is None:
         return None
     text = header.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # int() takes "²"-like digits: refuse them
         raise BadRequest('If-Match must be the resource\'s version, e.g. If-Match: "3".')
     return int(text)
 
@@ -75,8 +79,19 @@ def _expected_version(request: web.Request) -> int | None:
 # -- checks a schema cannot make -------------------------------------------------------------------
 
 
+def _check_labels(labels: dict[str, str]) -> None:
+    """Each label against the Kubernetes syntax; a 400 names the label at fault."""
+    for key, value in labels.items():
+        field = f"labels.{key}" if _IDENTIFIER.fullmatch(key) else f"labels[{json.dumps(key)}]"
+        try:
+            validate_labels({key: value}, field="labels")
+        except SelectorError as exc:
+            raise ValidationFailed(field, str(exc).rstrip(".") + ".") from None
+    validate_labels(labels, field="labels")  # the limit on their number
+
+
 async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, Any]) -> None:
-    validate_labels(body.get("labels") or {}, field="labels")
+    _check_labels(body.get("labels") or {})
     if kind is Kind.APP:
         text = str(body.get("selector", ""))
         Selector.parse(text)  # SelectorError -> 400 naming the position
@@ -102,20 +117,25 @@ def _list_handler(kind: Kind) -> Callable[[web.Request], Any]:
         ctx = _ctx(request)
         selector = Selector.parse(request.query.get("selector", ""))
         name_part = request.query.get("name", "")
-        page_no = _int_param(request, "pageNo", 1, 1, 1_000_000)
-        page_size = _int_param(request, "pageSize", 20, 1, MAX_PAGE_SIZE)
         items = [
             r
             for r in await ctx.store.list(_ns(request), kind)
             if name_part in r.name and (selector.is_empty() or selector.matches(r.labels))
         ]
-        page = items[(page_no - 1) * page_size : page_no * page_size]
-        views = [await _view(ctx, r, full=False) for r in page]
-        return web.json_response(
-            {"total": len(items), "pageNo": page_no, "pageSize": page_size, "items": views}
-        )
+        return await _page(request, items)
 
     return handle
+
+
+async def _page(request: web.Request, items: list[Resource]) -> web.Response:
+    """The ``pageNo``/``pageSize`` page of ``items``, as ``{total, pageNo, pageSize, items}``."""
+    page_no = _int_param(request, "pageNo", 1, 1, 1_000_000)
+    page_size = _int_param(request, "pageSize", 20, 1, MAX_PAGE_SIZE)
+    page = items[(page_no - 1) * page_size : page_no * page_size]
+    views = [await _view(_ctx(request), r, full=False) for r in page]
+    return web.json_response(
+        {"total": len(items), "pageNo": page_no, "pageSize": page_size, "items": views}
+    )
 
 
 async def _view(ctx: ApiContext, resource: Resource, *, full: bool = True) -> dict[str, Any]:
@@ -170,10 +190,11 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
             )
         await _check(ctx, _ns(request), kind, body)
         before = await ctx.store.get(_ns(request), kind, name)
-        updated = await ctx.store.update(
-            stored_body(kind, _ns(request), body, ctx.secrets),
-            expected_version=_expected_version(request),
-        )
+        resource = stored_body(kind, _ns(request), body, ctx.secrets)
+        if kind is Kind.REGISTRY and "password" not in body and "password" in before.body:
+            # Write-only, so a client cannot send it back: a PUT without one keeps the stored one.
+            resource.body["password"] = before.body["password"]
+        updated = await ctx.store.update(resource, expected_version=_expected_version(request))
         await _after_write(ctx, before, updated)
         return web.json_response(await _view(ctx, updated))
 
@@ -278,6 +299,12 @@ async def put_node_properties(request: web.Request) -> web.Response:
     desire = body.get("desire")
     if set(body) != {"desire"} or not isinstance(desire, dict):
         raise BadRequest('The body must be {"desire": {<property>: <value>, ...}}.', field="desire")
+    if len(desire) > _MAX_PROPERTIES:
+        raise BadRequest(
+            f"desire has {len(desire)} properties but at most {_MAX_PROPERTIES} are allowed; "
+            "remove some.",
+            field="desire",
+        )
     node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
     updated = await ctx.store.update(
         Resource(node.namespace, Kind.NODE, node.name, labels=node.labels,
@@ -305,14 +332,13 @@ async def node_init(request: web.Request) -> web.Response:
 
 
 async def config_users(request: web.Request) -> web.Response:
-    """The apps mounting a config (or secret)."""
+    """The apps mounting a config (or secret), a page of them like any list."""
     ctx = _ctx(request)
     kind = Kind.CONFIG if request.path.startswith("/v1/configs/") else Kind.SECRET
     name = request.match_info["name"]
     await ctx.store.get(_ns(request), kind, name)
     apps = await ctx.store.list(_ns(request), Kind.APP)
-    users = [await _view(ctx, app, full=False) for app in apps if (kind, name) in mounts(app)]
-    return web.json_response({"total": len(users), "items": users})
+    return await _page(request, [app for app in apps if (kind, name) in mounts(app)])
 
 
 def add_routes(app: web.Application) -> None:

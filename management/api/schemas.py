@@ -463,15 +463,33 @@ _CERTIFICATE = _resource_read(
 
 # --- activation, batches, tokens ----------------------------------------------------------------
 
+_BATCH_NAME: Final[JsonSchema] = {
+    **_LABEL_NAME,
+    "maxLength": 52,
+    "description": "A DNS-1123 label of at most 52 characters: its nodes are named "
+    "<batch>-<10 hex digits>, which must stay a 63-character label.",
+    "x-hint": "use at most 52 lowercase letters, digits and '-', starting and ending with a "
+    "letter or digit, e.g. paris-gateways",
+}
+_FINGERPRINT: Final[JsonSchema] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 253,
+    "pattern": r"^[^\x00-\x1f\x7f]+$",
+    "description": "What identifies the device: its serial number, host name, machine id or "
+    "typed input, as fingerprintKind says.",
+    "x-hint": "give printable text without control characters, e.g. GW-2025-000117",
+}
 _BATCH_WRITE = _resource_write(
     {
+        "name": _BATCH_NAME,
         "fingerprintKind": {
             "type": "string",
             "enum": ["serialNumber", "hostname", "machineId", "input"],
         },
         "whitelist": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "items": _FINGERPRINT,
             "maxItems": 100000,
             "uniqueItems": True,
             "description": "Fingerprints allowed to activate; empty allows any.",
@@ -479,13 +497,39 @@ _BATCH_WRITE = _resource_write(
         "quota": {
             "type": "integer",
             "minimum": 0,
-            "maximum": 1000000,
-            "description": "How many nodes may activate with this batch.",
+            "maximum": 10000,
+            "description": "How many devices (distinct fingerprints) may activate with this "
+            "batch; its activation records are kept in the batch.",
         },
     },
     ["fingerprintKind", "quota"],
 )
-_BATCH = _resource_read(_BATCH_WRITE)
+_BATCH_ACTIVATION = _open(
+    {
+        "fingerprint": _FINGERPRINT,
+        "node": {**_NODE_NAME, "description": "The node the device became."},
+        "time": {**_TIMESTAMP, "description": "When the device first activated."},
+        "ip": {"type": "string", "readOnly": True, "description": "The address it came from."},
+    },
+    ["fingerprint", "node", "time", "ip"],
+)
+_BATCH = _resource_read(
+    _BATCH_WRITE,
+    add={
+        "activated": {
+            "type": "integer",
+            "minimum": 0,
+            "readOnly": True,
+            "description": "How many devices activated; each uses one of the quota.",
+        }
+    },
+)
+_BATCH["properties"]["activations"] = {
+    "type": "array",
+    "items": ref("BatchActivation"),
+    "readOnly": True,
+    "description": "Who activated: shown by GET /v1/batches/{name}, left out of lists.",
+}
 _BATCH_SECRET: Final[JsonSchema] = {
     "type": "string",
     "readOnly": True,
@@ -529,6 +573,7 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     "Certificate": _CERTIFICATE,
     "BatchWrite": _BATCH_WRITE,
     "Batch": _BATCH,
+    "BatchActivation": _BATCH_ACTIVATION,
     "BatchCreated": {
         **_BATCH,
         "required": [*_BATCH["required"], "secret"],
@@ -536,9 +581,9 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     },
     "BatchActivationRequest": _closed(
         {
-            "batch": _NAME,
+            "batch": _BATCH_NAME,
             "namespace": _LABEL_NAME,
-            "fingerprint": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "fingerprint": _FINGERPRINT,
             "secret": {"type": "string", "minLength": 1, "maxLength": 1024, "writeOnly": True},
             "csr": _PEM_CSR,
         },
@@ -769,6 +814,25 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
 }
 """A realistic body per schema, for the OpenAPI document's ``example`` fields and for tests."""
 EXAMPLES["App"] = {**EXAMPLES["AppWrite"], **_EXAMPLE_META}
+EXAMPLES["BatchCreated"] = {
+    **EXAMPLES["BatchWrite"],
+    **_EXAMPLE_META,
+    "activated": 0,
+    "secret": "b4tch-s3cret-example",
+}
+EXAMPLES["Batch"] = {
+    **EXAMPLES["BatchWrite"],
+    **_EXAMPLE_META,
+    "activated": 1,
+    "activations": [
+        {
+            "fingerprint": "GW-2025-000117",
+            "node": "paris-gateways-3f1c9a0b7e",
+            "time": "2025-03-02T14:05:12.345Z",
+            "ip": "203.0.113.7",
+        }
+    ],
+}
 
 # --- validation ---------------------------------------------------------------------------------
 
@@ -865,7 +929,7 @@ _JSON_TYPES: Final = {
 }
 _READ_ONLY_FIELDS: Final = frozenset(_READ_META) | {
     "online", "lastSeen", "report", "desire", "apps", "fingerprint", "notBefore", "notAfter",
-    "subject", "dnsNames", "id", "token",
+    "subject", "dnsNames", "id", "token", "activated", "activations",
 }  # fmt: skip
 
 

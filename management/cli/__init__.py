@@ -18,6 +18,7 @@ from certs import CertsError
 from edge import cli as edge_cli
 from management.cli import broker as broker_cli
 from management.cli import certs as certs_cli
+from management.cli import client as client_cli
 from management.cli import config as config_cli
 from management.cli import tokens as tokens_cli
 from management.config import ConfigError, load_settings
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge_cli.add_parser(groups)
     config_cli.add_parser(groups)
     tokens_cli.add_parser(groups)
+    client_cli.add_parser(groups)  # after config_cli: 'config' gets list/get/apply too
     return parser
 
 
@@ -89,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if not getattr(args, "edge_command", False):
-            # Edge commands read their own state directory, never the cloud's configuration.
+        if not getattr(args, "edge_command", False) and not getattr(args, "client_command", False):
+            # Edge commands read their own state directory, client commands talk to the API:
+            # neither reads the cloud's configuration.
             overrides = list(args.overrides)
             if args.log_level:
                 overrides.append(f"log_level={args.log_level}")
@@ -104,7 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(level)
         code: int = args.func(args)
         return code
-    except (ConfigError, CertsError, BrokerError, ShadowError, edge_cli.EdgeError) as exc:
+    except (
+        ConfigError,
+        CertsError,
+        BrokerError,
+        ShadowError,
+        edge_cli.EdgeError,
+        client_cli.ClientError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ import signal
 from broker import EmbeddedBroker, TLSFiles, freeze_long_lived
 from certs import CertificateAuthority
 from management.bootstrap import ensure_pki
-from management.cloud import Cloud
 from management.config import Settings
 
 __all__ = ["add_parser", "add_up_parser"]
@@ -63,6 +62,8 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from management.cloud import Cloud  # the whole server stack: loaded only to serve
+
     async with contextlib.AsyncExitStack() as stack:
         if cloud:
             running = await stack.enter_async_context(Cloud(settings, ca, files))

@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import re
 import time
+from typing import TYPE_CHECKING
 
 from management.config import ConfigError, Settings
-from management.store import ApiTokenRecord, ResourceStore, all_migrations
-from management.tokens import new_api_token
-from shadow.server import TortoiseStore
+
+if TYPE_CHECKING:
+    from management.store import ApiTokenRecord
 
 __all__ = ["add_parser"]
 
@@ -57,6 +58,10 @@ def _namespace(text: str) -> str:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from management.store import ApiTokenRecord, ResourceStore, all_migrations
+    from management.tokens import new_api_token
+    from shadow.server import TortoiseStore
+
     settings: Settings = args.settings
     namespace = _namespace(args.namespace)
     days = args.expires_in_days
@@ -83,6 +88,9 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from management.store import ResourceStore, all_migrations
+    from shadow.server import TortoiseStore
+
     settings: Settings = args.settings
     namespace = _namespace(args.namespace)
 
@@ -104,6 +112,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from management.store import ResourceStore, all_migrations
+    from shadow.server import TortoiseStore
+
     settings: Settings = args.settings
     namespace = _namespace(args.namespace)
 

@@ -9,9 +9,9 @@
 from shadow.server.bus import Bus, Denied, EmbeddedBus, MessageHandler, Presence
 from shadow.server.migrations import MIGRATIONS, Migration
 from shadow.server.service import DesiredWrite, NoResources, ResourceSource, ShadowService
-from shadow.server.settings import ShadowSettings
 from shadow.server.sql import TortoiseStore, Transaction
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
+from shadow.settings import ShadowSettings
 
 __all__ = [
     "MIGRATIONS",

@@ -57,8 +57,8 @@ from shadow.errors import (
     Unavailable,
 )
 from shadow.server.bus import Bus, Denied, Presence
-from shadow.server.settings import ShadowSettings
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
+from shadow.settings import ShadowSettings
 from shadow.topics import UPSTREAM, Channel, subscription_filter, topic, valid_node_id
 
 __all__ = ["DesiredWrite", "NoResources", "ResourceSource", "ShadowService"]

@@ -27,6 +27,7 @@ MySQL/MariaDB power-loss durability is the server's: InnoDB's defaults
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -342,8 +343,18 @@ class _Sqlite:
 
     async def migrate(self, migrations: Sequence[Migration]) -> None:
         async with self._client.acquire_connection() as conn:
-            rows = await conn.execute_fetchall("PRAGMA journal_mode")
-            if str(next(iter(rows))[0]).lower() != "wal":
+            # Switching a fresh file to WAL needs it unlocked; another process opening it at
+            # the same moment can hold it briefly, so try again for a few seconds.
+            mode = ""
+            for _attempt in range(50):
+                rows = await conn.execute_fetchall("PRAGMA journal_mode")
+                mode = str(next(iter(rows))[0]).lower()
+                if mode == "wal":
+                    break
+                with suppress(sqlite3.OperationalError):
+                    await conn.execute("PRAGMA journal_mode=WAL")
+                await asyncio.sleep(0.1)
+            if mode != "wal":
                 raise StoreError(
                     "SQLite could not switch the shadow database to WAL mode; put it on a local "
                     "file system that supports shared memory (not a network share)."
