@@ -204,6 +204,27 @@ def document() -> dict[str, Any]:
                               **_error_responses(401, 404, 503)},
             },
         }  # fmt: skip
+    for collection, listed in (("configs", "ConfigList"), ("secrets", "SecretList")):
+        paths[f"/v1/apps/{{name}}/{collection}"] = {
+            "parameters": [_NAME],
+            "get": {
+                "tags": ["apps"], "operationId": f"app_{collection}",
+                "summary": f"The {collection} the app mounts",
+                "parameters": [p for p in _LIST_PARAMS if p["name"] in ("pageNo", "pageSize")],
+                "responses": {"200": _json(listed, f"The {collection}."),
+                              **_error_responses(401, 404, 503)},
+            },
+        }  # fmt: skip
+    paths["/v1/namespace"] = {
+        "get": {
+            "tags": ["namespace"], "operationId": "get_namespace",
+            "summary": "The namespace of the bearer token",
+            "responses": {"200": {"description": "Its name.", "content": {"application/json": {
+                "schema": {"type": "object", "required": ["name"],
+                           "properties": {"name": {"type": "string"}}}}}},
+                          **_error_responses(401)},
+        },
+    }  # fmt: skip
     paths.update(_batch_paths())
     return {
         "openapi": "3.1.0",

@@ -341,6 +341,21 @@ async def config_users(request: web.Request) -> web.Response:
     return await _page(request, [app for app in apps if (kind, name) in mounts(app)])
 
 
+async def app_mounts(request: web.Request) -> web.Response:
+    """The configs (or secrets) an app mounts, a page of them like any list."""
+    ctx = _ctx(request)
+    kind = Kind.CONFIG if request.path.endswith("/configs") else Kind.SECRET
+    app = await ctx.store.get(_ns(request), Kind.APP, request.match_info["name"])
+    names = sorted(name for mounted, name in mounts(app) if mounted is kind)
+    found = [await ctx.store.find(app.namespace, kind, name) for name in names]
+    return await _page(request, [r for r in found if r is not None])
+
+
+async def namespace(request: web.Request) -> web.Response:
+    """The namespace of the caller's token."""
+    return web.json_response({"name": _ns(request)})
+
+
 def add_routes(app: web.Application) -> None:
     for collection, (kind, schema) in COLLECTIONS.items():
         base = f"/v1/{collection}"
@@ -356,3 +371,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/nodes/{name}/init", node_init)
     app.router.add_get("/v1/configs/{name}/apps", config_users)
     app.router.add_get("/v1/secrets/{name}/apps", config_users)
+    app.router.add_get("/v1/apps/{name}/configs", app_mounts)
+    app.router.add_get("/v1/apps/{name}/secrets", app_mounts)
+    app.router.add_get("/v1/namespace", namespace)

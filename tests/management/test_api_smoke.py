@@ -19,3 +19,27 @@ async def test_create_node_and_matching_app(api: Api) -> None:
     assert status == 200
     assert node["desire"]["apps"] == [{"name": "web", "version": "1"}]
     assert node["apps"] == [{"name": "web", "version": "1"}]
+
+
+async def test_app_mounts_and_namespace(api: Api) -> None:
+    """An app lists the configs and secrets it mounts; /namespace names the token's tenant."""
+    assert (await api.call("POST", "/configs", {"name": "conf", "data": {"a": "1"}}))[0] == 201
+    assert (await api.call("POST", "/secrets", {"name": "pw", "data": {"p": "s3"}}))[0] == 201
+    app = {
+        "name": "web",
+        "selector": "site=x",
+        "services": [{"name": "web", "image": "nginx"}],
+        "volumes": [
+            {"name": "c", "config": {"name": "conf"}},
+            {"name": "s", "secret": {"name": "pw"}},
+        ],
+    }
+    assert (await api.call("POST", "/apps", app))[0] == 201
+    status, configs = await api.call("GET", "/apps/web/configs")
+    assert status == 200
+    assert [c["name"] for c in configs["items"]] == ["conf"]
+    status, secrets = await api.call("GET", "/apps/web/secrets")
+    assert [s["name"] for s in secrets["items"]] == ["pw"]
+    assert "data" not in secrets["items"][0]
+    assert (await api.call("GET", "/apps/nope/configs"))[0] == 404
+    assert await api.call("GET", "/namespace") == (200, {"name": "default"})
