@@ -22,7 +22,14 @@ from typing import Any
 from aiohttp import web
 
 from certs import CertificateAuthority
-from management.api.errors import ApiError, BadRequest, NotFound, Unauthorized, Unavailable
+from management.api.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from management.api.schemas import ValidationFailed
 from management.crypto import SecretBox
 from management.matching import Matcher
@@ -155,11 +162,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, or a 400 saying what is wrong with it."""
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise BadRequest(f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less.")
+        raise PayloadTooLarge(f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less.")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less.") from None
+        raise PayloadTooLarge(
+            f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less."
+        ) from None
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:

@@ -12,6 +12,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "NotFound",
+    "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
 ]
@@ -52,6 +53,11 @@ class NotFound(ApiError):
 class Conflict(ApiError):
     status = 409
     code = "Conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "PayloadTooLarge"
 
 
 class Unavailable(ApiError):

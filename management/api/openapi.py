@@ -39,6 +39,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         401: "No valid bearer token.",
         404: "No such resource in the token's namespace.",
         409: "The name is taken, the version is stale, or the resource is in use.",
+        413: "The body is over 2 MiB.",
         503: "The database is unavailable; retry.",
     }
     return {
@@ -106,7 +107,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _body(write),
                 "responses": {
                     "201": _json(read, "Created."),
-                    **_error_responses(400, 401, 409, 503),
+                    **_error_responses(400, 401, 409, 413, 503),
                 },
             },
         }
@@ -126,7 +127,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _body(write),
                 "responses": {
                     "200": _json(read, "Updated."),
-                    **_error_responses(400, 401, 404, 409, 503),
+                    **_error_responses(400, 401, 404, 409, 413, 503),
                 },
             },
             "delete": {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 from tests.management.conftest import Api
 
 
@@ -43,3 +46,17 @@ async def test_app_mounts_and_namespace(api: Api) -> None:
     assert "data" not in secrets["items"][0]
     assert (await api.call("GET", "/apps/nope/configs"))[0] == 404
     assert await api.call("GET", "/namespace") == (200, {"name": "default"})
+
+
+async def test_a_body_over_the_limit_is_413(api: Api) -> None:
+    """A request body over 2 MiB is refused with 413 and the error body, nothing stored."""
+    big = {"name": "huge", "data": {"blob": "x" * (2 * 1024 * 1024 + 10)}}
+    async with api.session.post(
+        api.base + "/v1/configs",
+        data=io.BytesIO(json.dumps(big).encode()),  # a stream: aiohttp warns on big raw bytes
+        headers=api.headers({"Content-Type": "application/json"}),
+    ) as response:
+        status, body = response.status, await response.json()
+    assert status == 413
+    assert body["code"] == "PayloadTooLarge"
+    assert (await api.call("GET", "/configs/huge"))[0] == 404
