@@ -39,6 +39,9 @@ class _Node(Generic[K, V]):
     hash: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending "/#" here
 
 
+WILDCARD_CACHE_SIZE = 65536
+
+
 def _has_wildcard(topic_filter: str) -> bool:
     return "+" in topic_filter or "#" in topic_filter
 
@@ -50,6 +53,10 @@ class SubscriptionIndex(Generic[K, V]):
         self._exact: dict[str, dict[K, Subscription[K, V]]] = {}
         self._root: _Node[K, V] = _Node()
         self._by_key: dict[K, dict[str, Subscription[K, V]]] = {}
+        # Wildcard matches per topic, remembered until a wildcard subscription changes: most
+        # topics are published again and again (a node's report, its desire), and wildcard
+        # subscriptions change rarely (the cloud's own services, operators).
+        self._wild_cache: dict[str, tuple[tuple[str, Subscription[K, V]], ...]] = {}
 
     def __len__(self) -> int:
         return sum(len(filters) for filters in self._by_key.values())
@@ -58,6 +65,7 @@ class SubscriptionIndex(Generic[K, V]):
         """Add or replace ``key``'s subscription to ``topic_filter``; True if it is new."""
         subscription = Subscription(key, value, qos)
         if _has_wildcard(topic_filter):
+            self._wild_cache.clear()
             node = self._root
             levels = topic_filter.split("/")
             for level in levels[:-1]:
@@ -95,6 +103,7 @@ class SubscriptionIndex(Generic[K, V]):
             if not bucket:
                 del self._exact[topic_filter]
             return True
+        self._wild_cache.clear()
         self._remove_wildcard(topic_filter.split("/"), key)
         return True
 
@@ -136,10 +145,16 @@ class SubscriptionIndex(Generic[K, V]):
                 yield topic, subscription
         if not self._root.children and not self._root.hash:
             return
-        levels = topic.split("/")
-        # [MQTT-4.7.2-1] a filter starting with a wildcard never matches a topic starting with $.
-        dollar = topic.startswith("$")
-        yield from self._walk(self._root, levels, 0, dollar)
+        cached = self._wild_cache.get(topic)
+        if cached is None:
+            levels = topic.split("/")
+            # [MQTT-4.7.2-1] a filter starting with a wildcard never matches a $ topic.
+            dollar = topic.startswith("$")
+            cached = tuple(self._walk(self._root, levels, 0, dollar))
+            if len(self._wild_cache) >= WILDCARD_CACHE_SIZE:
+                self._wild_cache.clear()  # bounded: a flood of unique topics cannot grow it
+            self._wild_cache[topic] = cached
+        yield from cached
 
     def _walk(
         self, node: _Node[K, V], levels: list[str], depth: int, dollar: bool

@@ -87,3 +87,30 @@ def test_removing_unknown_subscriptions_is_harmless() -> None:
     assert index.remove("a/b", "c2") is False
     assert index.remove_all("nobody") == 0
     assert [s.key for _, s in index.match("a/b")] == ["c1"]
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["add", "remove", "match"]), filters(), st.integers(0, 2), TOPIC),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300)
+@given(OPS)
+def test_matches_stay_right_while_subscriptions_change(
+    ops: list[tuple[str, str, int, str]],
+) -> None:
+    """Matching, subscribing and unsubscribing interleaved: match() never returns a stale set."""
+    index: SubscriptionIndex[int, None] = SubscriptionIndex()
+    live: set[tuple[str, int]] = set()
+    for op, topic_filter, key, topic in ops:
+        if op == "add":
+            index.add(topic_filter, key, None, 1)
+            live.add((topic_filter, key))
+        elif op == "remove":
+            index.remove(topic_filter, key)
+            live.discard((topic_filter, key))
+        got = sorted((f, s.key) for f, s in index.match(topic))
+        want = sorted((f, k) for f, k in live if reference_matches(f, topic))
+        assert got == want
