@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.tools import require_tool
-
-BAETYL = str(Path(sys.executable).with_name("baetyl"))
-# Every listener of `baetyl up` on loopback and an ephemeral port.
-EPHEMERAL = [
-    "--set", "broker.host=127.0.0.1", "--set", "broker.port=0",
-    "--set", "api.port=0", "--set", "api.activation_host=127.0.0.1",
-    "--set", "api.activation_port=0",
-]  # fmt: skip
+from tests.support.up import BAETYL, EPHEMERAL, start_up
 
 
 def baetyl(
@@ -95,34 +87,13 @@ def test_config_show_reflects_layers(tmp_path: Path) -> None:
 @pytest.fixture
 def running_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``baetyl up`` on port 0 in a fresh directory, stopped with SIGTERM afterwards."""
-    proc = subprocess.Popen(
-        [BAETYL, *EPHEMERAL, "up"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    port = 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        found = re.search(r"mqtts\s+127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
+    proc, port = start_up(tmp_path)
     try:
-        assert port, "baetyl up did not print its MQTT port"
         yield proc, port
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=15)
-        proc.stdout.close()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        proc.communicate(timeout=15)
 
 
 def test_up_serves_nodes_and_operators_on_embedded_defaults(

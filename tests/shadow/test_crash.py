@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,8 @@ from shadow.server import ShadowRecord, TortoiseStore
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import issue_node
 from tests.shadow.conftest import Database
+from tests.support.up import BAETYL, start_up
 
-BAETYL = str(Path(sys.executable).with_name("baetyl"))
 NODE = "default.crash-1"
 PREFIX = f"$baetyl/node/{NODE}/"
 REPORTS = 400
@@ -32,28 +29,13 @@ def db_url(database: Database) -> str:
     return database.url
 
 
-def start_up(cwd: Path, db_url: str) -> tuple[subprocess.Popen[str], int]:
-    """``baetyl up`` on an ephemeral port with the given store; returns it and its MQTT port."""
-    proc = subprocess.Popen(
-        [BAETYL, "--set", "broker.host=127.0.0.1", "--set", "broker.port=0",
-         "--set", "api.port=0", "--set", "api.activation_host=127.0.0.1",
-         "--set", "api.activation_port=0",
-         "--set", f"database.url={db_url}",
-         "--set", "shadow.report_rate=100000", "--set", "shadow.report_burst=100000", "up"],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def start_cloud(cwd: Path, db_url: str) -> tuple[subprocess.Popen[str], int]:
+    """``baetyl up`` on the given store, its node rate limit out of the way; its MQTT port."""
+    return start_up(
+        cwd,
+        "--set", f"database.url={db_url}",
+        "--set", "shadow.report_rate=100000", "--set", "shadow.report_burst=100000",
     )  # fmt: skip
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        found = re.search(r"mqtts\s+127\.0\.0\.1:(\d+)", line)
-        if found:
-            return proc, int(found.group(1))
-    proc.kill()
-    _out, err = proc.communicate(timeout=10)
-    raise AssertionError(f"baetyl up did not start: {err}")
 
 
 def stored(db_url: str) -> ShadowRecord | None:
@@ -73,7 +55,7 @@ def test_sigkill_after_accepting_loses_nothing_accepted(tmp_path: Path, db_url: 
     ca = CertificateAuthority.load(tmp_path / "baetyl-data" / "ca")
     creds = issue_node(ca, tmp_path / "node", "default", "crash-1")
 
-    proc, port = start_up(tmp_path, db_url)
+    proc, port = start_cloud(tmp_path, db_url)
     accepted: list[int] = []
     enough = threading.Event()
     client = MqttClient(port, NODE, ca=ca.ca_path, creds=creds)
@@ -116,7 +98,7 @@ def test_sigkill_after_accepting_loses_nothing_accepted(tmp_path: Path, db_url: 
     assert record.reported.version >= len(accepted)
 
     # The cloud starts again on the same store and carries on from the stored version.
-    proc, port = start_up(tmp_path, db_url)
+    proc, port = start_cloud(tmp_path, db_url)
     client = MqttClient(port, NODE, ca=ca.ca_path, creds=creds)
     try:
         client.connect()
