@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge.activation import (
+    ActivationError,
+    BatchCredentials,
+    FingerprintSource,
+    TokenCredentials,
+    activate,
+    read_fingerprint,
+)
 from edge.errors import EdgeError
 from edge.identity import create_key_and_csr
 
@@ -40,6 +48,86 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="put this CN in the CSR (optional; the cloud decides the identity either way)",
     )
     keygen.set_defaults(func=_keygen)
+    _add_activate_parser(commands)
+
+
+def _add_activate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "activate",
+        help="activate this node: trade the install token (or a batch secret) for a certificate",
+        description="Activate this node. Fetch the cloud's CA and accept it only if its SHA-256 "
+        "is --ca-sha256, then send a CSR of the node's key (made here if the node has none, 0600) "
+        "with the install token, or with a batch's secret and this device's fingerprint, over TLS "
+        "verified with that CA. Store the certificate, the CA and the broker's address in the "
+        "state directory. Safe to re-run: the key is reused and a new token replaces the "
+        "certificate.",
+    )
+    parser.add_argument(
+        "--url", required=True, help="the activation endpoint, e.g. https://cloud.example:9003"
+    )
+    parser.add_argument(
+        "--ca-sha256",
+        required=True,
+        metavar="HEX",
+        help="SHA-256 of the cloud's CA certificate (DER), from the install command",
+    )
+    way = parser.add_mutually_exclusive_group(required=True)
+    way.add_argument("--token", help="the single-use token of the node's install command")
+    way.add_argument("--batch", metavar="NAME", help="activate as a device of this batch")
+    batch = parser.add_argument_group("batch activation (with --batch)")
+    batch.add_argument("--namespace", metavar="NS", help="the batch's namespace")
+    batch.add_argument("--secret", help="the batch's secret")
+    fingerprint = batch.add_mutually_exclusive_group()
+    fingerprint.add_argument("--fingerprint", help="this device's fingerprint, given as is")
+    fingerprint.add_argument(
+        "--fingerprint-from",
+        choices=[source.value for source in FingerprintSource],
+        help="read the fingerprint from the serial number (DMI), host name or /etc/machine-id",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"the node's state directory (default: ./{DEFAULT_STATE_DIR})",
+    )
+    parser.set_defaults(func=_activate)
+
+
+def _credentials(args: argparse.Namespace) -> TokenCredentials | BatchCredentials:
+    batch_options = {
+        "--namespace": args.namespace,
+        "--secret": args.secret,
+        "--fingerprint": args.fingerprint,
+        "--fingerprint-from": args.fingerprint_from,
+    }
+    if args.token is not None:
+        extra = [option for option, value in batch_options.items() if value is not None]
+        if extra:
+            raise ActivationError(
+                f"{', '.join(extra)} go with --batch, not --token; give one way to activate."
+            )
+        return TokenCredentials(args.token)
+    missing = [option for option in ("--namespace", "--secret") if batch_options[option] is None]
+    if args.fingerprint is None and args.fingerprint_from is None:
+        missing.append("--fingerprint or --fingerprint-from")
+    if missing:
+        raise ActivationError(f"--batch needs {', '.join(missing)} as well.")
+    fingerprint = args.fingerprint
+    if fingerprint is None:
+        fingerprint = read_fingerprint(FingerprintSource(args.fingerprint_from))
+    return BatchCredentials(args.namespace, args.batch, fingerprint, args.secret)
+
+
+def _activate(args: argparse.Namespace) -> int:
+    result = activate(args.url, args.ca_sha256, _credentials(args), args.state_dir)
+    state = result.state
+    made = "made now" if result.key_created else "kept"
+    print(f"activated node {result.node_id}")
+    print(f"private key: {state.key} (0600, {made}, stays on this node)")
+    print(f"certificate: {state.certificate}")
+    print(f"CA:          {state.ca}")
+    print(f"node:        {state.node} (broker {result.broker_host}:{result.broker_port})")
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:

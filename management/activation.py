@@ -1,5 +1,9 @@
 """The activation endpoint (HTTPS, port 9003): a node trades its token and CSR for a certificate.
 
+``GET /v1/ca`` answers ``{"ca": <PEM>}``, the CA certificate, to anyone: the node fetches it
+without verifying the server, checks its SHA-256 against the one in its install command, and
+only then sends its token over TLS verified with that CA.
+
 ``POST /v1/activate`` with ``{"token", "csr"}``. The token comes from the node's install command
 (``GET /v1/nodes/<name>/init``): signed by the cloud, expiring, usable once. The certificate
 names the node the *token* names, whatever the CSR says; the node's private key never leaves
@@ -81,10 +85,17 @@ async def activate(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
+async def ca_certificate(request: web.Request) -> web.Response:
+    """The CA certificate (public), which the node pins by the SHA-256 of its install command."""
+    ctx: ApiContext = request.app[CONTEXT]
+    return web.json_response({"ca": ctx.ca.certificate_pem.decode()})
+
+
 def create_activation_app(context: ApiContext) -> web.Application:
     """The activation endpoint's application (served over TLS with the server certificate)."""
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
     app[CONTEXT] = context
+    app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_post("/v1/activate", activate)
     batches.add_activation_routes(app)
     return app
