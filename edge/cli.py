@@ -49,6 +49,71 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     keygen.set_defaults(func=_keygen)
     _add_activate_parser(commands)
+    _add_run_parser(commands)
+
+
+def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run the agent: keep the node's apps as the cloud desires, report back",
+        description="Run the edge agent in the foreground until Ctrl-C or SIGTERM: one mTLS "
+        "session to the cloud (reconnecting with backoff and jitter), the desired apps applied "
+        "by the engine, node and app status reported. Apps keep running while the agent or the "
+        "network is down, and are adopted again when it restarts.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"the node's state directory (default: ./{DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["native", "kube"],
+        default="native",
+        help="native: processes on this machine (default); kube: Kubernetes objects",
+    )
+    parser.add_argument(
+        "--kube-namespace", default="baetyl-edge", help="the namespace of the kube engine"
+    )
+    parser.add_argument(
+        "--report-interval",
+        type=float,
+        default=20.0,
+        help="seconds between full reports (default: 20)",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from edge.agent import Agent, AgentConfig
+    from edge.engines import Engine
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        engine: Engine
+        if args.engine == "kube":
+            from edge.engines.kube import KubeEngine
+
+            engine = KubeEngine(namespace=args.kube_namespace)
+        else:
+            from edge.engines.native import NativeEngine
+
+            engine = NativeEngine(args.state_dir / "native")
+        config = AgentConfig(args.state_dir, report_interval=args.report_interval)
+        agent = Agent(config, engine)
+        async with engine:
+            print(f"agent running as {agent.identity.node_id}; Ctrl-C to stop", flush=True)
+            await agent.run(stop)
+
+    asyncio.run(main())
+    return 0
 
 
 def _add_activate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

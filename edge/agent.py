@@ -1,0 +1,344 @@
+"""The edge agent: one mTLS session to the cloud, desired state applied, reports sent.
+
+After every (re)connect the agent subscribes to its own downstream topics, asks for the full
+desired document (``desire/get``) and reconciles: it fetches the app, config and secret specs it
+lacks by (kind, name, version), hands the complete set to its engine, and reports what runs.
+Desire messages at or below the applied version are ignored (QoS 1 redelivery, a get crossing
+a push). While offline the apps keep running, reports coalesce (latest wins) and go out when
+the session is back; reconnects back off with jitter so a fleet does not stampede.
+
+What the agent knows survives a restart in ``<state-dir>/agent.json`` (0600): the desired
+document and version, and every spec fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.engines import AppSpec, Engine
+from edge.errors import EdgeError
+from edge.node import node_info, node_stats
+from edge.reports import ReportQueue, ReportSettings
+from shadow import (
+    Channel,
+    DesiredFollower,
+    Encoding,
+    JSONObject,
+    RequestError,
+    decode,
+    encode,
+    parse_desire,
+    parse_rejected,
+    parse_resource,
+    topic,
+)
+
+__all__ = ["Agent", "AgentConfig", "NodeIdentity"]
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE = (
+    Channel.DESIRE,
+    Channel.DESIRE_REJECTED,
+    Channel.DELTA,
+    Channel.REPORT_ACCEPTED,
+    Channel.REPORT_REJECTED,
+    Channel.RESOURCE,
+    Channel.RESOURCE_REJECTED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What activation stored: the node id, its certificate and key, the CA, the broker."""
+
+    node_id: str
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> NodeIdentity:
+        path = state_dir / "node.json"
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                node_id=str(info["nodeId"]),
+                host=str(info["broker"]["host"]),
+                port=int(info["broker"]["port"]),
+                cert=state_dir / "node.crt",
+                key=state_dir / "node.key",
+                ca=state_dir / "ca.crt",
+            )
+        except FileNotFoundError:
+            raise EdgeError(
+                f"{state_dir} holds no activated node; run the install command "
+                "('baetyl edge activate ...') first."
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EdgeError(f"{path} is damaged ({exc}); activate the node again.") from None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    state_dir: Path
+    report_interval: float = 20.0  # a full report at least this often (jittered)
+    backoff: tuple[float, float] = (1.0, 60.0)  # reconnect delay: first, largest
+    keepalive: int = 30
+
+
+class Agent:
+    """Runs until ``stop`` is set; see the module docstring."""
+
+    def __init__(self, config: AgentConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.identity = NodeIdentity.load(config.state_dir)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._connected = asyncio.Event()
+        self._follower = DesiredFollower()
+        self._desired: JSONObject = {}
+        self._specs: dict[str, Any] = {}  # "<kind>/<name>/<version>" -> spec
+        self._requested: dict[str, float] = {}  # spec key -> when it was asked for
+        self._reports = ReportQueue.load(
+            self._reports_file, ReportSettings(heartbeat=config.report_interval)
+        )
+        self._applied: list[tuple[str, str]] | None = None
+        self._last_status: list[dict[str, Any]] | None = None
+        self._load_state()
+        self._client = self._make_client()
+
+    # -- local state -------------------------------------------------------------------------------
+
+    @property
+    def _state_file(self) -> Path:
+        return self.config.state_dir / "agent.json"
+
+    @property
+    def _reports_file(self) -> Path:
+        return self.config.state_dir / "reports.json"
+
+    def _load_state(self) -> None:
+        try:
+            data = json.loads(self._state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except ValueError:
+            log.warning("%s is damaged; starting from the cloud's state", self._state_file)
+            return
+        self._follower = DesiredFollower(int(data.get("version", 0)))
+        self._desired = dict(data.get("desired", {}))
+        self._specs = dict(data.get("specs", {}))
+
+    def _save_state(self) -> None:
+        data = {"version": self._follower.version, "desired": self._desired, "specs": self._specs}
+        temp = self._state_file.with_suffix(".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, self._state_file)
+
+    # -- MQTT (paho's thread hands everything to the event loop) -----------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        identity = self.identity
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=identity.node_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(identity.ca))
+        context.load_cert_chain(str(identity.cert), str(identity.key))
+        client.tls_set_context(context)
+        first, largest = self.config.backoff
+        # Jitter: each node starts its backoff somewhere in [first, 2*first).
+        client.reconnect_delay_set(min_delay=max(1, round(first * (1 + random.random()))),  # noqa: S311
+                                   max_delay=max(1, int(largest)))  # fmt: skip
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("the cloud refused the connection: %s", reason)
+            return
+        prefix = f"$baetyl/node/{self.identity.node_id}/"
+        client.subscribe([(prefix + channel.value, 1) for channel in SUBSCRIBE])
+        get = {"clientToken": f"get-{uuid.uuid4().hex[:12]}"}
+        client.publish(
+            topic(self.identity.node_id, Channel.DESIRE_GET), encode(get, Encoding.JSON), 1
+        )
+        self._call(self._connected.set)
+        log.info("connected to %s:%d as %s", self.identity.host, self.identity.port,
+                 self.identity.node_id)  # fmt: skip
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        def lost() -> None:
+            self._connected.clear()
+            self._reports.on_disconnect()
+
+        self._call(lost)
+        log.info("disconnected from the cloud (%s); apps keep running", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        item = (message.topic, bytes(message.payload))
+        self._call(lambda: self._inbox.put_nowait(item))
+
+    def _publish(self, channel: Channel, body: JSONObject) -> None:
+        self._client.publish(topic(self.identity.node_id, channel), encode(body, Encoding.JSON), 1)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, reconcile and report until ``stop`` is set."""
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(self.identity.host, self.identity.port, self.config.keepalive)
+        self._client.loop_start()
+        try:
+            if self._desired:
+                await self._reconcile()  # what was applied before the restart, from local state
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    name, payload = await asyncio.wait_for(self._inbox.get(), timeout=0.5)
+                    await self._handle(name, payload)
+                await self._report_if_due()
+        finally:
+            self._client.loop_stop()
+            self._client.disconnect()
+            self._reports.save(self._reports_file)  # what was not accepted goes out next time
+
+    async def _handle(self, name: str, payload: bytes) -> None:
+        try:
+            channel = Channel(name.rsplit(f"{self.identity.node_id}/", 1)[-1])
+            body, _ = decode(payload, max_bytes=1 << 20)
+            await self._dispatch(channel, body)
+        except (ValueError, RequestError) as exc:
+            log.warning("ignored a malformed message on %s: %s", name, exc)
+
+    async def _dispatch(self, channel: Channel, body: JSONObject) -> None:
+        if channel is Channel.DESIRE:
+            desire = parse_desire(body)
+            if self._follower.offer(desire):
+                self._desired = desire.desired
+                self._save_state()
+                await self._reconcile()
+        elif channel is Channel.RESOURCE:
+            resource = parse_resource(body)
+            self._specs[f"{resource.kind}/{resource.name}/{resource.version}"] = resource.spec
+            self._save_state()
+            await self._reconcile()
+        elif channel is Channel.REPORT_ACCEPTED:
+            self._reports.accepted(str(body.get("clientToken", "")))
+        elif channel in (
+            Channel.REPORT_REJECTED,
+            Channel.RESOURCE_REJECTED,
+            Channel.DESIRE_REJECTED,
+        ):
+            rejected = parse_rejected(body)
+            if channel is Channel.REPORT_REJECTED:
+                self._reports.rejected(rejected.client_token or "", rejected.code)
+            elif channel is Channel.RESOURCE_REJECTED and rejected.code == 404:
+                # A spec at that version is gone: our desired state is stale; ask again.
+                self._publish(Channel.DESIRE_GET, {"clientToken": f"get-{uuid.uuid4().hex[:12]}"})
+            log.info("%s refused: %s %s", channel, rejected.code, rejected.message)
+
+    # -- reconcile ---------------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        refs = [
+            (str(a.get("name")), str(a.get("version")))
+            for a in self._desired.get("apps", []) or []
+            if isinstance(a, dict)
+        ]
+        missing: list[tuple[str, str, str]] = []
+        apps: list[AppSpec] = []
+        for name, version in refs:
+            spec = self._specs.get(f"app/{name}/{version}")
+            if spec is None:
+                missing.append(("app", name, version))
+                continue
+            configs: dict[str, dict[str, str]] = {}
+            secrets: dict[str, dict[str, str]] = {}
+            for volume in spec.get("volumes", []) or []:
+                for kind, into in (("config", configs), ("secret", secrets)):
+                    source = volume.get(kind) if isinstance(volume, dict) else None
+                    if not isinstance(source, dict):
+                        continue
+                    key = f"{kind}/{source.get('name')}/{source.get('version')}"
+                    data = self._specs.get(key)
+                    if data is None:
+                        missing.append((kind, str(source.get("name")), str(source.get("version"))))
+                    else:
+                        into[str(source.get("name"))] = dict(data.get("data", {}))
+            apps.append(AppSpec(name, version, spec, configs, secrets))
+        if missing:
+            now = time.monotonic()
+            for kind, name, version in missing:
+                key = f"{kind}/{name}/{version}"
+                if now - self._requested.get(key, -1e9) > 5.0 and self._connected.is_set():
+                    self._requested[key] = now
+                    self._publish(
+                        Channel.RESOURCE_GET,
+                        {"clientToken": f"res-{uuid.uuid4().hex[:12]}", "kind": kind,
+                         "name": name, "version": version},
+                    )  # fmt: skip
+            return
+        await self.engine.apply(apps)
+        self._applied = refs
+        self._prune_specs(refs)
+
+    def _prune_specs(self, refs: list[tuple[str, str]]) -> None:
+        keep = {f"app/{n}/{v}" for n, v in refs}
+        for key in list(self._specs):
+            if key.startswith("app/") and key not in keep:
+                del self._specs[key]
+        self._save_state()
+
+    # -- reports -----------------------------------------------------------------------------------
+
+    async def _report_if_due(self) -> None:
+        """Queue a report when something changed or a full one is due; send one if online."""
+        now = time.monotonic()
+        statuses = [status.to_report() for status in self.engine.status()]
+        changed = statuses != self._last_status
+        if changed or self._reports.due(now):
+            self._last_status = statuses
+            patch: JSONObject = {
+                "apps": [{"name": s["name"], "version": s["version"]} for s in statuses],
+                "appstats": statuses,
+            }
+            if self._reports.due(now):
+                patch["node"] = dict(node_info())
+                patch["nodestats"] = dict(node_stats())
+                self._reports.full_reported(now)
+            self._reports.put(patch)
+        if self._connected.is_set():
+            taken = self._reports.take(now)
+            if taken is not None:
+                self._publish(Channel.REPORT, {"clientToken": taken.token, "reported": taken.patch})

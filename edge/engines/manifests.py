@@ -1,0 +1,324 @@
+"""The Kubernetes objects that run one app, rendered as plain dicts (pure: no I/O, no client).
+
+:func:`render` turns an :class:`~edge.engines.base.AppSpec` of type ``container`` into:
+
+* one workload per app — a ``Deployment``, ``DaemonSet`` or ``Job`` (the app's ``workload``) whose
+  pod has one container per service, the app's volumes, ``hostNetwork`` and image pull secret;
+* a ``ConfigMap`` named ``<app>-<config>`` per config volume and an ``Opaque`` ``Secret`` named
+  ``<app>-<secret>`` per secret volume, holding the data the agent fetched;
+* an image pull ``Secret`` (``kubernetes.io/dockerconfigjson``) named ``<app>-image-pull`` when
+  registries are given;
+* a ``ClusterIP`` ``Service`` named ``<app>-<service>`` per service that exposes ports.
+
+Every object carries the labels :data:`LABEL_APP`, :data:`LABEL_VERSION` and
+:data:`LABEL_MANAGED_BY`, which the kube engine selects on to find what it runs and what is
+garbage. The pod template also carries a hash of the mounted configs and secrets, so a change of
+their data rolls the pods even when the app version stays the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from edge.engines.base import AppSpec
+from edge.errors import EdgeError
+
+__all__ = [
+    "ANNOTATION_DATA_HASH",
+    "LABEL_APP",
+    "LABEL_MANAGED_BY",
+    "LABEL_VERSION",
+    "MANAGER",
+    "ManifestError",
+    "Registry",
+    "render",
+    "service_name",
+]
+
+LABEL_APP: Final = "baetyl-app-name"
+LABEL_VERSION: Final = "baetyl-app-version"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGER: Final = "pybaetyl"
+ANNOTATION_DATA_HASH: Final = "pybaetyl.io/data-hash"
+
+_DNS_LABEL: Final = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN: Final = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_NO_REGISTRIES: Final[Mapping[str, Registry]] = MappingProxyType({})
+
+
+class ManifestError(EdgeError):
+    """An app cannot be expressed as Kubernetes objects; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """Credentials to pull images from one registry (``host[:port][/path]``)."""
+
+    address: str
+    username: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.address or "://" in self.address:
+            raise ManifestError(
+                f"Registry address {self.address!r} is not valid; "
+                "give host[:port][/path] without a scheme, e.g. registry.example.com:5000."
+            )
+
+
+def render(
+    app: AppSpec, *, namespace: str, registries: Mapping[str, Registry] = _NO_REGISTRIES
+) -> list[dict[str, Any]]:
+    """Return the Kubernetes objects that run ``app`` in ``namespace``, workload first.
+
+    Raises :class:`ManifestError` when the app cannot run on Kubernetes (not a container app,
+    a name Kubernetes cannot hold, a mounted config or secret whose data is missing).
+    """
+    spec = app.spec
+    kind = spec.get("type", "container")
+    if kind != "container":
+        raise ManifestError(
+            f"App {app.name!r} is a {kind} app, which a Kubernetes node cannot run; "
+            "deploy it to a native node or package it as a container app."
+        )
+    _check_label_value(app.name, f"App name {app.name!r}")
+    _check_label_value(app.version, f"The version {app.version!r} of app {app.name!r}")
+    labels = {LABEL_APP: app.name, LABEL_VERSION: app.version, LABEL_MANAGED_BY: MANAGER}
+
+    def meta(name: str, what: str) -> dict[str, Any]:
+        if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+            raise ManifestError(
+                f"The {what} name {name!r} of app {app.name!r} is not a valid Kubernetes name; "
+                "shorten the app or volume name (at most 253 characters in all)."
+            )
+        return {"name": name, "namespace": namespace, "labels": dict(labels)}
+
+    data_objects: list[dict[str, Any]] = []
+    pod_volumes: list[dict[str, Any]] = []
+    mounted: dict[str, dict[str, str]] = {}
+    for volume in spec.get("volumes", ()):
+        name = volume["name"]
+        if "config" in volume:
+            config = volume["config"]["name"]
+            data = _volume_data(app, app.configs, config, "config")
+            object_name = f"{app.name}-{config}"
+            data_objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": meta(object_name, "ConfigMap"),
+                    "data": dict(data),
+                }
+            )
+            pod_volumes.append({"name": name, "configMap": {"name": object_name}})
+            mounted[f"config/{config}"] = data
+        elif "secret" in volume:
+            secret = volume["secret"]["name"]
+            data = _volume_data(app, app.secrets, secret, "secret")
+            object_name = f"{app.name}-{secret}"
+            data_objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": meta(object_name, "Secret"),
+                    "type": "Opaque",
+                    "data": {key: _b64(value) for key, value in data.items()},
+                }
+            )
+            pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
+            mounted[f"secret/{secret}"] = data
+        else:
+            pod_volumes.append({"name": name, "hostPath": {"path": volume["hostPath"]["path"]}})
+
+    pod: dict[str, Any] = {"containers": [_container(s) for s in spec["services"]]}
+    if pod_volumes:
+        pod["volumes"] = pod_volumes
+    if spec.get("hostNetwork", False):
+        pod["hostNetwork"] = True
+        pod["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if registries:
+        pull_secret = f"{app.name}-image-pull"
+        data_objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta(pull_secret, "image pull Secret"),
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": _b64(_docker_config(registries))},
+            }
+        )
+        pod["imagePullSecrets"] = [{"name": pull_secret}]
+
+    template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod}
+    if mounted:
+        digest = hashlib.sha256(json.dumps(mounted, sort_keys=True).encode()).hexdigest()
+        template["metadata"]["annotations"] = {ANNOTATION_DATA_HASH: digest[:16]}
+    objects = [
+        _workload(app, meta(app.name, "workload"), template),
+        *data_objects,
+        *_services(app, labels, namespace),
+    ]
+    seen: set[tuple[str, str]] = set()
+    for obj in objects:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in seen:
+            raise ManifestError(
+                f"App {app.name!r} renders two {key[0]} objects named {key[1]!r}; "
+                "rename one of its volumes or services."
+            )
+        seen.add(key)
+    return objects
+
+
+def _check_label_value(value: str, what: str) -> None:
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        raise ManifestError(
+            f"{what} cannot be a Kubernetes label value; use at most 63 letters, digits, "
+            "'-', '_' and '.', starting and ending with a letter or digit."
+        )
+
+
+def _volume_data(
+    app: AppSpec, given: Mapping[str, dict[str, str]], name: str, what: str
+) -> dict[str, str]:
+    if name not in given:
+        raise ManifestError(
+            f"App {app.name!r} mounts the {what} {name!r}, but its data was not given; "
+            f"fetch the {what} before applying the app."
+        )
+    return given[name]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def _docker_config(registries: Mapping[str, Registry]) -> str:
+    auths = {
+        r.address: {
+            "username": r.username,
+            "password": r.password,
+            "auth": _b64(f"{r.username}:{r.password}"),
+        }
+        for r in registries.values()
+    }
+    return json.dumps({"auths": auths}, sort_keys=True)
+
+
+def _container(service: Mapping[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": service["name"], "image": service["image"]}
+    for key in ("command", "args"):
+        if service.get(key):
+            container[key] = list(service[key])
+    if service.get("env"):
+        container["env"] = [
+            {"name": e["name"], "value": e.get("value", "")} for e in service["env"]
+        ]
+    if service.get("ports"):
+        ports = []
+        for port in service["ports"]:
+            mapped = {"containerPort": port["containerPort"]}
+            if "hostPort" in port:
+                mapped["hostPort"] = port["hostPort"]
+            ports.append({**mapped, "protocol": port.get("protocol", "TCP")})
+        container["ports"] = ports
+    if service.get("volumeMounts"):
+        container["volumeMounts"] = [
+            {"name": m["name"], "mountPath": m["mountPath"], "readOnly": m.get("readOnly", False)}
+            for m in service["volumeMounts"]
+        ]
+    resources = {
+        kind: dict(service["resources"][kind])
+        for kind in ("limits", "requests")
+        if service.get("resources", {}).get(kind)
+    }
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _workload(app: AppSpec, metadata: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+    workload = app.spec.get("workload", "deployment")
+    replicas = app.spec.get("replicas", 1)
+    selector = {"matchLabels": {LABEL_APP: app.name}}
+    if workload == "deployment":
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata,
+            "spec": {"replicas": replicas, "selector": selector, "template": template},
+        }
+    if workload == "daemonset":
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": metadata,
+            "spec": {"selector": selector, "template": template},
+        }
+    if workload == "job":
+        template["spec"]["restartPolicy"] = "OnFailure"
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata,
+            "spec": {"completions": replicas, "parallelism": replicas, "template": template},
+        }
+    raise ManifestError(
+        f"App {app.name!r} asks for the workload {workload!r}; use deployment, daemonset or job."
+    )
+
+
+def _services(app: AppSpec, labels: dict[str, str], namespace: str) -> list[dict[str, Any]]:
+    services = []
+    for service in app.spec["services"]:
+        if not service.get("ports"):
+            continue
+        ports = [
+            {
+                "name": f"{p.get('protocol', 'TCP').lower()}-{p['containerPort']}",
+                "port": p["containerPort"],
+                "targetPort": p["containerPort"],
+                "protocol": p.get("protocol", "TCP"),
+            }
+            for p in service["ports"]
+        ]
+        services.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": service_name(app.name, service["name"]),
+                    "namespace": namespace,
+                    "labels": dict(labels),
+                },
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": {LABEL_APP: app.name},
+                    "ports": ports,
+                },
+            }
+        )
+    return services
+
+
+def service_name(app: str, service: str) -> str:
+    """The DNS-1035 label naming the Service of ``service``: ``<app>-<service>``, made valid.
+
+    Dots become dashes, a leading digit gets an ``s-`` prefix, and a name longer than 63
+    characters is cut and ends with a hash of the full name, so it stays unique.
+    """
+    name = f"{app}-{service}".replace(".", "-")
+    if not name[0].isalpha():
+        name = f"s-{name}"
+    if len(name) > 63:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{digest}"
+    return name

@@ -1,0 +1,198 @@
+"""The edge agent end to end: the real cloud in the test's loop, a real agent subprocess.
+
+Activation from the install command, the node online in the API, a native app started from a
+config, restarted when the config changes, removed when the app is deleted; the agent killed
+and restarted without duplicating the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge import TokenCredentials, activate
+from tests.management.conftest import Api, RunningCloud
+from tests.support.up import BAETYL
+
+# The app: reads its config file, writes what it read (and its pid) to OUT, then stays up.
+APP = (
+    "import os, pathlib, time\n"
+    "text = (pathlib.Path(os.environ['BAETYL_VOLUME_SITE']) / 'msg.txt').read_text()\n"
+    "pathlib.Path(os.environ['OUT']).write_text(f'{os.getpid()} {text}')\n"
+    "while True: time.sleep(1)\n"
+)
+
+
+async def until(
+    check: Callable[[], Awaitable[Any]], limit: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {limit} s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def running_apps(marker: str) -> list[int]:
+    """Pids of processes whose command line carries ``marker`` (our app's OUT path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in environ and _state(int(entry.name)) not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
+    """A node gw-1 activated from its install command into a fresh state directory."""
+    assert (await api.call("POST", "/nodes", {"name": "gw-1", "labels": {"site": "x"}}))[0] == 201
+    status, init = await api.call("GET", "/nodes/gw-1/init")
+    assert status == 200
+    argv = shlex.split(init["cmd"])
+    options = dict(zip(argv[3::2], argv[4::2], strict=True))
+    state = tmp_path / "edge"
+    await asyncio.to_thread(
+        activate,
+        options["--url"].replace("localhost", "127.0.0.1"),
+        options["--ca-sha256"],
+        TokenCredentials(options["--token"]),
+        state,
+    )
+    return state
+
+
+@pytest.fixture
+async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[[], subprocess.Popen[str]]]:
+    """Start `baetyl edge run` on the activated node; everything it started is stopped after."""
+    running: list[subprocess.Popen[str]] = []
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(agent_dir),
+             "--report-interval", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        running.append(proc)
+        return proc
+
+    yield start
+    for proc in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+async def test_agent_runs_the_nodes_apps_end_to_end(
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[[], subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """Online, app started from its config, restarted on change, re-adopted, removed."""
+    out = tmp_path / "app-out.txt"
+    agent = start_agent()
+
+    async def online() -> bool:
+        node = (await api.call("GET", "/nodes/gw-1"))[1]
+        return bool(node["online"])
+
+    await until(online, what="the node to be online")
+
+    config = {"name": "site", "data": {"msg.txt": "one"}}
+    assert (await api.call("POST", "/configs", config))[0] == 201
+    app = {
+        "name": "web",
+        "type": "native",
+        "selector": "site=x",
+        "services": [
+            {
+                "name": "web",
+                "command": [sys.executable, "-c", APP],
+                "env": [{"name": "OUT", "value": str(out)}],
+            }
+        ],
+        "volumes": [{"name": "site", "config": {"name": "site"}}],
+    }
+    assert (await api.call("POST", "/apps", app))[0] == 201
+
+    async def wrote(text: str) -> int | None:
+        if out.exists():
+            pid, _, content = out.read_text().partition(" ")
+            if content == text:
+                return int(pid)
+        return None
+
+    first = await until(lambda: wrote("one"), what="the app to start with the config")
+    assert alive(first)
+
+    async def reported_running() -> bool:
+        stats = (await api.call("GET", "/nodes/gw-1/stats"))[1]
+        entries = [s for s in stats["appstats"] if s["name"] == "web"]
+        return bool(
+            entries
+            and entries[0]["status"] == "Running"
+            and any(i["pid"] == first for i in entries[0]["instances"].values())
+        )
+
+    await until(reported_running, what="the API to show the app Running with its pid")
+
+    # The config changes: the app restarts with the new file; the old process is gone.
+    config["data"] = {"msg.txt": "two"}
+    assert (await api.call("PUT", "/configs/site", config))[0] == 200
+    second = await until(lambda: wrote("two"), what="the app to restart with the new config")
+    assert second != first
+    await until(lambda: asyncio.sleep(0, not alive(first)), what="the old process to stop")
+
+    # The agent dies; the app keeps running; a new agent adopts it instead of starting another.
+    agent.kill()
+    agent.wait(10)
+    assert alive(second)
+    start_agent()
+    await until(online, what="the node to be online again")
+    await asyncio.sleep(3)  # time for a duplicate to appear if adoption failed
+    assert running_apps(str(out)) == [second]
+
+    # The app is deleted: its process goes away.
+    assert (await api.call("DELETE", "/apps/web"))[0] == 204
+    await until(lambda: asyncio.sleep(0, not alive(second)), what="the app to stop")
+    assert running_apps(str(out)) == []

@@ -1,0 +1,266 @@
+"""Apps render to Kubernetes objects that the client's OpenAPI models accept without loss."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import kubernetes.client
+import pytest
+from pydantic import BaseModel
+
+from edge.engines.base import AppSpec
+from edge.engines.manifests import (
+    LABEL_APP,
+    LABEL_MANAGED_BY,
+    LABEL_VERSION,
+    ManifestError,
+    Registry,
+    render,
+    service_name,
+)
+
+_MODELS = {
+    "Deployment": "V1Deployment",
+    "DaemonSet": "V1DaemonSet",
+    "Job": "V1Job",
+    "ConfigMap": "V1ConfigMap",
+    "Secret": "V1Secret",
+    "Service": "V1Service",
+}
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def _app(**spec: Any) -> AppSpec:
+    base: dict[str, Any] = {
+        "type": "container",
+        "services": [
+            {
+                "name": "web",
+                "image": "nginx:1.27",
+                "command": ["nginx"],
+                "args": ["-g", "daemon off;"],
+                "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "EMPTY"}],
+                "ports": [
+                    {"containerPort": 80, "hostPort": 8080, "protocol": "TCP"},
+                    {"containerPort": 53, "protocol": "UDP"},
+                ],
+                "volumeMounts": [
+                    {"name": "conf", "mountPath": "/etc/nginx/conf.d", "readOnly": True},
+                    {"name": "certs", "mountPath": "/etc/certs"},
+                    {"name": "logs", "mountPath": "/var/log/nginx"},
+                ],
+                "resources": {
+                    "limits": {"cpu": "500m", "memory": "128Mi"},
+                    "requests": {"cpu": "100m"},
+                },
+            },
+            {"name": "sidecar", "image": "busybox:1.36"},
+        ],
+        "volumes": [
+            {"name": "conf", "config": {"name": "web-conf", "version": "3"}},
+            {"name": "certs", "secret": {"name": "web-tls", "version": "1"}},
+            {"name": "logs", "hostPath": {"path": "/var/log/web"}},
+        ],
+    }
+    base.update(spec)
+    return AppSpec(
+        name="web",
+        version="42",
+        spec=base,
+        configs={"web-conf": {"default.conf": "server { listen 80; }\n"}},
+        secrets={"web-tls": {"tls.key": "not-a-real-key"}},
+    )
+
+
+def _validated(obj: dict[str, Any]) -> BaseModel:
+    """Parse ``obj`` with its OpenAPI model and check that serializing it gives ``obj`` back."""
+    model: type[BaseModel] = getattr(kubernetes.client.models, _MODELS[obj["kind"]])
+    parsed = model.model_validate(obj)  # unknown fields and missing required ones raise
+    client = kubernetes.client.ApiClient()
+    assert client.sanitize_for_serialization(parsed) == obj  # type: ignore[no-untyped-call]
+    return parsed
+
+
+def _by_kind(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+@pytest.mark.parametrize(
+    ("workload", "kind"), [("deployment", "Deployment"), ("daemonset", "DaemonSet"), ("job", "Job")]
+)
+def test_every_object_is_a_valid_kubernetes_object(workload: str, kind: str) -> None:
+    """Each workload kind renders objects their OpenAPI models accept and serialize back as is."""
+    objects = render(_app(workload=workload, replicas=2), namespace="edge")
+    assert [o["kind"] for o in objects] == [kind, "ConfigMap", "Secret", "Service"]
+    for obj in objects:
+        _validated(obj)
+        assert _SUBDOMAIN.fullmatch(obj["metadata"]["name"])
+        assert obj["metadata"]["namespace"] == "edge"
+        assert obj["metadata"]["labels"] == {
+            LABEL_APP: "web",
+            LABEL_VERSION: "42",
+            LABEL_MANAGED_BY: "pybaetyl",
+        }
+
+
+def test_deployment_maps_every_service_field() -> None:
+    """Services become containers with their command, env, ports, mounts and resources."""
+    deployment = render(_app(replicas=3, hostNetwork=True), namespace="edge")[0]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["selector"] == {"matchLabels": {LABEL_APP: "web"}}
+    pod = spec["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    web, sidecar = pod["containers"]
+    assert web == {
+        "name": "web",
+        "image": "nginx:1.27",
+        "command": ["nginx"],
+        "args": ["-g", "daemon off;"],
+        "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "EMPTY", "value": ""}],
+        "ports": [
+            {"containerPort": 80, "hostPort": 8080, "protocol": "TCP"},
+            {"containerPort": 53, "protocol": "UDP"},
+        ],
+        "volumeMounts": [
+            {"name": "conf", "mountPath": "/etc/nginx/conf.d", "readOnly": True},
+            {"name": "certs", "mountPath": "/etc/certs", "readOnly": False},
+            {"name": "logs", "mountPath": "/var/log/nginx", "readOnly": False},
+        ],
+        "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "100m"}},
+    }
+    assert sidecar == {"name": "sidecar", "image": "busybox:1.36"}
+    assert "restartPolicy" not in pod
+
+
+def test_volumes_of_each_kind_are_wired_to_their_objects() -> None:
+    """Config, secret and hostPath volumes point at the ConfigMap, Secret and host directory."""
+    objects = _by_kind(render(_app(), namespace="edge"))
+    pod = objects[("Deployment", "web")]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "conf", "configMap": {"name": "web-web-conf"}},
+        {"name": "certs", "secret": {"secretName": "web-web-tls"}},
+        {"name": "logs", "hostPath": {"path": "/var/log/web"}},
+    ]
+    assert objects[("ConfigMap", "web-web-conf")]["data"] == {
+        "default.conf": "server { listen 80; }\n"
+    }
+    secret = objects[("Secret", "web-web-tls")]
+    assert secret["type"] == "Opaque"
+    assert base64.b64decode(secret["data"]["tls.key"]) == b"not-a-real-key"
+
+
+def test_job_restarts_on_failure_and_runs_replicas_completions() -> None:
+    """A job's pods restart on failure, and replicas sets completions and parallelism."""
+    job = render(_app(workload="job", replicas=2), namespace="edge")[0]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert "selector" not in job["spec"]  # the API server generates it
+
+
+def test_service_exposes_the_ports_of_each_service_that_has_some() -> None:
+    """A ClusterIP Service per service with ports, one named port per container port."""
+    objects = _by_kind(render(_app(), namespace="edge"))
+    service = objects[("Service", "web-web")]
+    assert service["spec"] == {
+        "type": "ClusterIP",
+        "selector": {LABEL_APP: "web"},
+        "ports": [
+            {"name": "tcp-80", "port": 80, "targetPort": 80, "protocol": "TCP"},
+            {"name": "udp-53", "port": 53, "targetPort": 53, "protocol": "UDP"},
+        ],
+    }
+    assert ("Service", "web-sidecar") not in objects
+
+
+def test_service_names_are_dns_labels_even_for_odd_app_names() -> None:
+    """Dots, a leading digit and excess length still give a unique valid Service name."""
+    assert service_name("web", "api") == "web-api"
+    assert service_name("9.shop", "api") == "s-9-shop-api"
+    long_a, long_b = service_name("a" * 60, "x"), service_name("a" * 60, "y")
+    assert long_a != long_b
+    for name in (long_a, long_b, service_name("9.shop", "api")):
+        assert len(name) <= 63
+        assert _DNS_1035.fullmatch(name)
+
+
+def test_registries_become_an_image_pull_secret() -> None:
+    """Registry credentials become a dockerconfigjson Secret that the pod pulls with."""
+    registries = {"company": Registry("registry.example.com:5000", "robot", "pa55")}
+    objects = _by_kind(render(_app(), namespace="edge", registries=registries))
+    pull = objects[("Secret", "web-image-pull")]
+    _validated(pull)
+    assert pull["type"] == "kubernetes.io/dockerconfigjson"
+    config = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))
+    entry = config["auths"]["registry.example.com:5000"]
+    assert base64.b64decode(entry["auth"]) == b"robot:pa55"
+    pod = objects[("Deployment", "web")]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "web-image-pull"}]
+
+
+def test_changed_config_data_changes_the_pod_template() -> None:
+    """New data in a mounted config changes the template hash, so pods roll."""
+    before = render(_app(), namespace="edge")[0]
+    app = _app()
+    changed = AppSpec(
+        app.name, app.version, app.spec, {"web-conf": {"default.conf": "x"}}, app.secrets
+    )
+    after = render(changed, namespace="edge")[0]
+    assert (
+        before["spec"]["template"]["metadata"]["annotations"]
+        != after["spec"]["template"]["metadata"]["annotations"]
+    )
+
+
+def test_minimal_app_renders_only_a_workload() -> None:
+    """An app without volumes, ports or registries is one plain Deployment."""
+    app = AppSpec("tiny", "1", {"services": [{"name": "main", "image": "busybox"}]})
+    (deployment,) = render(app, namespace="edge")
+    _validated(deployment)
+    assert deployment["spec"]["replicas"] == 1
+    assert "annotations" not in deployment["spec"]["template"]["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        (
+            AppSpec("n", "1", {"type": "native", "services": [{"name": "p", "command": ["x"]}]}),
+            "native app, which a Kubernetes node cannot run",
+        ),
+        (
+            AppSpec(
+                "w",
+                "1",
+                {
+                    "services": [{"name": "s", "image": "i"}],
+                    "volumes": [{"name": "v", "config": {"name": "c"}}],
+                },
+            ),
+            "mounts the config 'c', but its data was not given",
+        ),
+        (
+            AppSpec("a" * 64, "1", {"services": [{"name": "s", "image": "i"}]}),
+            "cannot be a Kubernetes label value",
+        ),
+        (
+            AppSpec("w", "1", {"workload": "cronjob", "services": [{"name": "s", "image": "i"}]}),
+            "use deployment, daemonset or job",
+        ),
+    ],
+)
+def test_apps_kubernetes_cannot_hold_are_refused_with_a_reason(app: AppSpec, message: str) -> None:
+    """An app that cannot become Kubernetes objects raises a ManifestError saying why."""
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        render(app, namespace="edge")
+
+
+def test_registry_address_with_a_scheme_is_refused() -> None:
+    """A registry address is host[:port][/path], never a URL."""
+    with pytest.raises(ManifestError, match="without a scheme"):
+        Registry("https://registry.example.com", "u", "p")
