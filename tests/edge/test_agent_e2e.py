@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -196,3 +197,136 @@ async def test_agent_runs_the_nodes_apps_end_to_end(
     assert (await api.call("DELETE", "/apps/web"))[0] == 204
     await until(lambda: asyncio.sleep(0, not alive(second)), what="the app to stop")
     assert running_apps(str(out)) == []
+
+
+class Partition:
+    """A TCP relay between the agent and the broker that can cut the network and restore it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            for each in (writer, up_writer):
+                each.transport.abort()
+                self._writers.discard(each)
+
+
+def point_agent_at(agent_dir: Path, port: int) -> None:
+    """Make the activated node use ``port`` for the broker (the partition's relay)."""
+    path = agent_dir / "node.json"
+    info = json.loads(path.read_text())
+    info["broker"]["port"] = port
+    path.write_text(json.dumps(info))
+
+
+async def test_a_partition_keeps_apps_running_and_catches_up_after(
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[[], subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """Cut from the broker, the app keeps running; a change made meanwhile arrives after."""
+    partition = Partition(cloud.mqtt_port)
+    await partition.start()
+    try:
+        await _partition_scenario(partition, cloud, api, agent_dir, start_agent, tmp_path)
+    finally:
+        await partition.cut()
+        await asyncio.sleep(0.1)  # let the relays see their sockets closed
+
+
+async def _partition_scenario(
+    partition: Partition,
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[[], subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    point_agent_at(agent_dir, partition.port)
+    out = tmp_path / "app-out.txt"
+    start_agent()
+
+    async def online() -> bool:
+        return bool((await api.call("GET", "/nodes/gw-1"))[1]["online"])
+
+    await until(online, what="the node to be online")
+    config = {"name": "site", "data": {"msg.txt": "one"}}
+    assert (await api.call("POST", "/configs", config))[0] == 201
+    app = {
+        "name": "web",
+        "type": "native",
+        "selector": "site=x",
+        "services": [
+            {
+                "name": "web",
+                "command": [sys.executable, "-c", APP],
+                "env": [{"name": "OUT", "value": str(out)}],
+            }
+        ],
+        "volumes": [{"name": "site", "config": {"name": "site"}}],
+    }
+    assert (await api.call("POST", "/apps", app))[0] == 201
+
+    async def wrote(text: str) -> int | None:
+        if out.exists():
+            pid, _, content = out.read_text().partition(" ")
+            if content == text:
+                return int(pid)
+        return None
+
+    first = await until(lambda: wrote("one"), what="the app to start")
+
+    await partition.cut()
+    await until(lambda: asyncio.sleep(0, not cloud.context.shadow.online("default.gw-1")),
+                what="the cloud to see the node go")  # fmt: skip
+    config["data"] = {"msg.txt": "two"}
+    assert (await api.call("PUT", "/configs/site", config))[0] == 200
+    await asyncio.sleep(2)
+    assert alive(first)  # offline, the app keeps running as it was
+    assert await wrote("one") == first
+
+    await partition.start()  # the network is back (same port)
+    second = await until(lambda: wrote("two"), limit=40, what="the change made meanwhile")
+    assert second != first
+
+    async def reported_new_version() -> bool:
+        node = (await api.call("GET", "/nodes/gw-1"))[1]
+        apps = node["report"].get("apps", [])
+        return bool(node["online"] and apps == [{"name": "web", "version": "2"}])
+
+    await until(reported_new_version, limit=30, what="the report of the running version")
