@@ -13,7 +13,11 @@ A supervisor task polls the processes: one that exits is started again after a b
 doubles with each consecutive failure (from ``backoff[0]`` up to ``backoff[1]`` seconds, reset
 once a process has run for ``backoff[1]``); a ``job`` that exits with code 0 has Succeeded and
 stays so. A program that cannot be started is Failed, and retried with the same back-off.
-Container apps (the kube engine's) and function apps are reported Failed, never run.
+Container apps (the kube engine's) are reported Failed, never run.
+
+A function app's services run the function runtime (see :mod:`edge.engines.plan`); each
+instance writes the port it listens on to ``run/<instance>.port`` in the app version directory,
+and :meth:`NativeEngine.function_endpoint` tells the function proxy where to send a call.
 
 Entering the engine adopts the processes recorded in every ``state.json`` — a pid counts as ours
 only if its start time matches too — and restarts the ones that died meanwhile, so an agent
@@ -50,6 +54,7 @@ from edge.engines.appdir import (
 from edge.engines.base import AppSpec, AppStatus, InstanceState, InstanceStatus
 from edge.engines.plan import Plan, Service, SpecError, Workload, check_file_name, env_suffix
 from edge.engines.processes import Exit, Process, poll, spawn, stop, sweep_group
+from edge.functions import PORT_FILE_ENV
 
 __all__ = ["NativeEngine"]
 
@@ -57,10 +62,8 @@ log = logging.getLogger(__name__)
 
 _AGENT_ENV: Final = ("PATH", "HOME", "LANG")
 _DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
-_UNSUPPORTED: Final = {
-    "container": "container apps need the kube engine",
-    "function": "function runtime not available",
-}
+_UNSUPPORTED: Final = {"container": "container apps need the kube engine"}
+_LOCALHOST: Final = "127.0.0.1"
 # The app's state is its worst instance's.
 _RANK: Final = {
     InstanceState.SUCCEEDED: 0,
@@ -188,7 +191,8 @@ class NativeEngine:
             raise ValueError("log_max_bytes must be positive and log_backups 0 or more.")
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be a positive duration, not {poll_interval}.")
-        self._apps_root = root / "apps"
+        # Absolute: apps run in their own directories and get these paths in their environment.
+        self._apps_root = root.resolve() / "apps"
         self._stop_timeout = stop_timeout
         self._backoff = backoff
         self._log_max_bytes = log_max_bytes
@@ -257,6 +261,24 @@ class NativeEngine:
     def status(self) -> list[AppStatus]:
         """Every app version the engine knows, by name."""
         return [self._apps[key].status() for key in sorted(self._apps)]
+
+    def function_endpoint(self, app: str, function: str) -> tuple[str, int] | None:
+        """Where a runtime serving ``function`` of ``app`` listens: (host, port), or None if none
+        listens now. Raises ``LookupError`` if this node runs no such app and function."""
+        for running in self._apps.values():
+            if running.name != app or running.plan is None or running.dir is None:
+                continue
+            instances = [i for i in running.instances if function in i.service.functions]
+            if not instances:
+                continue
+            for instance in instances:
+                if instance.process is None or instance.state is not InstanceState.RUNNING:
+                    continue
+                port = _listening_port(instance)
+                if port is not None:
+                    return _LOCALHOST, port
+            return None
+        raise LookupError(f"This node runs no function {function!r} of an app {app!r}.")
 
     async def stop_all(self) -> None:
         """Stop every app and remove its files (to uninstall, and in tests)."""
@@ -454,6 +476,9 @@ class NativeEngine:
                     env[f"BAETYL_VOLUME_{env_suffix(volume)}"] = str(path)
                 for volume in service.mounts:
                     env[f"BAETYL_MOUNT_{env_suffix(volume)}"] = str(dirs[volume])
+                if service.functions:
+                    port_file = app_dir / "run" / f"{service.name}-{replica}.port"
+                    env[PORT_FILE_ENV] = str(port_file)
                 launch = _Launch(
                     argv=service.argv,
                     env=env,
@@ -493,6 +518,21 @@ def _remove_strays(apps_root: Path, known: set[Path]) -> None:
                     shutil.rmtree(version_dir, ignore_errors=True)
             if not any(name_dir.iterdir()):
                 name_dir.rmdir()
+
+
+def _listening_port(instance: _Instance) -> int | None:
+    """The port in the instance's port file, if its current process wrote it."""
+    port_file = instance.launch.env.get(PORT_FILE_ENV)
+    if not port_file or instance.process is None:
+        return None
+    path = Path(port_file)
+    try:
+        if path.stat().st_mtime < instance.process.started_at - 1.0:
+            return None  # left by an earlier process
+        port = int(path.read_text())
+    except (OSError, ValueError):
+        return None  # not listening yet
+    return port if 0 < port < 65536 else None
 
 
 def _restore(instance: _Instance, saved: InstanceRecord) -> None:

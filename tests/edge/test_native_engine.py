@@ -343,14 +343,18 @@ async def test_app_without_its_config_fails_until_it_arrives(
 
 
 async def test_other_app_types_are_not_run(engine: NativeEngine, root: Path) -> None:
-    """Container and function apps are reported Failed and nothing runs for them."""
+    """Container apps, and function apps without handlers, are reported Failed; nothing runs."""
     web = {"name": "w", "image": "nginx:1.27"}
     container = AppSpec("web", "1", {"type": "container", "services": [web]})
     function = AppSpec("fn", "1", {"type": "function", "services": [{"name": "f"}]})
     await engine.apply([container, function])
     causes = {s.name: (s.state, s.cause) for s in engine.status()}
     assert causes == {
-        "fn": (InstanceState.FAILED, "function runtime not available"),
+        "fn": (
+            InstanceState.FAILED,
+            "The function service 'f' needs handlers, e.g. "
+            '[{"name": "filter", "handler": "filters.on_message"}].',
+        ),
         "web": (InstanceState.FAILED, "container apps need the kube engine"),
     }
     assert not (root / "apps").exists() or list((root / "apps").iterdir()) == []
@@ -451,3 +455,30 @@ async def test_reused_pid_is_not_adopted(root: Path, tmp_path: Path) -> None:
     finally:
         stranger.kill()
         await stranger.wait()
+
+
+async def test_a_relative_root_gives_apps_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a root relative to the agent's directory, the app (in its own cwd) still finds
+    its volume through BAETYL_VOLUME_<NAME>."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "seen.txt"
+    code = (
+        "import os, pathlib, time\n"
+        "path = pathlib.Path(os.environ['BAETYL_VOLUME_CONF'], 'a.txt')\n"
+        "pathlib.Path(os.environ['OUT']).write_text(str(path.is_absolute()) + path.read_text())\n"
+        "time.sleep(60)\n"
+    )
+    app = native_app(
+        code,
+        out=out,
+        extra={"volumes": [{"name": "conf", "config": {"name": "conf", "version": "1"}}]},
+        configs={"conf": {"a.txt": "hi"}},
+    )
+    async with NativeEngine(Path("relative-node"), **FAST) as engine:
+        try:
+            await engine.apply([app])
+            assert await eventually(lambda: read_lines(out)) == ["Truehi"]
+        finally:
+            await engine.stop_all()
