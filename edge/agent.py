@@ -9,6 +9,11 @@ the session is back; reconnects back off with jitter so a fleet does not stamped
 
 What the agent knows survives a restart in ``<state-dir>/agent.json`` (0600): the desired
 document and version, and every spec fetched.
+
+The certificate is renewed before it expires (``edge.renewal``), checked at start and every
+``renew_interval``: once the new one is in place (renewed here or by ``baetyl edge renew``) the
+MQTT client is rebuilt with it and reconnects, the apps untouched; connected again, the agent
+has the cloud retire the old certificate.
 """
 
 from __future__ import annotations
@@ -24,15 +29,23 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.engines import AppSpec, Engine
 from edge.errors import EdgeError
 from edge.node import node_info, node_stats
+from edge.renewal import (
+    DEFAULT_THRESHOLD,
+    finish_interrupted_renewal,
+    renew_if_due,
+    retire_previous,
+)
 from edge.reports import ReportQueue, ReportSettings
 from shadow import (
     Channel,
@@ -102,6 +115,8 @@ class AgentConfig:
     report_interval: float = 20.0  # a full report at least this often (jittered)
     backoff: tuple[float, float] = (1.0, 60.0)  # reconnect delay: first, largest
     keepalive: int = 30
+    renew_interval: float = 3600.0  # how often to check whether the certificate is due
+    renew_threshold: float = DEFAULT_THRESHOLD  # renew with less than this part of its life left
 
 
 class Agent:
@@ -124,6 +139,10 @@ class Agent:
         self._applied: list[tuple[str, str]] | None = None
         self._last_status: list[dict[str, Any]] | None = None
         self._load_state()
+        finish_interrupted_renewal(config.state_dir)
+        self._next_renewal_check = 0.0  # monotonic; 0: at start
+        self._retire_due = True  # a certificate renewed before a restart may await retiring
+        self._client_serial = 0
         self._client = self._make_client()
 
     # -- local state -------------------------------------------------------------------------------
@@ -170,6 +189,7 @@ class Agent:
         )
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(identity.ca))
         context.load_cert_chain(str(identity.cert), str(identity.key))
+        self._client_serial = _serial(identity.cert)
         client.tls_set_context(context)
         first, largest = self.config.backoff
         # Jitter: each node starts its backoff somewhere in [first, 2*first).
@@ -228,6 +248,7 @@ class Agent:
                     name, payload = await asyncio.wait_for(self._inbox.get(), timeout=0.5)
                     await self._handle(name, payload)
                 await self._report_if_due()
+                await self._renew_if_due()
         finally:
             self._client.loop_stop()
             self._client.disconnect()
@@ -267,6 +288,45 @@ class Agent:
                 # A spec at that version is gone: our desired state is stale; ask again.
                 self._publish(Channel.DESIRE_GET, {"clientToken": f"get-{uuid.uuid4().hex[:12]}"})
             log.info("%s refused: %s %s", channel, rejected.code, rejected.message)
+
+    # -- certificate renewal -----------------------------------------------------------------------
+
+    async def _renew_if_due(self) -> None:
+        """Renew when due; reconnect with a new certificate; retire the old one once connected."""
+        now = time.monotonic()
+        if now >= self._next_renewal_check:
+            self._next_renewal_check = now + self.config.renew_interval
+            self._retire_due = True
+            try:
+                await asyncio.to_thread(
+                    renew_if_due,
+                    self.config.state_dir,
+                    now=datetime.now(UTC),
+                    threshold=self.config.renew_threshold,
+                )
+            except EdgeError as exc:
+                log.warning("could not renew the certificate; keeping the current one: %s", exc)
+            if _serial(self.identity.cert) != self._client_serial:
+                self._reconnect()
+        if self._retire_due and self._connected.is_set():
+            self._retire_due = False
+            try:
+                if await asyncio.to_thread(retire_previous, self.config.state_dir):
+                    log.info("the cloud retired the certificate the renewal replaced")
+            except EdgeError as exc:
+                log.warning("could not retire the previous certificate (retrying later): %s", exc)
+
+    def _reconnect(self) -> None:
+        """Replace the MQTT client with one using the certificate now on disk; apps keep running."""
+        log.info("reconnecting with the renewed certificate")
+        old = self._client
+        old.disconnect()
+        old.loop_stop()
+        self._connected.clear()
+        self._reports.on_disconnect()
+        self._client = self._make_client()
+        self._client.connect_async(self.identity.host, self.identity.port, self.config.keepalive)
+        self._client.loop_start()
 
     # -- reconcile ---------------------------------------------------------------------------------
 
@@ -342,3 +402,11 @@ class Agent:
             taken = self._reports.take(now)
             if taken is not None:
                 self._publish(Channel.REPORT, {"clientToken": taken.token, "reported": taken.patch})
+
+
+def _serial(path: Path) -> int:
+    """The serial of the certificate in ``path``; 0 if it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+    except (OSError, ValueError):
+        return 0

@@ -15,6 +15,7 @@ from edge.activation import (
 )
 from edge.errors import EdgeError
 from edge.identity import create_key_and_csr
+from edge.state import StateDir
 
 __all__ = ["EdgeError", "add_parser"]
 
@@ -49,6 +50,7 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     keygen.set_defaults(func=_keygen)
     _add_activate_parser(commands)
+    _add_renew_parser(commands)
     _add_run_parser(commands)
 
 
@@ -82,15 +84,25 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         default=20.0,
         help="seconds between full reports (default: 20)",
     )
+    parser.add_argument(
+        "--functions-port",
+        type=int,
+        default=50080,
+        help="the local port (on 127.0.0.1) of the function proxy, POST /<app>/<function>; "
+        "native engine only; 0 picks a free port (default: 50080)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import contextlib
+    import logging
     import signal
 
     from edge.agent import Agent, AgentConfig
     from edge.engines import Engine
+    from edge.engines.native import NativeEngine
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -103,16 +115,72 @@ def _run(args: argparse.Namespace) -> int:
 
             engine = KubeEngine(namespace=args.kube_namespace)
         else:
-            from edge.engines.native import NativeEngine
-
             engine = NativeEngine(args.state_dir / "native")
         config = AgentConfig(args.state_dir, report_interval=args.report_interval)
         agent = Agent(config, engine)
-        async with engine:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(engine)
+            if isinstance(engine, NativeEngine):
+                from edge.functions import FunctionProxy
+
+                proxy = FunctionProxy(engine, port=args.functions_port)
+                try:
+                    await stack.enter_async_context(proxy)
+                    print(f"function proxy on 127.0.0.1:{proxy.port}", flush=True)
+                except OSError as exc:  # the apps matter more than the proxy: run without it
+                    logging.getLogger(__name__).error(
+                        "the function proxy cannot listen on 127.0.0.1:%d (%s); function apps "
+                        "run, but cannot be called until the agent restarts with a free "
+                        "--functions-port",
+                        args.functions_port, exc,
+                    )  # fmt: skip
             print(f"agent running as {agent.identity.node_id}; Ctrl-C to stop", flush=True)
             await agent.run(stop)
 
     asyncio.run(main())
+    return 0
+
+
+def _add_renew_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "renew",
+        help="renew the node's certificate (new key) if it is due, or now with --force",
+        description="Renew the node's certificate when less than 30%% of its lifetime is left "
+        "(or now, with --force): make a new key, send its CSR over mutual TLS with the current "
+        "certificate, and swap key and certificate once the new one is checked. The old "
+        "certificate stays valid, so a running agent keeps its session; the agent reconnects "
+        "with the new one at its next renewal check and then has the cloud retire the old one.",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="renew now, however long the certificate has left"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"the node's state directory (default: ./{DEFAULT_STATE_DIR})",
+    )
+    parser.set_defaults(func=_renew)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+
+    from edge.renewal import renew_if_due
+
+    state = StateDir(args.state_dir)
+    renewed = renew_if_due(args.state_dir, now=datetime.now(UTC), force=args.force)
+    certificate = x509.load_pem_x509_certificate(state.certificate.read_bytes())
+    until = f"{certificate.not_valid_after_utc:%Y-%m-%d}"
+    if not renewed:
+        print(f"not renewed: the certificate is valid until {until} and not due yet "
+              "(use --force to renew now)")  # fmt: skip
+        return 0
+    print(f"renewed: certificate {certificate.serial_number:X}, valid until {until}")
+    print(f"private key: {state.key} (new, 0600, stays on this node)")
+    print(f"certificate: {state.certificate}")
     return 0
 
 

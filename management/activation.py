@@ -14,6 +14,19 @@ token already used (401), a token for a node that no longer exists (404), a bad 
 
 ``POST /v1/activate/batch`` (``batches.py``) is the other way in: a device of a batch trades the
 batch's secret, its own fingerprint and a CSR for the certificate of a node made for it.
+
+``POST /v1/renew`` with ``{"csr"}``, over mutual TLS with the node's *current* certificate: a new
+certificate for the same node, for the CSR's (new) key; the answer is ``{certificate, ca, nodeId,
+notAfter}``. The current certificate stays valid: the node's MQTT session, made with it, is not
+cut, and an answer lost on the way does not leave the node without a working certificate. Once
+the node is connected with the new certificate it retires the old one with ``POST
+/v1/renew/confirm`` ``{"previous": "<serial hex>"}``, authenticated by the *new* certificate: the
+old one is revoked (reason superseded) and goes on the CRL, and the broker then drops only
+sessions still made with it. A node that never confirms keeps the old one valid until it expires.
+
+Refused: no client certificate (401), a certificate revoked, superseded or unknown to the CA (401),
+one that is not a node's (403), a node that no longer exists (404), a bad CSR (400, field
+``csr``). A certificate of another CA, or an expired one, fails the TLS handshake itself.
 """
 
 from __future__ import annotations
@@ -21,14 +34,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
-from certs import CertsError, Identity, validate_csr
+from certs import (
+    CertificateNotFoundError,
+    CertificateRecord,
+    CertsError,
+    Identity,
+    Status,
+    format_serial,
+    parse_serial,
+    validate_csr,
+)
+from certs import (
+    Kind as IdentityKind,
+)
 from management import batches
 from management.api.app import CONTEXT, ApiContext, errors, json_body
-from management.api.errors import BadRequest, NotFound, Unauthorized
+from management.api.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from management.api.schemas import validate
 from management.matching import node_id
 from management.store import Kind
@@ -85,6 +113,150 @@ async def activate(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
+def _peer_certificate(request: web.Request) -> x509.Certificate:
+    """The client certificate TLS verified against our CA; 401 if the client sent none."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise Unauthorized(
+            "Renewing needs the node's current certificate: connect with it as the TLS client "
+            "certificate (mutual TLS), as 'baetyl edge renew' does."
+        )
+    return x509.load_der_x509_certificate(der)
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """The node whose valid certificate a request was made with."""
+
+    certificate: x509.Certificate
+    record: CertificateRecord
+    identity: Identity
+    namespace: str
+
+
+async def _current_node(request: web.Request) -> _Holder:
+    """The node of the valid certificate the request was made with (mutual TLS)."""
+    ctx: ApiContext = request.app[CONTEXT]
+    certificate = _peer_certificate(request)
+    serial = format_serial(certificate.serial_number)
+    try:
+        identity = Identity.from_certificate(certificate)
+    except CertsError as exc:
+        raise Forbidden(f"The client certificate names no pybaetyl identity: {exc}") from None
+    if identity.kind is not IdentityKind.NODE or identity.namespace is None:
+        raise Forbidden(
+            f"The client certificate is a {identity.kind}'s ({identity.common_name}); only a "
+            "node renews its certificate here. Use 'baetyl certs issue' for the others."
+        )
+    try:
+        record = await asyncio.to_thread(ctx.ca.record, certificate.serial_number)
+    except CertificateNotFoundError:
+        raise Unauthorized(
+            f"The client certificate {serial} is not in this CA's registry; activate the node "
+            "again with a new install command."
+        ) from None
+    if record.fingerprint != certificate.fingerprint(hashes.SHA256()).hex() or (
+        record.identity != identity
+    ):
+        raise Unauthorized(
+            f"The client certificate {serial} is not the one this CA issued with that serial; "
+            "activate the node again with a new install command."
+        )
+    if record.status is not Status.VALID:
+        raise Unauthorized(
+            f"The client certificate {serial} is {record.status}, so it cannot renew anything; "
+            "use the node's newest certificate, or activate the node again with a new install "
+            "command."
+        )
+    node = await ctx.store.find(identity.namespace, Kind.NODE, identity.name)
+    if node is None:
+        raise NotFound(
+            f"The node {identity.name!r} of namespace {identity.namespace!r} no longer exists; "
+            "its certificate cannot be renewed."
+        )
+    return _Holder(certificate, record, identity, identity.namespace)
+
+
+async def renew(request: web.Request) -> web.Response:
+    """A new certificate for the node of the request's client certificate, for the CSR's key."""
+    ctx: ApiContext = request.app[CONTEXT]
+    holder = await _current_node(request)
+    identity, record = holder.identity, holder.record
+    body = await json_body(request)
+    csr_text = body.get("csr")
+    if not isinstance(csr_text, str) or not csr_text:
+        raise BadRequest("The body needs 'csr', a PEM certificate signing request.", field="csr")
+    csr = csr_text.encode()
+    try:
+        request_key = validate_csr(csr, identity).public_key()
+    except CertsError as exc:
+        raise BadRequest(str(exc), field="csr") from None
+    if request_key == holder.certificate.public_key():
+        raise BadRequest(
+            "The CSR reuses the key of the current certificate; generate a new key for the "
+            "renewal.",
+            field="csr",
+        )
+    try:
+        # Not ctx.ca.renew: it supersedes the current certificate at once, which puts it on the
+        # CRL and makes the broker cut the session the node still holds with it. The node retires
+        # it itself (POST /v1/renew/confirm) once it is connected with the new one.
+        issued = await asyncio.to_thread(
+            ctx.ca.issue_from_csr, csr, identity, validity_days=ctx.node_cert_days
+        )
+    except CertsError as exc:
+        raise BadRequest(str(exc), field="csr") from None
+    log.info(
+        "renewed the certificate of node %s: %s (was %s)",
+        identity.common_name,
+        issued.record.serial_hex,
+        record.serial_hex,
+    )
+    answer: dict[str, Any] = {
+        "certificate": issued.certificate_pem.decode(),
+        "ca": ctx.ca.certificate_pem.decode(),
+        "nodeId": node_id(holder.namespace, identity.name),
+        "notAfter": issued.certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return web.json_response(answer, status=201)
+
+
+async def confirm_renewal(request: web.Request) -> web.Response:
+    """Retire (revoke as superseded) an older certificate of the node of the request's one."""
+    ctx: ApiContext = request.app[CONTEXT]
+    record = (await _current_node(request)).record
+    body = await json_body(request)
+    try:
+        previous = parse_serial(str(body.get("previous", "")))
+    except (CertsError, ValueError):
+        raise BadRequest(
+            "The body needs 'previous', the serial (hex) of the certificate being retired.",
+            field="previous",
+        ) from None
+    try:
+        old = await asyncio.to_thread(ctx.ca.record, previous)
+    except CertificateNotFoundError:
+        old = None
+    if old is None or old.identity != record.identity or old.serial == record.serial:
+        raise BadRequest(
+            f"{format_serial(previous)} is not another certificate of this node; send the serial "
+            "of the certificate the renewal replaced.",
+            field="previous",
+        )
+    if old.not_before > record.not_before:
+        raise BadRequest(
+            f"{old.serial_hex} is newer than the certificate this request was made with; retire "
+            "only older certificates.",
+            field="previous",
+        )
+    if old.status is Status.VALID:
+        await asyncio.to_thread(ctx.ca.revoke, old.serial, x509.ReasonFlags.superseded)
+        log.info("retired certificate %s of node %s", old.serial_hex, record.common_name)
+    return web.json_response({"retired": old.serial_hex})
+
+
 async def ca_certificate(request: web.Request) -> web.Response:
     """The CA certificate (public), which the node pins by the SHA-256 of its install command."""
     ctx: ApiContext = request.app[CONTEXT]
@@ -97,5 +269,7 @@ def create_activation_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_post("/v1/activate", activate)
+    app.router.add_post("/v1/renew", renew)
+    app.router.add_post("/v1/renew/confirm", confirm_renewal)
     batches.add_activation_routes(app)
     return app

@@ -37,6 +37,11 @@ def _server_context(files: TLSFiles) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(files.cert, files.key)
+    # Asked for, not required: /v1/activate is anonymous, /v1/renew needs the node's certificate.
+    # A certificate presented must verify against our CA (else the handshake fails); revocation
+    # is checked by the route itself, against the CA's registry.
+    context.load_verify_locations(cafile=files.ca)
+    context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 

@@ -10,16 +10,25 @@ volume of the app and ``BAETYL_MOUNT_<NAME>`` for every volume the service mount
 directory that holds the volume's files (for a hostPath volume, the host path itself). ``<NAME>``
 is the volume name uppercased with every character other than a letter or digit turned into
 ``_`` (``bridge-conf`` -> ``BAETYL_VOLUME_BRIDGE_CONF``). ``readOnly`` is not enforced.
+
+A function app's service becomes one program too: the Python function runtime
+(:mod:`edge.functions.runtime`), told its handlers through ``BAETYL_FUNCTIONS``. A handler's
+``codeConfig`` names the config whose files are its modules; the app must hold it in a volume
+(found by config name, or else by volume name). Without ``codeConfig`` every config volume of
+the app is searched. Function names are unique across the app: they are its URLs.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from edge.functions import FUNCTIONS_ENV, runtime_command
 
 __all__ = [
     "Plan",
@@ -33,6 +42,7 @@ __all__ = [
 ]
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_HANDLER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 class SpecError(ValueError):
@@ -69,6 +79,7 @@ class Service:
     env: tuple[tuple[str, str], ...]
     mounts: tuple[str, ...]  # names of the volumes it mounts
     workdir: Path | None
+    functions: tuple[str, ...] = ()  # a function service's function names
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +110,15 @@ class Plan:
             raise SpecError(f"replicas must be a whole number of at least 0, not {replicas!r}.")
         if workload is Workload.DAEMONSET:
             replicas = 1  # one per node, and this is the node
-        if kind != "native":
+        if kind == "container":
             return cls(kind, workload, replicas, (), ())
         volumes = tuple(_volume(v) for v in _list(spec, "volumes"))
         names = {v.name for v in volumes}
-        services = tuple(_service(s, names) for s in _list(spec, "services"))
+        if kind == "function":
+            services = tuple(_function_service(s, volumes) for s in _list(spec, "services"))
+            _check_unique("function", [f for s in services for f in s.functions])
+        else:
+            services = tuple(_service(s, names) for s in _list(spec, "services"))
         _check_unique("service", [s.name for s in services])
         _check_unique("volume", [v.name for v in volumes])
         return cls(kind, workload, replicas, services, volumes)
@@ -194,3 +209,63 @@ def _service(item: Mapping[str, Any], volumes: set[str]) -> Service:
         mounts=tuple(mounts),
         workdir=Path(workdir) if workdir is not None else None,
     )
+
+
+def _function_service(item: Mapping[str, Any], volumes: tuple[Volume, ...]) -> Service:
+    """A function service as the runtime process that serves its handlers."""
+    name = check_file_name("service name", item.get("name"))
+    runtime = item.get("runtime", "python3")
+    if runtime != "python3":
+        raise SpecError(
+            f"The runtime {runtime!r} of service {name!r} is not available; use python3."
+        )
+    handlers = _list(item, "handlers")
+    if not handlers:
+        raise SpecError(
+            f"The function service {name!r} needs handlers, e.g. "
+            '[{"name": "filter", "handler": "filters.on_message"}].'
+        )
+    entries: list[dict[str, Any]] = []
+    mounts: list[str] = []
+    for handler in handlers:
+        function = check_file_name(f"function name of service {name!r}", handler.get("name"))
+        target = handler.get("handler")
+        if not isinstance(target, str) or not _HANDLER.fullmatch(target):
+            raise SpecError(
+                f"The handler of function {function!r} must be module.function, e.g. "
+                f"filters.on_message, not {target!r}."
+            )
+        code = _code_volumes(function, handler.get("codeConfig"), volumes)
+        mounts.extend(v for v in code if v not in mounts)
+        entries.append(
+            {
+                "name": function,
+                "handler": target,
+                "code": [f"BAETYL_VOLUME_{env_suffix(v)}" for v in code],
+            }
+        )
+    return Service(
+        name=name,
+        argv=runtime_command(),
+        env=((FUNCTIONS_ENV, json.dumps(entries)),),
+        mounts=tuple(mounts),
+        workdir=None,
+        functions=tuple(e["name"] for e in entries),
+    )
+
+
+def _code_volumes(function: str, config: object, volumes: tuple[Volume, ...]) -> list[str]:
+    """The volumes holding a function's modules: its ``codeConfig``'s, or every config's."""
+    configs = [v for v in volumes if v.kind is VolumeKind.CONFIG]
+    if config is None:
+        return [v.name for v in configs]
+    found = [v.name for v in configs if v.source == config] or [
+        v.name for v in configs if v.name == config
+    ]
+    if not found:
+        raise SpecError(
+            f"The function {function!r} takes its code from the config {config!r}, which no "
+            f'volume of the app holds; add {{"name": "code", "config": {{"name": "{config}"}}}} '
+            "to volumes."
+        )
+    return found[:1]
