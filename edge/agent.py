@@ -118,6 +118,12 @@ class AgentConfig:
     renew_interval: float = 3600.0  # how often to check whether the certificate is due
     renew_threshold: float = DEFAULT_THRESHOLD  # renew with less than this part of its life left
 
+    def __post_init__(self) -> None:
+        if not self.renew_interval > 0:
+            raise EdgeError(f"renew_interval must be positive, not {self.renew_interval}.")
+        if not 0.0 <= self.renew_threshold <= 1.0:
+            raise EdgeError(f"renew_threshold must be between 0 and 1, not {self.renew_threshold}.")
+
 
 class Agent:
     """Runs until ``stop`` is set; see the module docstring."""
@@ -308,7 +314,13 @@ class Agent:
                 log.warning("could not renew the certificate; keeping the current one: %s", exc)
             if _serial(self.identity.cert) != self._client_serial:
                 self._reconnect()
-        if self._retire_due and self._connected.is_set():
+        # Only over a session made with the certificate on disk: retiring the one the session
+        # uses (renewed meanwhile by 'baetyl edge renew') would have the broker cut it.
+        if (
+            self._retire_due
+            and self._connected.is_set()
+            and _serial(self.identity.cert) == self._client_serial
+        ):
             self._retire_due = False
             try:
                 if await asyncio.to_thread(retire_previous, self.config.state_dir):
@@ -318,13 +330,18 @@ class Agent:
 
     def _reconnect(self) -> None:
         """Replace the MQTT client with one using the certificate now on disk; apps keep running."""
+        try:  # before the old one is dropped: a key and certificate that do not load keep it
+            client = self._make_client()
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("cannot load the renewed certificate and key (%s); keeping the current "
+                        "session and trying again at the next renewal check", exc)  # fmt: skip
+            return
         log.info("reconnecting with the renewed certificate")
-        old = self._client
+        old, self._client = self._client, client
         old.disconnect()
         old.loop_stop()
         self._connected.clear()
         self._reports.on_disconnect()
-        self._client = self._make_client()
         self._client.connect_async(self.identity.host, self.identity.port, self.config.keepalive)
         self._client.loop_start()
 

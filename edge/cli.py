@@ -15,6 +15,7 @@ from edge.activation import (
 )
 from edge.errors import EdgeError
 from edge.identity import create_key_and_csr
+from edge.renewal import DEFAULT_THRESHOLD
 from edge.state import StateDir
 
 __all__ = ["EdgeError", "add_parser"]
@@ -91,7 +92,48 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="the local port (on 127.0.0.1) of the function proxy, POST /<app>/<function>; "
         "native engine only; 0 picks a free port (default: 50080)",
     )
+    renewal = parser.add_argument_group(
+        "certificate renewal (advanced)",
+        "The agent renews the node's certificate (new key, mutual TLS with the current one) when "
+        "less than --renew-threshold of its lifetime is left, checking at start and every "
+        "--renew-interval seconds. With a threshold of 1 every check renews.",
+    )
+    renewal.add_argument(
+        "--renew-interval",
+        type=_positive_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds between renewal checks (default: 3600)",
+    )
+    renewal.add_argument(
+        "--renew-threshold",
+        type=_fraction,
+        default=DEFAULT_THRESHOLD,
+        metavar="FRACTION",
+        help="renew with less than this part (0..1) of the lifetime left "
+        f"(default: {DEFAULT_THRESHOLD})",
+    )
     parser.set_defaults(func=_run)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -116,7 +158,12 @@ def _run(args: argparse.Namespace) -> int:
             engine = KubeEngine(namespace=args.kube_namespace)
         else:
             engine = NativeEngine(args.state_dir / "native")
-        config = AgentConfig(args.state_dir, report_interval=args.report_interval)
+        config = AgentConfig(
+            args.state_dir,
+            report_interval=args.report_interval,
+            renew_interval=args.renew_interval,
+            renew_threshold=args.renew_threshold,
+        )
         agent = Agent(config, engine)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(engine)
