@@ -595,9 +595,16 @@ class ShadowService:
                 )
             else:
                 wanted = parse_resource_get(obj)
-                spec = await self._resources.resource(
-                    node_id, wanted.kind, wanted.name, wanted.version
-                )
+                try:
+                    spec = await self._resources.resource(
+                        node_id, wanted.kind, wanted.name, wanted.version
+                    )
+                except Exception:
+                    # One node's failed lookup must not fail the batch of everyone else.
+                    log.exception("resource/get of node %s failed", node_id)
+                    raise Unavailable(
+                        "The spec could not be read now; nothing was changed. Retry later."
+                    ) from None
                 if spec is None:
                     raise NotFound(
                         f"no {wanted.kind} {wanted.name!r} at version {wanted.version!r} for "

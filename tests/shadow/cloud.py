@@ -31,10 +31,13 @@ class Resources:
 
     def __init__(self) -> None:
         self.specs: dict[tuple[str, str, str, str], JSONObject] = {}
+        self.broken: set[str] = set()  # names whose lookup fails, as a broken database would
 
     async def resource(
         self, node_id: str, kind: ResourceKind, name: str, version: str
     ) -> JSONObject | None:
+        if name in self.broken:
+            raise RuntimeError("the resource store failed (test)")
         return self.specs.get((node_id, kind.value, name, version))
 
 

@@ -497,3 +497,18 @@ def test_many_nodes_reporting_at_once_are_all_accepted(cloud: CloudThread, pki: 
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_failing_resource_lookup_answers_500_and_spares_the_rest_of_the_batch(
+    cloud: CloudThread, node: NodeFactory
+) -> None:
+    """A resource/get whose lookup fails is answered 500; the report queued with it is stored."""
+    cloud.resources.broken.add("boom")
+    client = node()
+    request = {"clientToken": "g", "kind": "app", "name": "boom", "version": "1"}
+    client.client.publish(A + "resource/get", json.dumps(request).encode(), qos=1)
+    client.client.publish(A + "report", b'{"clientToken":"r","reported":{"ok":1}}', qos=1)
+    refused = rejection(client, "resource/rejected")
+    assert refused["code"] == 500
+    assert parse_accepted(answer(client, "report/accepted")).client_token == "r"
+    assert cloud.record(NODE_A).reported.state == {"ok": 1}
