@@ -391,9 +391,16 @@ class Agent:
         self._prune_specs(refs)
 
     def _prune_specs(self, refs: list[tuple[str, str]]) -> None:
+        """Forget every spec the applied apps no longer use (old secrets included)."""
         keep = {f"app/{n}/{v}" for n, v in refs}
+        for key in list(keep):
+            for volume in (self._specs.get(key) or {}).get("volumes", []) or []:
+                for kind in ("config", "secret"):
+                    source = volume.get(kind) if isinstance(volume, dict) else None
+                    if isinstance(source, dict):
+                        keep.add(f"{kind}/{source.get('name')}/{source.get('version')}")
         for key in list(self._specs):
-            if key.startswith("app/") and key not in keep:
+            if key not in keep:
                 del self._specs[key]
         self._save_state()
 

@@ -35,7 +35,7 @@ from management.crypto import SecretBox
 from management.matching import Matcher
 from management.selectors import SelectorError
 from management.store import ResourceConflict, ResourceMissing, ResourceStore
-from management.tokens import TokenError, TokenSigner, hash_secret, parse_api_token
+from management.tokens import TokenError, TokenSigner, parse_api_token, verify_secret
 from shadow import Conflict as ShadowConflict
 from shadow import RequestError, StoreError
 from shadow.server import ShadowService
@@ -148,7 +148,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     now = int(time.time() * 1000)
     if (
         record is None
-        or record.secret_hash != hash_secret(secret)
+        or not verify_secret(secret, record.secret_hash)
         or (record.expires_at is not None and record.expires_at <= now)
     ):
         raise Unauthorized(

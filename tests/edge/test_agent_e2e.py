@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from edge import TokenCredentials, activate
+from shadow import DesiredFollower
 from tests.management.conftest import Api, RunningCloud
 from tests.support.up import BAETYL
 
@@ -330,3 +331,22 @@ async def _partition_scenario(
         return bool(node["online"] and apps == [{"name": "web", "version": "2"}])
 
     await until(reported_new_version, limit=30, what="the report of the running version")
+
+
+def test_the_agent_forgets_specs_no_applied_app_uses(tmp_path: Path) -> None:
+    """After a config change, the old config's data (a secret's, likewise) leaves agent.json."""
+    from edge.agent import Agent, AgentConfig
+
+    agent = Agent.__new__(Agent)  # only the spec bookkeeping is exercised: no identity needed
+    agent.config = AgentConfig(tmp_path)
+    agent._specs = {
+        "app/web/2": {"volumes": [{"name": "s", "secret": {"name": "pw", "version": "2"}}]},
+        "app/web/1": {"volumes": [{"name": "s", "secret": {"name": "pw", "version": "1"}}]},
+        "secret/pw/1": {"data": {"p": "old"}},
+        "secret/pw/2": {"data": {"p": "new"}},
+    }
+    agent._follower = DesiredFollower(2)
+    agent._desired = {}
+    agent._prune_specs([("web", "2")])
+    assert set(agent._specs) == {"app/web/2", "secret/pw/2"}
+    assert "old" not in (tmp_path / "agent.json").read_text()
