@@ -208,6 +208,27 @@ async def renew(request: web.Request) -> web.Response:
         )
     except CertsError as exc:
         raise BadRequest(str(exc), field="csr") from None
+
+    def retire_others() -> None:
+        # At most two valid certificates per node: the one renewing and the new one. A stolen
+        # certificate cannot mint a pile of valid ones, and an earlier unconfirmed renewal (its
+        # answer lost) is retired here.
+        keep = {record.serial, issued.record.serial}
+        for other in ctx.ca.records():
+            if (
+                other.identity == identity
+                and other.status is Status.VALID
+                and (other.serial not in keep)
+            ):
+                ctx.ca.revoke(other.serial, x509.ReasonFlags.superseded)
+
+    await asyncio.to_thread(retire_others)
+    if await ctx.store.find(holder.namespace, Kind.NODE, identity.name) is None:
+        # The node was deleted while this certificate was issued: it must not outlive it.
+        await asyncio.to_thread(
+            ctx.ca.revoke, issued.record.serial, x509.ReasonFlags.cessation_of_operation
+        )
+        raise NotFound(f"The node {identity.name!r} no longer exists; nothing was issued.")
     log.info(
         "renewed the certificate of node %s: %s (was %s)",
         identity.common_name,

@@ -260,3 +260,20 @@ async def test_retiring_refuses_what_is_not_an_older_certificate_of_the_node(
         assert status == 400, (previous, body)
         assert body["field"] == "previous"
     assert cloud.ca.record(int(own, 16)).status is Status.VALID
+
+
+async def test_renewing_twice_unconfirmed_keeps_two_valid_certificates_at_most(
+    cloud: RunningCloud, run: Cli, state: Path
+) -> None:
+    """A node (or a thief of its certificate) cannot pile up valid certificates by renewing."""
+    first = certificate_in(state / "node.crt")
+    for _ in range(3):
+        result = await run("edge", "renew", "--force", "--state-dir", str(state))
+        assert result.code == 0, result.err
+    identity = Identity.node("default", "gw-1")
+    valid = [
+        r.serial for r in cloud.ca.records() if r.identity == identity and r.status is Status.VALID
+    ]
+    assert len(valid) == 2
+    assert certificate_in(state / "node.crt").serial_number in valid
+    assert first.serial_number not in valid
