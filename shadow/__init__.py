@@ -14,7 +14,7 @@ Exceptions (``shadow.errors``)::
 """
 
 from shadow.codec import Encoding, decode, encode, sniff
-from shadow.document import EMPTY, JSONObject, Limits, Section, delta, merge
+from shadow.document import EMPTY, JSONObject, Limits, Section, delta, merge, validate
 from shadow.envelopes import (
     Accepted,
     Delta,
@@ -90,4 +90,5 @@ __all__ = [
     "sniff",
     "topic",
     "valid_node_id",
+    "validate",
 ]

@@ -26,6 +26,8 @@ from management.matching import app_matches, desired_apps, mounts, node_id
 from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind
+from shadow import Limits, RequestError
+from shadow import validate as validate_section
 
 __all__ = ["COLLECTIONS", "add_routes"]
 
@@ -90,8 +92,23 @@ def _check_labels(labels: dict[str, str]) -> None:
     validate_labels(labels, field="labels")  # the limit on their number
 
 
+def _check_properties(ctx: ApiContext, properties: Any, field: str) -> None:
+    """Desired node properties must fit the node's desired state, checked before anything is
+    stored (a write stored and then refused by the shadow would be answered 400 yet kept)."""
+    limits = ctx.shadow.limits
+    # Leave room for the apps list beside them in the desired document.
+    room = Limits(max_bytes=limits.max_bytes // 2, max_depth=limits.max_depth - 1,
+                  max_key_length=limits.max_key_length)  # fmt: skip
+    try:
+        validate_section(properties or {}, room, path=field)
+    except RequestError as exc:
+        raise BadRequest(exc.message, field=field) from None
+
+
 async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, Any]) -> None:
     _check_labels(body.get("labels") or {})
+    if kind is Kind.NODE:
+        _check_properties(ctx, body.get("properties"), "properties")
     if kind is Kind.APP:
         text = str(body.get("selector", ""))
         Selector.parse(text)  # SelectorError -> 400 naming the position
@@ -299,6 +316,7 @@ async def put_node_properties(request: web.Request) -> web.Response:
     desire = body.get("desire")
     if set(body) != {"desire"} or not isinstance(desire, dict):
         raise BadRequest('The body must be {"desire": {<property>: <value>, ...}}.', field="desire")
+    _check_properties(_ctx(request), desire, "desire")
     if len(desire) > _MAX_PROPERTIES:
         raise BadRequest(
             f"desire has {len(desire)} properties but at most {_MAX_PROPERTIES} are allowed; "

@@ -32,7 +32,7 @@ from typing import Any, Protocol, Self
 
 from shadow import codec
 from shadow.codec import Encoding
-from shadow.document import JSONObject, Section, delta
+from shadow.document import JSONObject, Limits, Section, delta
 from shadow.envelopes import (
     ResourceKind,
     accepted,
@@ -304,6 +304,11 @@ class ShadowService:
         future: asyncio.Future[ShadowRecord] = asyncio.get_running_loop().create_future()
         self._enqueue(_Read(node_id, future))
         return await future
+
+    @property
+    def limits(self) -> Limits:
+        """The limits every desired or reported section must keep."""
+        return self._limits
 
     def online(self, node_id: str) -> bool:
         """Whether the node has a live connection to the broker now."""

@@ -60,3 +60,19 @@ async def test_a_body_over_the_limit_is_413(api: Api) -> None:
     assert status == 413
     assert body["code"] == "PayloadTooLarge"
     assert (await api.call("GET", "/configs/huge"))[0] == 404
+
+
+async def test_properties_too_large_for_the_desired_state_are_refused_before_storing(
+    api: Api,
+) -> None:
+    """Node properties over the desired state's limits are a 400 and nothing is stored."""
+    assert (await api.call("POST", "/nodes", {"name": "n1"}))[0] == 201
+    big = {f"p{i}": "x" * 1000 for i in range(100)}
+    status, body = await api.call("PUT", "/nodes/n1/properties", {"desire": big})
+    assert status == 400
+    assert body["field"] == "desire"
+    _, node = await api.call("GET", "/nodes/n1")
+    assert not node.get("properties")
+    status, body = await api.call("POST", "/nodes", {"name": "n2", "properties": big})
+    assert (status, body["field"]) == (400, "properties")
+    assert (await api.call("GET", "/nodes/n2"))[0] == 404
