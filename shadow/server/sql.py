@@ -571,6 +571,18 @@ class TortoiseStore:
         return "sqlite" if isinstance(self.target, SqliteTarget) else "mysql"
 
     async def __aenter__(self) -> Self:
+        # Two processes opening a fresh SQLite file at once: switching it to WAL needs it
+        # unlocked, and SQLite reports "database is locked" at once rather than waiting.
+        for _attempt in range(20):
+            try:
+                return await self._open()
+            except StoreError as exc:
+                if self.dialect != "sqlite" or "database is locked" not in str(exc):
+                    raise
+                await asyncio.sleep(0.1)
+        return await self._open()
+
+    async def _open(self) -> Self:
         if self._context is not None:
             raise StoreError("This shadow store is already open; open it once per async with.")
         if isinstance(self.target, SqliteTarget):
