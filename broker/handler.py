@@ -260,6 +260,8 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                 body = await raw.readexactly(length) if length else b""
                 self._last_read = loop.time()
                 packet_type, flags = first[0] >> 4, first[0] & 0x0F
+                if packet_type == PUBLISH and (flags >> 1) & 0x03 == 3:
+                    raise ProtocolViolation("PUBLISH with QoS 3")  # [MQTT-3.3.1-4]
                 if packet_type == PUBLISH and (flags >> 1) & 0x03 < 2:
                     self._on_publish(flags, body)
                 elif packet_type == PUBACK and length == 2:
@@ -322,6 +324,10 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             raise ProtocolViolation("PUBLISH without a topic")
         topic_length = int.from_bytes(body[:2], "big")
         end = 2 + topic_length
+        if len(body) < end:
+            raise ProtocolViolation(
+                f"PUBLISH topic length {topic_length} runs past the packet's {len(body)} bytes"
+            )
         try:
             topic = body[2:end].decode("utf-8")
         except UnicodeDecodeError:
