@@ -14,6 +14,7 @@ Exceptions::
 
 from broker.acl import (
     NODE_DOWNSTREAM,
+    NODE_SECRETS,
     NODE_UPSTREAM,
     Principal,
     Role,
@@ -42,6 +43,7 @@ from broker.settings import BrokerSettings, TLSFiles
 
 __all__ = [
     "NODE_DOWNSTREAM",
+    "NODE_SECRETS",
     "NODE_UPSTREAM",
     "BrokerError",
     "BrokerSettings",

@@ -20,6 +20,7 @@ from certs import Identity, Kind
 
 __all__ = [
     "NODE_DOWNSTREAM",
+    "NODE_SECRETS",
     "NODE_UPSTREAM",
     "Principal",
     "Role",
@@ -33,7 +34,9 @@ __all__ = [
     "valid_topic",
 ]
 
-NODE_UPSTREAM = ("report", "desire/get", "resource/get")
+NODE_UPSTREAM = ("report", "desire/get", "resource/get", "presence")
+# The downstream channel that carries secret values (resource answers): for the node alone.
+NODE_SECRETS = "resource"
 NODE_DOWNSTREAM = (
     "desire",
     "desire/rejected",
@@ -145,9 +148,15 @@ def may_subscribe(principal: Principal, topic_filter: str) -> bool:
 
 
 def may_receive(principal: Principal, topic: str) -> bool:
-    """Whether a message on ``topic`` may reach this principal (checked for retained messages)."""
-    if principal.role in (Role.SERVICE, Role.OPERATOR):
+    """Whether a message on ``topic`` may reach this principal.
+
+    Checked for retained messages, and for every message to an operator: operators read
+    everything but the answers to ``resource/get``, which carry secret values in clear.
+    """
+    if principal.role is Role.SERVICE:
         return True
+    if principal.role is Role.OPERATOR:
+        return not (topic.startswith("$baetyl/node/") and topic.endswith("/" + NODE_SECRETS))
     if principal.role is Role.LOCAL:
         return not topic.startswith("$")
     prefix = node_prefix(principal.name)

@@ -542,6 +542,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     ) -> None:
         """Deliver to every matching subscription now: no queue, no task per message."""
         for _filter, subscription in self._index.match(topic):
+            if subscription.accepts is not None and not subscription.accepts(topic):
+                continue
             target = subscription.value
             if isinstance(target, LocalSubscriber):
                 try:
@@ -592,7 +594,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             _log_denied(session, "subscription", topic_filter)
             return 0x80
         qos = min(qos, 2)
-        self._index.add(topic_filter, session.client_id, session, qos)
+        # Operators subscribe widely ($baetyl/#) but must not read what only a node may (the
+        # secret values in resource answers): checked per message for them alone.
+        accepts = partial(may_receive, principal) if principal.role is Role.OPERATOR else None
+        self._index.add(topic_filter, session.client_id, session, qos, accepts)
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:

@@ -12,7 +12,7 @@ are told apart by a hashable key (the client id).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -29,6 +29,9 @@ class Subscription(Generic[K, V]):
     key: K
     value: V
     qos: int
+    # Which topics this subscriber may receive, for the few whose filter may reach more than
+    # their role allows (operators: no secrets); None: every topic the filter matches.
+    accepts: Callable[[str], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -61,9 +64,16 @@ class SubscriptionIndex(Generic[K, V]):
     def __len__(self) -> int:
         return sum(len(filters) for filters in self._by_key.values())
 
-    def add(self, topic_filter: str, key: K, value: V, qos: int) -> bool:
+    def add(
+        self,
+        topic_filter: str,
+        key: K,
+        value: V,
+        qos: int,
+        accepts: Callable[[str], bool] | None = None,
+    ) -> bool:
         """Add or replace ``key``'s subscription to ``topic_filter``; True if it is new."""
-        subscription = Subscription(key, value, qos)
+        subscription = Subscription(key, value, qos, accepts)
         if _has_wildcard(topic_filter):
             self._wild_cache.clear()
             node = self._root

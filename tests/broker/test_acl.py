@@ -138,6 +138,29 @@ def test_operator_reads_all_node_traffic_with_mosquitto_sub(
     assert lines == sorted([f"{REPORT_A} report-a", f"{DESIRE_B} desire-b"])
 
 
+def test_operator_never_receives_resource_answers(
+    pki: Pki, broker: BrokerThread, connect: Connect
+) -> None:
+    """Resource answers carry secret values in clear: an operator's ``$baetyl/#`` skips them.
+
+    Live and retained alike; the node they are for still gets them, and the operator still sees
+    the other downstream topics.
+    """
+    service, node_a = connect(pki.service), connect(pki.node_a)
+    resource_a = node_topic(NODE_A, "resource")
+    assert node_a.subscribe(resource_a, 1) == [1]
+    service.publish(resource_a, b"retained-secret", qos=1, retain=True)
+    assert node_a.receive().payload == b"retained-secret"
+    with MosquittoSub(broker.port, pki.ca_file, pki.operator, ["$baetyl/#"]) as sub:
+        sub.wait_subscribed(lambda: service.publish("$baetyl/warm-up", b"x", qos=1))
+        sub.drain(0.2)
+        service.publish(resource_a, b"live-secret", qos=1)
+        service.publish(DESIRE_A, b"desire-a", qos=1)
+        lines = sub.drain()
+    assert node_a.receive().payload == b"live-secret"
+    assert lines == [f"{DESIRE_A} desire-a"]
+
+
 def test_operator_cannot_publish(pki: Pki, broker: BrokerThread, connect: Connect) -> None:
     """An operator's publish is accepted on the wire (QoS 1 PUBACK) but delivered to nobody."""
     node, service = connect(pki.node_a), connect(pki.service)

@@ -108,13 +108,15 @@ def test_may_subscribe(principal: Principal, topic_filter: str, allowed: bool) -
         (NODE, THEIRS + "desire", False),
         (NODE, "plain/topic", False),
         (OPERATOR, THEIRS + "report", True),
+        *[(OPERATOR, THEIRS + down, down != "resource") for down in NODE_DOWNSTREAM],
         (SERVICE, THEIRS + "report", True),
+        (SERVICE, THEIRS + "resource", True),
         (LOCAL, "plain/topic", True),
         (LOCAL, OWN + "desire", False),
     ],
 )
 def test_may_receive(principal: Principal, topic: str, allowed: bool) -> None:
-    """A retained message reaches a node only from its own downstream topics."""
+    """A node receives only its own downstream topics; an operator all but secret answers."""
     assert may_receive(principal, topic) is allowed
 
 
