@@ -5,6 +5,10 @@ created by the ``management`` component's migrations. Every resource kind (node,
 secret, registry, certificate, batch) shares one table keyed by (namespace, kind, name): a
 resource is its labels and its body (JSON, with secret values already encrypted by the caller)
 and a version that every write bumps. An update can be made conditional on the version read.
+
+Every failure is a ``StoreError`` (from ``shadow``): ``ResourceMissing`` and ``ResourceConflict``
+for what the caller can fix, the plain ``StoreError`` when the database failed or cannot be
+reached (the API answers it 503, retry later); no driver exception leaves this module.
 """
 
 from __future__ import annotations
@@ -302,8 +306,9 @@ class ResourceStore:
                 )
         except ResourceConflict:
             raise
-        except Exception:
+        except StoreError:
             # Two creates at once (InnoDB): both saw no row, the second INSERT hit the primary key.
+            # Otherwise the database failed: find() raises its StoreError, or this one is raised.
             if await self.find(resource.namespace, resource.kind, resource.name) is not None:
                 raise ResourceConflict(taken_message) from None
             raise
@@ -409,7 +414,7 @@ class ResourceStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     (jti, namespace, node, expires_at, _now_ms()),
                 )
-        except Exception:
+        except StoreError:
             # Two uses at once (InnoDB): both saw no row, the second INSERT hit the primary key.
             if await self.db.select("SELECT jti FROM activations WHERE jti = ?", (jti,)):
                 return False

@@ -11,13 +11,14 @@ namespace is simply not found (404, never 403). Errors are ``{code, message, req
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -62,6 +63,12 @@ class ApiContext:
     activation_port: int
     install_token_ttl: int = 3600
     node_cert_days: int = 365
+    mqtt_host: str = ""  # the broker's host name for nodes, when not public_host (external bus)
+
+    @property
+    def broker_address(self) -> dict[str, str | int]:
+        """Where activated nodes connect: ``{"host": ..., "port": ...}``."""
+        return {"host": self.mqtt_host or self.public_host, "port": self.mqtt_port}
 
 
 CONTEXT = web.AppKey("context", ApiContext)
@@ -69,6 +76,9 @@ NAMESPACE = web.RequestKey("namespace", str)  # the namespace of the caller's to
 REQUEST_ID = web.RequestKey("request_id", str)
 _OPEN_PATHS = frozenset({"/v1/openapi.json", "/docs", "/healthz", "/readyz"})
 MAX_BODY = 2 * 1024 * 1024
+MAX_BODY_DEPTH = 64  # nesting levels of a body; no resource's schema comes near it
+RETRY_AFTER_S = 5  # what a 503 (database unavailable) tells the client to wait
+READY_TIMEOUT_S = 3.0  # /readyz answers 503 if the database takes longer than this
 
 
 def _error(
@@ -123,6 +133,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             request, 500, "InternalError", "The server failed on this request; it was logged."
         )
     response.headers["X-Request-Id"] = request[REQUEST_ID]
+    if response.status == 503:  # the database is away: say when to try again (RFC 9110)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 
@@ -170,12 +182,49 @@ async def json_body(request: web.Request) -> dict[str, Any]:
             f"The body is over {MAX_BODY // (1024 * 1024)} MiB; send less."
         ) from None
     try:
-        body = json.loads(raw or b"null")
+        body = json.loads(raw or b"null", parse_constant=_not_json)
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The body is not valid JSON ({exc}); send a JSON object.") from None
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
+    _check_tree(body)
     return body
+
+
+_TOO_DEEP = f"The body is nested more than {MAX_BODY_DEPTH} levels deep; send a flatter one."
+
+
+def _not_json(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_tree(body: dict[str, Any]) -> None:
+    """Refuse what ``json.loads`` takes but nothing after it can handle: nesting deep enough to
+    exhaust the recursion of validation and encoding, and lone surrogates (``"\\ud800"``),
+    which are not Unicode text and cannot be stored or sent as UTF-8."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(
+                    f"The body holds a string that is not Unicode text ({value[:40]!r}); "
+                    "send UTF-8 text without lone surrogate escapes."
+                ) from None
+            continue
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_BODY_DEPTH:
+            raise BadRequest(_TOO_DEEP)
+        stack.extend((child, depth + 1) for child in children)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -183,11 +232,18 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers."""
+    """Ready when the database answers, within ``READY_TIMEOUT_S``: a database that hangs
+    (stopped, or cut off without a reset) holds a query for as long as TCP keeps trying, and a
+    readiness probe must not wait for that (the driver drops a cancelled connection)."""
     try:
-        await request.app[CONTEXT].store.db.ping()
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await request.app[CONTEXT].store.db.ping()
     except StoreError:
         raise Unavailable("The database does not answer; the API is not ready.") from None
+    except TimeoutError:
+        raise Unavailable(
+            f"The database did not answer within {READY_TIMEOUT_S:g} s; the API is not ready."
+        ) from None
     return web.json_response({"status": "ready"})
 
 

@@ -40,12 +40,19 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         404: "No such resource in the token's namespace.",
         409: "The name is taken, the version is stale, or the resource is in use.",
         413: "The body is over 2 MiB.",
-        503: "The database is unavailable; retry.",
+        503: "The database is unavailable; retry after `Retry-After` seconds.",
+    }
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
     }
     return {
         str(status): {
             "description": reasons[status],
             "content": {"application/json": {"schema": ref("Error")}},
+            **({"headers": retry_after} if status == 503 else {}),
         }
         for status in statuses
     }

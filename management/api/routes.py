@@ -28,6 +28,7 @@ from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind
 from shadow import Limits, RequestError
 from shadow import validate as validate_section
+from shadow.server import ShadowRecord
 
 __all__ = ["COLLECTIONS", "add_routes"]
 
@@ -149,26 +150,50 @@ async def _page(request: web.Request, items: list[Resource]) -> web.Response:
     page_no = _int_param(request, "pageNo", 1, 1, 1_000_000)
     page_size = _int_param(request, "pageSize", 20, 1, MAX_PAGE_SIZE)
     page = items[(page_no - 1) * page_size : page_no * page_size]
-    views = [await _view(_ctx(request), r, full=False) for r in page]
+    ctx = _ctx(request)
+    if page and page[0].kind is Kind.NODE:
+        # One shadow batch and one app listing for the page, not one of each per node.
+        records = await asyncio.gather(
+            *(ctx.shadow.get(node_id(r.namespace, r.name)) for r in page)
+        )
+        apps = await ctx.store.list(page[0].namespace, Kind.APP)
+        views = [
+            _node_view(ctx, r, record, apps, full=False)
+            for r, record in zip(page, records, strict=True)
+        ]
+    else:
+        views = [await _view(ctx, r, full=False) for r in page]
     return web.json_response(
         {"total": len(items), "pageNo": page_no, "pageSize": page_size, "items": views}
     )
 
 
 async def _view(ctx: ApiContext, resource: Resource, *, full: bool = True) -> dict[str, Any]:
-    out = view(resource, box=ctx.secrets if full else None, full=full)
     if resource.kind is Kind.NODE:
         record = await ctx.shadow.get(node_id(resource.namespace, resource.name))
-        out["online"] = record.online
-        out["lastSeen"] = (
-            None
-            if record.last_seen is None
-            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.last_seen / 1000))
-        )
-        out["report"] = record.reported.state
-        out["desire"] = record.desired.state
         apps = await ctx.store.list(resource.namespace, Kind.APP)
-        out["apps"] = desired_apps(resource, apps)
+        return _node_view(ctx, resource, record, apps, full=full)
+    return view(resource, box=ctx.secrets if full else None, full=full)
+
+
+def _node_view(
+    ctx: ApiContext,
+    node: Resource,
+    record: ShadowRecord,
+    apps: list[Resource],
+    *,
+    full: bool,
+) -> dict[str, Any]:
+    out = view(node, box=ctx.secrets if full else None, full=full)
+    out["online"] = record.online
+    out["lastSeen"] = (
+        None
+        if record.last_seen is None
+        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.last_seen / 1000))
+    )
+    out["report"] = record.reported.state
+    out["desire"] = record.desired.state
+    out["apps"] = desired_apps(node, apps)
     return out
 
 

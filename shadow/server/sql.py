@@ -265,9 +265,17 @@ def _record(row: Sequence[Any]) -> ShadowRecord:
 
 
 def _describe(exc: BaseException) -> str:
-    """The cause of a database error, without values from the statement (they may hold state)."""
+    """The cause of a database error, without values from the statement (they may hold state).
+
+    The server quotes values it cites ("Duplicate entry '...'"); the client's own errors
+    (MySQL codes 2000-2999: cannot connect, connection lost) cite no statement and are kept
+    whole, so that the log says which server could not be reached.
+    """
     cause = exc.__cause__ if isinstance(exc, BaseORMException) and exc.__cause__ else exc
-    text = re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", str(cause))  # MySQL quotes values it cites
+    text = str(cause)
+    code = cause.args[0] if isinstance(cause, aiomysql.Error) and cause.args else None
+    if not (isinstance(code, int) and 2000 <= code < 3000):
+        text = re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", text)
     return f"{type(cause).__name__}: {text[:300]}"
 
 
@@ -280,6 +288,14 @@ def _translated(action: str, advice: str) -> Iterator[None]:
         raise StoreError(
             f"The shadow store could not {action} ({_describe(exc)}); {advice}"
         ) from exc
+
+
+@asynccontextmanager
+async def _translated_transaction(backend: _Backend) -> AsyncIterator[Transaction]:
+    """``backend.transaction()`` with its database errors turned into ``StoreError``."""
+    with _translated("complete a transaction", "retry later; if it persists, check the database."):
+        async with backend.transaction() as tx:
+            yield tx
 
 
 def _batched(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -690,9 +706,11 @@ class TortoiseStore:
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """One transaction (``async with store.transaction() as tx``); rolled back on error.
 
-        Database errors inside are raised as the driver's; callers translate them.
+        A database error (connecting, BEGIN, a statement, COMMIT) is raised as ``StoreError``,
+        like every other method's, so that a database outage reads the same to every caller;
+        any other exception raised in the block passes through unchanged after the rollback.
         """
-        return self._open_backend().transaction()
+        return _translated_transaction(self._open_backend())
 
     async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Rows of one query outside a transaction (``?`` marks parameters)."""

@@ -57,6 +57,27 @@ async def test_body_that_is_not_an_object_is_400(api: Api) -> None:
         assert "object" in body["message"]
 
 
+async def test_json_that_python_reads_but_nothing_can_store_is_400(api: Api) -> None:
+    """NaN and infinities (not JSON), lone surrogates (not Unicode: they failed the store's
+    UTF-8 encoding with a 500) and nesting past 64 levels (5,000 deep overflowed the parser's
+    recursion with a 500) are refused with 400, and nothing is stored."""
+    deep = "[" * 5000 + "]" * 5000
+    for text, words in (
+        ('{"desire": {"x": NaN}}', "NaN"),
+        ('{"desire": {"x": -Infinity}}', "Infinity"),
+        ('{"desire": {"x": "\\ud800"}}', "Unicode"),
+        ('{"desire": {"\\udc00": 1}}', "Unicode"),
+        ('{"desire": {"x": ' + deep + "}}", "nested"),
+        ('{"desire": {"x": ' + "[" * 70 + "]" * 70 + "}}", "nested"),
+    ):
+        for method, path in (("POST", "/configs"), ("PUT", "/nodes/gw/properties")):
+            status, body = await _send(api, method, path, text.encode())
+            _assert_failed(status, body, None, "BadRequest")
+            assert words in body["message"], body
+    status, listed = await api.call("GET", "/configs")
+    assert (status, listed["total"]) == (200, 0)
+
+
 async def test_schema_errors_name_the_field(api: Api) -> None:
     """A body that breaks its schema is 400 ValidationFailed naming the field at fault."""
     cases: list[tuple[str, dict[str, Any], str]] = [

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.management.api_samples import COLLECTIONS, READ_SCHEMA, assert_schema, sample
-from tests.management.conftest import Api
+from tests.management.conftest import Api, RunningCloud
 
 
 def _changed(collection: str, name: str) -> dict[str, Any]:
@@ -247,3 +247,38 @@ async def test_concurrent_conditional_updates(api: Api) -> None:
     assert statuses == [200] + [409] * 7, results
     _, body = await api.call("GET", "/configs/race")
     assert body["version"] == "2"
+
+
+# A database that takes reads but refuses writes of resources, as a failing disk or a read-only
+# replica would: the reads before the write (the token, the current version) still work.
+_REFUSE_WRITES = {
+    "sqlite": [
+        f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON resources "
+        "BEGIN SELECT RAISE(ABORT, 'the disk is gone (test)'); END"
+        for op in ("UPDATE", "DELETE")
+    ],
+    "mysql": [
+        f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON resources FOR EACH ROW "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the disk is gone (test)'"
+        for op in ("UPDATE", "DELETE")
+    ],
+}
+
+
+async def test_a_write_the_database_refuses_is_503_and_changes_nothing(
+    api: Api, cloud: RunningCloud
+) -> None:
+    """A PUT or DELETE whose statement the database refuses is answered 503 Unavailable saying
+    to retry (it was 500: the driver's error escaped the store), and the resource is unchanged."""
+    assert (await api.call("POST", "/configs", sample("configs", "stuck")))[0] == 201
+    for statement in _REFUSE_WRITES[cloud.database.dialect]:
+        cloud.database.execute(statement)
+    for method, body in (("PUT", sample("configs", "stuck", description="new")), ("DELETE", None)):
+        status, answer = await api.call(method, "/configs/stuck", body)
+        assert status == 503, (method, answer)
+        assert answer["code"] == "Unavailable"
+        assert "retry" in answer["message"].lower()
+        assert "disk" not in answer["message"]  # the database's words stay in the log
+    status, kept = await api.call("GET", "/configs/stuck")
+    assert (status, kept["version"]) == (200, "1")
+    assert kept.get("description") != "new"

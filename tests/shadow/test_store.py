@@ -307,6 +307,19 @@ async def test_another_component_migrates_beside_the_shadow(database: Database) 
     )
 
 
+async def test_a_database_error_in_a_transaction_is_a_store_error(database: Database) -> None:
+    """A statement the database refuses inside ``transaction()`` rolls it back and raises
+    StoreError, as every other store call does, never the driver's own exception."""
+    async with TortoiseStore(database.url, migrations=(*MIGRATIONS, EXTRA)) as store:
+        with pytest.raises(StoreError, match="could not complete a transaction") as raised:  # noqa: PT012 # the failing statement is the second of the block
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (1, "undone"))
+                await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (1, "secret"))
+        assert type(raised.value) is StoreError
+        assert "secret" not in str(raised.value)  # no value of the statement in the message
+        assert await store.select("SELECT id, body FROM notes") == []
+
+
 def test_migration_ids_must_count_up_within_a_component() -> None:
     """A list whose ids skip within a component is a programming error caught at open."""
     broken = Migration(2, "skip", sqlite=("SELECT 1",), mysql=("SELECT 1",), component="notes")
