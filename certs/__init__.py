@@ -49,6 +49,7 @@ from certs.keys import (
     write_private_key,
     write_public_file,
 )
+from certs.layout import spki
 from certs.profiles import CLOCK_SKEW, fingerprint
 from certs.records import CertificateKind, CertificateRecord, Status, format_serial, parse_serial
 
@@ -80,6 +81,7 @@ __all__ = [
     "generate_private_key",
     "load_private_key",
     "parse_serial",
+    "spki",
     "utc_now",
     "validate_csr",
     "write_private_file",

@@ -48,6 +48,7 @@ from edge.renewal import (
 )
 from edge.reports import ReportQueue, ReportSettings
 from shadow import (
+    PRESENCE,
     Channel,
     DesiredFollower,
     Encoding,
@@ -149,6 +150,7 @@ class Agent:
         self._next_renewal_check = 0.0  # monotonic; 0: at start
         self._retire_due = True  # a certificate renewed before a restart may await retiring
         self._client_serial = 0
+        self._session = ""  # the presence session of the current connection (_new_session)
         self._client = self._make_client()
 
     # -- local state -------------------------------------------------------------------------------
@@ -204,7 +206,22 @@ class Agent:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
+        self._new_session(client)
         return client
+
+    @property
+    def _presence_topic(self) -> str:
+        return f"$baetyl/node/{self.identity.node_id}/{PRESENCE}"
+
+    def _new_session(self, client: mqtt.Client) -> None:
+        """A new presence session for the next connection, and its Last Will (offline).
+
+        Cloud replicas on an external broker learn presence from these retained messages; a
+        session id lets them ignore a will that arrives after the next connection came up.
+        """
+        self._session = uuid.uuid4().hex[:16]
+        offline = json.dumps({"online": False, "session": self._session}).encode()
+        client.will_set(self._presence_topic, offline, qos=1, retain=True)
 
     def _call(self, fn: Callable[[], None]) -> None:
         if self._loop is not None:
@@ -216,6 +233,8 @@ class Agent:
             return
         prefix = f"$baetyl/node/{self.identity.node_id}/"
         client.subscribe([(prefix + channel.value, 1) for channel in SUBSCRIBE])
+        online = json.dumps({"online": True, "session": self._session}).encode()
+        client.publish(self._presence_topic, online, qos=1, retain=True)
         get = {"clientToken": f"get-{uuid.uuid4().hex[:12]}"}
         client.publish(
             topic(self.identity.node_id, Channel.DESIRE_GET), encode(get, Encoding.JSON), 1
@@ -224,7 +243,9 @@ class Agent:
         log.info("connected to %s:%d as %s", self.identity.host, self.identity.port,
                  self.identity.node_id)  # fmt: skip
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._new_session(client)  # the next connection leaves its own will
+
         def lost() -> None:
             self._connected.clear()
             self._reports.on_disconnect()

@@ -107,7 +107,7 @@ async def activate(request: web.Request) -> web.Response:
     answer: dict[str, Any] = {
         "certificate": issued.certificate_pem.decode(),
         "ca": ctx.ca.certificate_pem.decode(),
-        "broker": {"host": ctx.public_host, "port": ctx.mqtt_port},
+        "broker": ctx.broker_address,
         "nodeId": node_id(claims.namespace, claims.node),
     }
     return web.json_response(answer, status=201)

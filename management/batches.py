@@ -36,7 +36,11 @@ requestId}``:
   until an operator makes a new batch.
 
 Re-activating a fingerprint already recorded is safe and free: it does not use quota, it
-returns a new certificate for the same node (and recreates the node if it was deleted). So to
+returns a new certificate for the same node (and recreates the node if it was deleted). It must
+come with the key of the first activation (the agent keeps its key and reuses it): the batch
+secret is shared by every device and fingerprints are often guessable, so otherwise any holder
+of the secret could take over another device's node. A re-activation with another key is a 409
+``Conflict`` while the node exists; deleting the node releases the device to a new key. So to
 keep a device out, take its fingerprint off the whitelist or delete the batch. Recording an
 activation is a conditional update of the batch on the version read, retried on conflict, so
 concurrent activations never exceed the quota. The records live in the batch's body, which is
@@ -50,12 +54,13 @@ import hashlib
 import logging
 import random
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiohttp import web
 
-from certs import CertsError, Identity, validate_csr
+from certs import CertsError, Identity, spki, validate_csr
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
 from management.api.errors import (
     BadRequest,
@@ -237,44 +242,69 @@ def add_routes(app: web.Application) -> None:
 # -- activation --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Device:
+    fingerprint: str
+    node: str
+    key: str  # SHA-256 of the CSR's SubjectPublicKeyInfo, hex
+    ip: str
+
+
 async def _record(
-    ctx: ApiContext, namespace: str, batch_name: str, fingerprint: str, node: str, ip: str
+    ctx: ApiContext, namespace: str, batch_name: str, device: _Device, node_exists: bool
 ) -> bool:
     """Record the device's activation in the batch; whether it was new (and used quota).
 
     A conditional update on the version read, retried on conflict: two activations at once
     cannot both take the last unit of quota.
     """
+    fingerprint, node = device.fingerprint, device.node
     for attempt in range(_MAX_ATTEMPTS):
         batch = await ctx.store.get(namespace, Kind.BATCH, batch_name)
         records = _records(batch)
-        for record in records:
-            if record["fingerprint"] == fingerprint:
+        entry = {"fingerprint": fingerprint, "node": node, "at": _now_ms(), "ip": device.ip,
+                 "key": device.key}  # fmt: skip
+        known = next((r for r in records if r["fingerprint"] == fingerprint), None)
+        if known is not None:
+            if known.get("key") == device.key:
                 return False
-            if record["node"] == node:
+            if known.get("key") and node_exists:
+                raise Conflict(
+                    f"This device was activated with another key, and its node {node!r} "
+                    "exists. Activate with the key it was first activated with (keep the "
+                    "agent's state directory), or have an operator delete the node first."
+                )
+            # The node is gone (or predates key binding): this key is the device's from now.
+            kept = [r for r in records if r is not known]
+            updated_records = [*kept, {**entry, "at": known["at"]}]
+        else:
+            updated_records = None
+        for record in records:
+            if record["node"] == node and record["fingerprint"] != fingerprint:
                 raise Conflict(
                     f"The node name {node!r} derived from this fingerprint is taken by another "
                     "device of the batch; activate this device with a node install command."
                 )
-        if len(records) >= int(batch.body["quota"]):
-            raise QuotaExhausted(
-                f"The batch {batch_name!r} has used its quota of {batch.body['quota']} "
-                "devices; ask the operator for a batch with room left."
-            )
-        entry = {"fingerprint": fingerprint, "node": node, "at": _now_ms(), "ip": ip}
+        if updated_records is None:
+            if len(records) >= int(batch.body["quota"]):
+                raise QuotaExhausted(
+                    f"The batch {batch_name!r} has used its quota of {batch.body['quota']} "
+                    "devices; ask the operator for a batch with room left."
+                )
+            updated_records = [*records, entry]
         updated = Resource(
             namespace,
             Kind.BATCH,
             batch_name,
             labels=batch.labels,
-            body={**batch.body, "activations": [*records, entry]},
+            body={**batch.body, "activations": updated_records},
         )
         try:
             await ctx.store.update(updated, expected_version=batch.version)
         except ResourceConflict:
             await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 # jitter
             continue
-        return True
+        return known is None
     raise Unavailable(
         f"The batch {batch_name!r} is busy with other activations; retry in a few seconds."
     )
@@ -332,9 +362,10 @@ async def activate_batch(request: web.Request) -> web.Response:
     identity = Identity.node(namespace, name)
     csr = str(body["csr"]).encode()
     try:  # before any quota is used: a device whose CSR is refused may send a better one
-        validate_csr(csr, identity)
+        parsed = validate_csr(csr, identity)
     except CertsError as exc:
         raise BadRequest(str(exc), field="csr") from None
+    key = hashlib.sha256(spki(parsed.public_key())).hexdigest()
     existing = await ctx.store.find(namespace, Kind.NODE, name)
     if existing is not None and existing.labels.get(BATCH_LABEL) != batch_name:
         raise Conflict(
@@ -342,8 +373,9 @@ async def activate_batch(request: web.Request) -> web.Response:
             "rename it, or activate this device with that node's install command."
         )
     ip = request.remote or ""
+    device = _Device(fingerprint, name, key, ip)
     try:
-        new = await _record(ctx, namespace, batch_name, fingerprint, name, ip)
+        new = await _record(ctx, namespace, batch_name, device, existing is not None)
     except ResourceMissing:
         raise NotFound(
             f"The batch {batch_name!r} was deleted during the activation; ask the operator."
@@ -366,7 +398,7 @@ async def activate_batch(request: web.Request) -> web.Response:
     answer: dict[str, Any] = {
         "certificate": issued.certificate_pem.decode(),
         "ca": ctx.ca.certificate_pem.decode(),
-        "broker": {"host": ctx.public_host, "port": ctx.mqtt_port},
+        "broker": ctx.broker_address,
         "nodeId": node_id(namespace, name),
     }
     return web.json_response(answer, status=201)

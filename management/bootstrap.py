@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import logging
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 
@@ -12,13 +17,16 @@ from broker import TLSFiles
 from certs import CertificateAuthority, write_private_file, write_public_file
 from management.config import Settings
 
-__all__ = ["RENEW_SERVER_BEFORE", "ensure_pki"]
+__all__ = ["CLOUD_SERVICE_NAME", "RENEW_SERVER_BEFORE", "ensure_pki", "ensure_service_cert"]
 
 log = logging.getLogger(__name__)
 
 # A server certificate closer than this to its expiry is replaced at start.
 RENEW_SERVER_BEFORE = timedelta(days=30)
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+# The cloud's own client identity on an external broker: CN "service:cloud".
+CLOUD_SERVICE_NAME = "cloud"
+SERVICE_CERT, SERVICE_KEY = "service.crt", "service.key"
 
 
 def ensure_pki(settings: Settings) -> tuple[CertificateAuthority, TLSFiles]:
@@ -31,18 +39,19 @@ def ensure_pki(settings: Settings) -> tuple[CertificateAuthority, TLSFiles]:
         key=settings.server_dir / SERVER_KEY,
         crl=ca.crl_path,
     )
-    if _server_cert_needed(files, settings):
-        issued = ca.issue_server(
-            "pybaetyl server",
-            dns_names=settings.pki.server_dns_names,
-            ip_addresses=[ipaddress.ip_address(ip) for ip in settings.pki.server_ips],
-            validity_days=settings.pki.server_cert_days,
-        )
-        assert issued.private_key_pem is not None
-        # Key first: a reader never sees a new certificate beside the old key.
-        write_private_file(files.key, issued.private_key_pem)
-        write_public_file(files.cert, issued.chain_pem)
-        log.info("issued the server certificate %s", files.cert)
+    with _locked(settings.server_dir):  # replicas sharing the data directory issue it once
+        if _server_cert_needed(files, settings):
+            issued = ca.issue_server(
+                "pybaetyl server",
+                dns_names=settings.pki.server_dns_names,
+                ip_addresses=[ipaddress.ip_address(ip) for ip in settings.pki.server_ips],
+                validity_days=settings.pki.server_cert_days,
+            )
+            assert issued.private_key_pem is not None
+            # Key first: a reader never sees a new certificate beside the old key.
+            write_private_file(files.key, issued.private_key_pem)
+            write_public_file(files.cert, issued.chain_pem)
+            log.info("issued the server certificate %s", files.cert)
     ca.crl_pem()  # re-signs crl.pem when it is close to its next update
     return ca, files
 
@@ -64,3 +73,41 @@ def _server_cert_needed(files: TLSFiles, settings: Settings) -> bool:
         set(sans.get_values_for_type(x509.DNSName)) != wanted_dns
         or set(sans.get_values_for_type(x509.IPAddress)) != wanted_ips
     )
+
+
+def ensure_service_cert(settings: Settings, ca: CertificateAuthority) -> tuple[Path, Path]:
+    """The cloud's client certificate for an external broker (CN ``service:cloud``).
+
+    Issued on first need into ``<data-dir>/server/`` and replaced when close to expiry; every
+    replica sharing the data directory uses the same one (the broker's ACL names it).
+    """
+    cert, key = settings.server_dir / SERVICE_CERT, settings.server_dir / SERVICE_KEY
+    with _locked(settings.server_dir):  # replicas starting together issue it once
+        if _still_good(cert) and key.exists():
+            return cert, key
+        issued = ca.issue_service(CLOUD_SERVICE_NAME, validity_days=settings.pki.service_cert_days)
+        assert issued.private_key_pem is not None
+        write_private_file(key, issued.private_key_pem)
+        write_public_file(cert, issued.chain_pem)
+    log.info("issued the cloud's service certificate %s", cert)
+    return cert, key
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory``'s lock file (other processes wait)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _still_good(path: Path) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.not_valid_after_utc - datetime.now(UTC) >= RENEW_SERVER_BEFORE

@@ -1,11 +1,16 @@
 """The whole cloud in one process: broker, store, shadow service, management API, activation.
 
+With ``bus.mode = "external"`` there is no embedded broker: this process is one replica of the
+cloud, a privileged MQTT 5 client of an external broker cluster, sharing the store (MySQL) and
+the node requests with the other replicas.
+
 ::
 
     async with Cloud(settings, ca, tls_files) as cloud:
         cloud.ports        # {"mqtts": 8883, "api": 9004, "activation": 9003, ...}
 
-Startup order: store (migrated), broker, shadow service, the API's keys, then the HTTP servers;
+Startup order: store (migrated), broker, shadow service, the API's keys, the nodes' desired state
+reconciled with the stored resources, then the HTTP servers;
 shutdown is the reverse, so no request reaches a component that is already gone.
 """
 
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import socket
 import ssl
 from types import TracebackType
 from typing import Self
@@ -20,15 +27,16 @@ from typing import Self
 from aiohttp import web
 
 from broker import EmbeddedBroker, TLSFiles
-from certs import CertificateAuthority
+from certs import CertificateAuthority, Identity
 from management.activation import create_activation_app
 from management.api import ApiContext, create_app
-from management.config import Settings
+from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
+from management.config import BusMode, Settings, Sharing
 from management.crypto import SecretBox
 from management.matching import Matcher, NodeResources
 from management.store import ResourceStore, all_migrations
 from management.tokens import TokenSigner
-from shadow.server import EmbeddedBus, ShadowService, TortoiseStore
+from shadow.server import Bus, EmbeddedBus, MqttBus, ShadowService, TortoiseStore
 
 __all__ = ["Cloud"]
 
@@ -64,29 +72,44 @@ class Cloud:
             db = await stack.enter_async_context(
                 TortoiseStore.open(settings.database_url, migrations=all_migrations())
             )
-            broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, self.files))
-            self.broker = broker
+            external = settings.bus.mode is BusMode.EXTERNAL
+            bus: Bus
+            if external:
+                bus = await stack.enter_async_context(self._external_bus())
+                mqtt_host, mqtt_port = settings.bus.node_address
+            else:
+                broker = await stack.enter_async_context(
+                    EmbeddedBroker(settings.broker, self.files)
+                )
+                self.broker = broker
+                self._ports.update(broker.ports)
+                bus = EmbeddedBus(broker)
+                mqtt_host, mqtt_port = "", self._ports["mqtts"]
             store = ResourceStore(db)
             secrets = SecretBox.open_or_create(settings.keys_dir / "secrets.key")
             signer = TokenSigner.open_or_create(settings.keys_dir / "activation.key")
             shadow = await stack.enter_async_context(
                 ShadowService(
-                    EmbeddedBus(broker),
+                    bus,
                     db,
                     settings.shadow,
                     resources=NodeResources(store, secrets),
+                    shared_store=external,
                 )
             )
-            self._ports.update(broker.ports)
+            matcher = Matcher(store, shadow)
+            # A push cut short by a crash (after its resources were stored) is finished here.
+            await matcher.reconcile()
             self.context = ApiContext(
                 store=store,
                 shadow=shadow,
-                matcher=Matcher(store, shadow),
+                matcher=matcher,
                 secrets=secrets,
                 signer=signer,
                 ca=self.ca,
                 public_host=settings.api.public_host,
-                mqtt_port=self._ports["mqtts"],
+                mqtt_host=mqtt_host,
+                mqtt_port=mqtt_port,
                 activation_port=settings.api.activation_port,
                 install_token_ttl=settings.api.install_token_ttl,
                 node_cert_days=settings.pki.node_cert_days,
@@ -108,6 +131,28 @@ class Cloud:
             await stack.aclose()
             raise
         return self
+
+    def _external_bus(self) -> MqttBus:
+        """This replica as a privileged client of the external broker (service certificate)."""
+        settings = self.settings.bus
+        cert, key = ensure_service_cert(self.settings, self.ca)
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file or str(self.files.ca)
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cert, key)
+        host, port = settings.broker_address
+        suffix = settings.client_id or f"{socket.gethostname()}-{os.getpid()}"
+        return MqttBus(
+            host=host,
+            port=port,
+            client_id=f"{Identity.service(CLOUD_SERVICE_NAME).common_name}/{suffix}",
+            member=suffix,
+            tls=context,
+            share_group=settings.share_group,
+            keepalive=settings.keepalive,
+            partitioned=settings.sharing is Sharing.PARTITIONED,
+        )
 
     async def _serve(
         self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None

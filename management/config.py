@@ -31,12 +31,15 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "ApiSettings",
     "BrokerSettings",
+    "BusMode",
+    "BusSettings",
     "ConfigError",
     "DatabaseSettings",
     "LogLevel",
     "PKISettings",
     "Settings",
     "ShadowSettings",
+    "Sharing",
     "load_settings",
 ]
 
@@ -113,6 +116,84 @@ class ApiSettings:
             raise ConfigError("api.public_host must name this server as nodes reach it.")
 
 
+class BusMode(StrEnum):
+    EMBEDDED = "embedded"  # the in-process broker (one machine)
+    EXTERNAL = "external"  # an existing MQTT cluster, shared by several cloud replicas
+
+
+class Sharing(StrEnum):
+    PARTITIONED = "partitioned"
+    SHARED = "shared"
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """How the cloud reaches MQTT: its own embedded broker, or an external broker cluster.
+
+    In external mode the cloud is a privileged MQTT 5 client of ``url`` (mTLS with a service
+    certificate from our CA), shares the node requests with the other replicas through the
+    shared subscription group ``share_group``, and tells activated nodes to connect to
+    ``public_address``.
+    """
+
+    mode: BusMode = BusMode.EMBEDDED
+    url: str = ""  # external: mqtts://<host>:<port> of the broker cluster
+    public_address: str = ""  # external: <host>:<port> nodes connect to (default: from url)
+    share_group: str = "baetyl"
+    client_id: str = ""  # external: this replica's client id suffix (default: the host name)
+    ca_file: str = ""  # external: CA of the broker's server certificate (default: our CA)
+    keepalive: int = 30
+    # external: how replicas split the node requests. "partitioned": every replica hears them
+    # all and handles the nodes it owns (rendezvous hashing over the live replicas); works on
+    # any broker, Mosquitto 2.0 included. "shared": MQTT 5 shared subscriptions, for brokers
+    # whose shared subscriptions reach $-topics (EMQX, HiveMQ, VerneMQ).
+    sharing: Sharing = Sharing.PARTITIONED
+
+    def __post_init__(self) -> None:
+        if self.mode is BusMode.EXTERNAL:
+            _mqtts_address(self.url, "bus.url")
+            if self.public_address:
+                _host_port(self.public_address, "bus.public_address")
+        if not self.share_group or any(c in self.share_group for c in "/+#$"):
+            raise ConfigError(
+                "bus.share_group must be a non-empty name without '/', '+', '#' or '$'."
+            )
+        if any(c in self.client_id for c in "/+#"):
+            raise ConfigError("bus.client_id may not hold '/', '+' or '#'.")
+        if not 5 <= self.keepalive <= 3600:
+            raise ConfigError("bus.keepalive must be from 5 to 3600 seconds.")
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the external broker."""
+        return _mqtts_address(self.url, "bus.url")
+
+    @property
+    def node_address(self) -> tuple[str, int]:
+        """``(host, port)`` nodes are told to connect to in external mode."""
+        if self.public_address:
+            return _host_port(self.public_address, "bus.public_address")
+        return self.broker_address
+
+
+def _mqtts_address(url: str, key: str) -> tuple[str, int]:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "mqtts":
+        raise ConfigError(
+            f"{key} is {url!r}; in external mode name the broker as mqtts://<host>:<port> "
+            "(the cloud connects with mutual TLS only)."
+        )
+    return _host_port(rest.rstrip("/"), key)
+
+
+def _host_port(text: str, key: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ConfigError(f"{key} is {text!r}; write it as <host>:<port>, e.g. mqtt.example:8883.")
+    return host, int(port_text)
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     """Where shadows (and later every resource) are stored."""
@@ -144,6 +225,7 @@ class Settings:
     log_level: LogLevel = LogLevel.INFO
     pki: PKISettings = field(default_factory=PKISettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     api: ApiSettings = field(default_factory=ApiSettings)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 NODE_NAME_LABEL = "baetyl-node-name"
+# Rechecks after a push on a shared store; each only follows a change made during the last.
+_MAX_RECHECKS = 5
+
+log = logging.getLogger(__name__)
 
 
 def node_id(namespace: str, name: str) -> str:
@@ -114,15 +119,51 @@ class Matcher:
         """
         if not nodes:
             return 0
-        writes = [
-            DesiredWrite(node_id(node.namespace, node.name), desired_of(node, apps), replace=True)
-            for node in nodes
-        ]
+        wrote = await self._write(nodes, apps)
+        if self.shadow.shared_store:
+            await self._recheck(nodes, wrote)
+        return len(nodes)
+
+    async def _write(
+        self, nodes: Sequence[Resource], apps: Sequence[Resource]
+    ) -> dict[str, JSONObject]:
+        wrote = {node_id(node.namespace, node.name): desired_of(node, apps) for node in nodes}
+        writes = [DesiredWrite(node, desired, replace=True) for node, desired in wrote.items()]
         results = await self.shadow.write_desired_many(writes)
         failed = [r for r in results if isinstance(r, RequestError)]
         if failed:
             raise failed[0]
-        return len(nodes)
+        return wrote
+
+    async def _recheck(self, nodes: Sequence[Resource], wrote: dict[str, JSONObject]) -> None:
+        """Other replicas push too: make sure no push computed from an older read landed last.
+
+        The lock above serialises this replica's pushes only. After writing, the store is read
+        again and the desired state recomputed; where it differs from what was written, a change
+        made meanwhile (whose own push may have landed before ours) is pushed again. A change
+        made after this read pushes after our write, so it lands last by itself.
+        """
+        for _ in range(_MAX_RECHECKS):
+            namespaces = {node.namespace for node in nodes}
+            stale: list[Resource] = []
+            fresh_apps: dict[str, list[Resource]] = {}
+            for namespace in namespaces:
+                fresh_apps[namespace] = await self.store.list(namespace, Kind.APP)
+                fresh = {n.name: n for n in await self.store.list(namespace, Kind.NODE)}
+                for node in nodes:
+                    current = fresh.get(node.name) if node.namespace == namespace else None
+                    if current is None:
+                        continue  # deleted meanwhile: its shadow goes with it
+                    key = node_id(namespace, node.name)
+                    if desired_of(current, fresh_apps[namespace]) != wrote.get(key):
+                        stale.append(current)
+            if not stale:
+                return
+            log.info("desired state of %d nodes changed while pushing; pushing again", len(stale))
+            for namespace in {node.namespace for node in stale}:
+                mine = [node for node in stale if node.namespace == namespace]
+                wrote.update(await self._write(mine, fresh_apps[namespace]))
+            nodes = stale
 
     async def _after_app_change(
         self, namespace: str, before: Resource | None, after: Resource | None
@@ -194,6 +235,43 @@ class Matcher:
         """A config or secret changed: bump the apps mounting it and push; their names."""
         async with self._lock:
             return await self._after_mounted_change(namespace, kind, name)
+
+    async def reconcile(self) -> int:
+        """Bring every node's desired state in line with the stored resources; how many moved.
+
+        A push follows the resource write that caused it, so a cloud killed between the two
+        leaves nodes' desired state behind what the store says, and nothing later would notice.
+        The cloud runs this when it starts, before its API serves: one listing per namespace,
+        one batch of shadow reads, and one push of the nodes whose desired state differs.
+        A node's push that is refused (its desired state over the limits) is logged and left.
+        """
+        async with self._lock:
+            moved = 0
+            for namespace in await self.store.namespaces():
+                nodes = await self.store.list(namespace, Kind.NODE)
+                if not nodes:
+                    continue
+                apps = await self.store.list(namespace, Kind.APP)
+                records = await asyncio.gather(
+                    *(self.shadow.get(node_id(namespace, node.name)) for node in nodes)
+                )
+                stale = [
+                    node
+                    for node, record in zip(nodes, records, strict=True)
+                    if record.desired.state != desired_of(node, apps)
+                ]
+                if not stale:
+                    continue
+                log.info(
+                    "%d nodes of namespace %s were behind their resources; pushing",
+                    len(stale),
+                    namespace,
+                )
+                try:
+                    moved += await self.push(stale, apps)
+                except RequestError as exc:
+                    log.warning("reconciling namespace %s: %s", namespace, exc)
+            return moved
 
     async def users_of(self, namespace: str, kind: Kind, name: str) -> list[str]:
         """Names of the apps whose volumes reference this config or secret."""

@@ -46,10 +46,11 @@ from shadow.errors import (
     Unavailable,
 )
 from shadow.settings import ShadowSettings
-from shadow.topics import Channel, parse, topic, valid_node_id
+from shadow.topics import PRESENCE, Channel, parse, topic, valid_node_id
 
 __all__ = [
     "EMPTY",
+    "PRESENCE",
     "Accepted",
     "BadRequest",
     "Channel",

@@ -10,6 +10,7 @@ from enum import StrEnum
 __all__ = [
     "DOWNSTREAM",
     "PREFIX",
+    "PRESENCE",
     "UPSTREAM",
     "Channel",
     "parse",
@@ -38,6 +39,9 @@ class Channel(StrEnum):
 
 
 UPSTREAM = (Channel.REPORT, Channel.DESIRE_GET, Channel.RESOURCE_GET)
+# A node's own presence (``{"online": ..., "session": ...}``, retained, and its Last Will): how
+# cloud replicas on an external broker learn who is online. Not a shadow request.
+PRESENCE = "presence"
 DOWNSTREAM = tuple(channel for channel in Channel if channel not in UPSTREAM)
 _CHANNELS = {channel.value: channel for channel in Channel}
 

@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import signal
+from pathlib import Path
 
 from broker import EmbeddedBroker, TLSFiles, freeze_long_lived
-from certs import CertificateAuthority
+from certs import (
+    CertificateAuthority,
+    CertsError,
+    Identity,
+    write_private_file,
+    write_public_file,
+)
 from management.bootstrap import ensure_pki
-from management.config import Settings
+from management.config import BusMode, Settings
 
 __all__ = ["add_parser", "add_up_parser"]
 
@@ -46,6 +55,121 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "Ctrl-C or SIGTERM.",
     )
     run.set_defaults(func=_run, cloud=False)
+    export = commands.add_parser(
+        "export-config",
+        help="write the configuration of an external broker (Mosquitto or EMQX) for the cloud",
+        description="Write the files that give nodes on an external MQTT broker the identity "
+        "and topic access they have on the embedded broker: the broker's server certificate "
+        "(issued by our CA), the CA, the CRL, the broker configuration and its ACL. Nodes "
+        "connect to --node-port; the cloud replicas (bus.mode=external) to --cloud-port.",
+    )
+    flavour = export.add_mutually_exclusive_group(required=True)
+    flavour.add_argument("--mosquitto", action="store_true", help="Mosquitto 2.x")
+    flavour.add_argument("--emqx", action="store_true", help="EMQX 5.x")
+    export.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write")
+    export.add_argument(
+        "--broker-dir",
+        metavar="PATH",
+        help="where the files will be on the broker's host (default: --out, absolute)",
+    )
+    export.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address of the broker, for its certificate (repeatable; "
+        "default: pki.server_dns_names and pki.server_ips)",
+    )
+    export.add_argument("--node-port", type=_port, default=8883, metavar="PORT")
+    export.add_argument("--cloud-port", type=_port, default=8884, metavar="PORT")
+    export.add_argument(
+        "--bind",
+        default="0.0.0.0",  # noqa: S104 # nodes connect from the network
+        metavar="ADDRESS",
+        help="address of both listeners",
+    )
+    export.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an operator allowed to read $baetyl/# (repeatable)",
+    )
+    export.add_argument("--force", action="store_true", help="overwrite files already there")
+    export.set_defaults(func=_export_config)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def _export_config(args: argparse.Namespace) -> int:
+    from management.brokerconfig import (
+        BrokerLayout,
+        emqx_acl,
+        emqx_config,
+        mosquitto_acl,
+        mosquitto_config,
+    )
+
+    settings: Settings = args.settings
+    out: Path = args.out
+    names = ("mosquitto.conf", "acl") if args.mosquitto else ("emqx.conf", "acl.conf")
+    taken = [name for name in (*names, "server.key") if (out / name).exists()]
+    if taken and not args.force:
+        raise CertsError(
+            f"{out} already holds {', '.join(taken)}; pass --force to replace them (the broker "
+            "gets a new server certificate), or choose another --out."
+        )
+    for name in args.operator:
+        Identity.operator(name)  # refuses a name that is not a DNS label, with the reason
+    dns_names, ips = [], []
+    for host in args.host or [*settings.pki.server_dns_names, *settings.pki.server_ips]:
+        try:
+            ips.append(ipaddress.ip_address(host))
+        except ValueError:
+            dns_names.append(host)
+    ca, _files = ensure_pki(settings)
+    issued = ca.issue_server(
+        "pybaetyl broker",
+        dns_names=dns_names,
+        ip_addresses=ips,
+        validity_days=settings.pki.server_cert_days,
+    )
+    assert issued.private_key_pem is not None
+    out.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_private_file(out / "server.key", issued.private_key_pem)
+    write_public_file(out / "server.crt", issued.chain_pem)
+    write_public_file(out / "ca.crt", ca.certificate_pem)
+    write_public_file(out / "crl.pem", ca.crl_pem())
+    layout = BrokerLayout(
+        directory=args.broker_dir or str(out.resolve()),
+        node_port=args.node_port,
+        cloud_port=args.cloud_port,
+        bind=args.bind,
+        cloud_bind=args.bind,
+        operators=tuple(args.operator),
+    )
+    if args.mosquitto:
+        files = {"mosquitto.conf": mosquitto_config(layout), "acl": mosquitto_acl(layout)}
+    else:
+        files = {"emqx.conf": emqx_config(layout), "acl.conf": emqx_acl(layout)}
+    for name, text in files.items():
+        write_public_file(out / name, text.encode())
+    print(f"wrote {', '.join(files)}, server.crt, server.key, ca.crt, crl.pem to {out}")
+    print(
+        f"Nodes connect to port {args.node_port}. Run each cloud replica with:\n"
+        f"  --set bus.mode=external --set bus.url=mqtts://<broker>:{args.cloud_port} "
+        f"--set bus.public_address=<broker>:{args.node_port}"
+        + ("" if args.mosquitto else " --set bus.sharing=shared")
+    )
+    if os.name == "posix" and os.geteuid() == 0:
+        print("server.key is readable by root only: chown it to the broker's user (mosquitto).")
+    print("The broker reads crl.pem at start: after revoking a node, copy the CA's crl.pem and "
+          "restart (Mosquitto) the broker.")  # fmt: skip
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,6 +198,9 @@ async def _serve(
         print(f"pybaetyl is up. Data directory: {settings.data_dir.resolve()}", flush=True)
         if cloud:
             print(f"  store      {settings.database.redacted() or settings.database_url}")
+            if settings.bus.mode is BusMode.EXTERNAL:
+                host, port = settings.bus.node_address
+                print(f"  bus        {settings.bus.url} (external; nodes connect to {host}:{port})")
         hosts = {
             "local": "127.0.0.1",
             "api": settings.api.host,

@@ -8,6 +8,7 @@
 
 from shadow.server.bus import Bus, Denied, EmbeddedBus, MessageHandler, Presence
 from shadow.server.migrations import MIGRATIONS, Migration
+from shadow.server.mqttbus import BusError, MqttBus
 from shadow.server.service import DesiredWrite, NoResources, ResourceSource, ShadowService
 from shadow.server.sql import TortoiseStore, Transaction
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
@@ -16,11 +17,13 @@ from shadow.settings import ShadowSettings
 __all__ = [
     "MIGRATIONS",
     "Bus",
+    "BusError",
     "Denied",
     "DesiredWrite",
     "EmbeddedBus",
     "MessageHandler",
     "Migration",
+    "MqttBus",
     "NoResources",
     "Presence",
     "ResourceSource",

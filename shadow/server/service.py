@@ -65,6 +65,9 @@ __all__ = ["DesiredWrite", "NoResources", "ResourceSource", "ShadowService"]
 
 log = logging.getLogger(__name__)
 
+# Replicas on a shared store store a node's presence once: they hear it within this much.
+_PRESENCE_SLACK_MS = 5000
+
 _REJECTED = {
     Channel.REPORT: Channel.REPORT_REJECTED,
     Channel.DESIRE_GET: Channel.DESIRE_REJECTED,
@@ -201,8 +204,12 @@ class ShadowService:
         *,
         resources: ResourceSource | None = None,
         clock: Callable[[], int] = _now_ms,
+        shared_store: bool = False,
     ) -> None:
         self._bus = bus
+        # Other replicas write the same store: read every batch's shadows afresh before applying
+        # it (one SELECT per batch), so no answer comes from a stale copy.
+        self._shared_store = shared_store
         self._store = store
         self._settings = settings or ShadowSettings()
         self._limits = self._settings.limits
@@ -306,6 +313,11 @@ class ShadowService:
         return await future
 
     @property
+    def shared_store(self) -> bool:
+        """Whether other replicas write the same store."""
+        return self._shared_store
+
+    @property
     def limits(self) -> Limits:
         """The limits every desired or reported section must keep."""
         return self._limits
@@ -355,7 +367,7 @@ class ShadowService:
             return
         error = Forbidden(
             f"node {event.node_id} may not publish to {event.topic!r}; a node publishes only "
-            f"to $baetyl/node/{event.node_id}/report, desire/get and resource/get."
+            f"to $baetyl/node/{event.node_id}/report, desire/get, resource/get and presence."
         )
         self._enqueue(_Message(event.node_id, Channel.REPORT, b"", error))
 
@@ -412,10 +424,13 @@ class ShadowService:
     async def _process(self, batch: list[_Op]) -> None:
         # Look up the batch's nodes, not the cache: set - dict.keys() walks the whole cache.
         cache = self._cache
-        missing = [n for n in dict.fromkeys(op.node_id for op in batch) if n not in cache]
+        if self._shared_store:
+            missing = list(dict.fromkeys(op.node_id for op in batch))
+        else:
+            missing = [n for n in dict.fromkeys(op.node_id for op in batch) if n not in cache]
         if missing:
             try:
-                await self._load(missing)
+                await self._load(missing, refresh=self._shared_store)
             except StoreError as exc:
                 log.error("cannot load %d shadows: %s", len(missing), exc)
                 outcome = await self._apply(batch, writable=False, unknown=set(missing))
@@ -505,7 +520,7 @@ class ShadowService:
             elif isinstance(op, _Write):
                 self._apply_write(op, entry, current, out, now, writable, unavailable)
             elif isinstance(op, _Presence):
-                if writable and (current.online != op.online or current.last_seen != op.at_ms):
+                if writable and self._presence_changes(current, op):
                     out.changed[op.node_id] = dataclasses.replace(
                         current, online=op.online, last_seen=op.at_ms
                     )
@@ -513,6 +528,16 @@ class ShadowService:
                 live = self.online(op.node_id)
                 out.settle.append((op.future, dataclasses.replace(current, online=live)))
         return out
+
+    def _presence_changes(self, current: ShadowRecord, op: _Presence) -> bool:
+        if current.online != op.online:
+            return True
+        if self._shared_store:
+            # Every replica hears every presence message: the first to store it wins, the
+            # others (a few milliseconds later) do not write it again.
+            seen = current.last_seen
+            return seen is None or abs(seen - op.at_ms) > _PRESENCE_SLACK_MS
+        return current.last_seen != op.at_ms
 
     def _refuse_unknown(self, op: _Op, out: _Outcome, error: RequestError, now: int) -> None:
         if isinstance(op, _Write | _Read):

@@ -310,14 +310,17 @@ async def test_the_quota_is_enforced(
 ) -> None:
     """Past the quota a new device gets 403 QuotaExhausted; activated ones still re-activate."""
     batch = await new_batch(api, quota=2)
-    for fingerprint in ("GW-1", "GW-2"):
-        status, answer = await activate(cloud, https, request_for(batch, fingerprint))
+    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("GW-1", "GW-2")}
+    for fingerprint, key in keys.items():
+        body = request_for(batch, fingerprint, csr=make_csr(key))
+        status, answer = await activate(cloud, https, body)
         assert status == 201, answer
     status, answer = await activate(cloud, https, request_for(batch, "GW-3"))
     assert status == 403, answer
     assert answer["code"] == "QuotaExhausted"
     assert "quota of 2" in answer["message"]
-    status, answer = await activate(cloud, https, request_for(batch, "GW-1"))
+    body = request_for(batch, "GW-1", csr=make_csr(keys["GW-1"]))
+    status, answer = await activate(cloud, https, body)
     assert status == 201, answer
     page = await read(api, "/nodes")
     assert page["total"] == 2
@@ -329,12 +332,13 @@ async def test_the_quota_is_enforced(
 async def test_reactivation_is_idempotent(
     cloud: RunningCloud, api: Api, https: aiohttp.ClientSession
 ) -> None:
-    """The same fingerprint again gets a new certificate for the same node and uses no quota."""
+    """The same fingerprint and key again get a new certificate for the same node, no quota."""
     batch = await new_batch(api, quota=1)
-    status, first = await activate(cloud, https, request_for(batch, "GW-1"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    status, first = await activate(cloud, https, request_for(batch, "GW-1", csr=make_csr(key)))
     assert status == 201, first
     node_before = await read(api, f"/nodes/{first['nodeId'].split('.')[1]}")
-    status, second = await activate(cloud, https, request_for(batch, "GW-1"))
+    status, second = await activate(cloud, https, request_for(batch, "GW-1", csr=make_csr(key)))
     assert status == 201, second
     assert second["nodeId"] == first["nodeId"]
     assert serial(second) != serial(first)
@@ -343,6 +347,39 @@ async def test_reactivation_is_idempotent(
     batch_now = await read(api, "/batches/paris-gateways")
     assert batch_now["activated"] == 1
     assert len(batch_now["activations"]) == 1
+
+
+async def test_reactivation_with_another_key_cannot_take_over_the_node(
+    cloud: RunningCloud, api: Api, https: aiohttp.ClientSession
+) -> None:
+    """The batch secret is shared: knowing a device's fingerprint must not yield its node.
+
+    While the node exists, only the key of the first activation re-activates it; once an
+    operator deletes the node, the device may come back with a new key (which is then bound).
+    """
+    batch = await new_batch(api, quota=2)
+    device = ec.generate_private_key(ec.SECP256R1())
+    status, first = await activate(cloud, https, request_for(batch, "GW-1", csr=make_csr(device)))
+    assert status == 201, first
+    before = await read(api, "/batches/paris-gateways")
+    status, answer = await activate(cloud, https, request_for(batch, "GW-1"))
+    assert status == 409, answer
+    assert answer["code"] == "Conflict"
+    assert "another key" in answer["message"]
+    assert (await read(api, "/batches/paris-gateways"))["activations"] == before["activations"]
+    # The device itself still re-activates.
+    status, again = await activate(cloud, https, request_for(batch, "GW-1", csr=make_csr(device)))
+    assert status == 201, again
+    # Deleted by an operator: a new key is accepted, bound, and the old one is refused.
+    name = first["nodeId"].split(".")[1]
+    assert (await api.call("DELETE", f"/nodes/{name}"))[0] == 204
+    replacement = ec.generate_private_key(ec.SECP256R1())
+    body = request_for(batch, "GW-1", csr=make_csr(replacement))
+    status, answer = await activate(cloud, https, body)
+    assert status == 201, answer
+    status, answer = await activate(cloud, https, request_for(batch, "GW-1", csr=make_csr(device)))
+    assert status == 409, answer
+    assert (await read(api, "/batches/paris-gateways"))["activated"] == 1
 
 
 async def test_reactivation_recreates_a_deleted_node(

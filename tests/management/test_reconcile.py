@@ -1,0 +1,53 @@
+"""``Matcher.reconcile``: nodes whose desired state fell behind the stored resources (a cloud
+killed between a resource write and its push) are brought in line, and only those.
+
+The killed-cloud case itself runs in tests/faults/test_sigkill_mid_write.py; here the store is
+written behind the matcher's back, which leaves the same state.
+"""
+
+from __future__ import annotations
+
+from management.matching import node_id
+from management.store import Kind, Resource
+from tests.management.conftest import RunningCloud
+
+
+async def test_reconcile_pushes_only_the_nodes_behind_their_resources(
+    cloud: RunningCloud,
+) -> None:
+    ctx = cloud.context
+    store, shadow, matcher = ctx.store, ctx.shadow, ctx.matcher
+    await store.ensure_namespace("acme")
+    east = await store.create(Resource("acme", Kind.NODE, "east", labels={"zone": "east"}))
+    west = await store.create(Resource("acme", Kind.NODE, "west", labels={"zone": "west"}))
+    await matcher.after_node_change(east)
+    await matcher.after_node_change(west)
+    west_before = await shadow.get(node_id("acme", "west"))
+
+    # An app for the east stored, its push lost.
+    app = await store.create(Resource("acme", Kind.APP, "web", body={"selector": "zone=east"}))
+
+    assert await matcher.reconcile() == 1
+    east_now = await shadow.get(node_id("acme", "east"))
+    assert east_now.desired.state == {
+        "apps": [{"name": "web", "version": str(app.version)}],
+        "nodeprops": {},
+    }
+    assert await shadow.get(node_id("acme", "west")) == west_before  # untouched
+
+    assert await matcher.reconcile() == 0  # in line now: nothing written again
+    assert (await shadow.get(node_id("acme", "east"))).desired.version == east_now.desired.version
+
+
+async def test_reconcile_gives_a_node_never_pushed_its_first_desired_state(
+    cloud: RunningCloud,
+) -> None:
+    ctx = cloud.context
+    await ctx.store.ensure_namespace("acme")
+    await ctx.store.create(Resource("acme", Kind.NODE, "new", body={"properties": {"site": "lab"}}))
+    assert (await ctx.shadow.get(node_id("acme", "new"))).desired.version == 0
+
+    assert await ctx.matcher.reconcile() == 1
+    desired = (await ctx.shadow.get(node_id("acme", "new"))).desired
+    assert desired.version > 0
+    assert desired.state == {"apps": [], "nodeprops": {"site": "lab"}}
