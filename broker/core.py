@@ -62,7 +62,14 @@ from broker.acl import (
     valid_filter,
 )
 from broker.events import ConnectionEvent, DeniedPublish, DisconnectReason, EventKind, Listeners
-from broker.handler import REASON, HardenedHandler, close_quietly, enqueue
+from broker.handler import (
+    FLOW,
+    REASON,
+    SERVICE_FLOW,
+    HardenedHandler,
+    close_quietly,
+    enqueue,
+)
 from broker.limits import PacketTooLarge, SizeLimitedReader
 from broker.packets import encode_suback, encode_unsuback
 from broker.queues import LazyQueue
@@ -348,6 +355,9 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         session.attributes[PEER] = peer
         if principal is not None and principal.role is Role.SERVICE:
             _widen_tls_reads(writer)
+            session.attributes[FLOW] = SERVICE_FLOW
+        else:
+            session.attributes.pop(FLOW, None)
         session.attributes.pop(REASON, None)
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)  # [MQTT-3.1.2-24]

@@ -190,3 +190,23 @@ def test_inflight_window_queues_the_rest_in_order(pki: Pki, broker: BrokerThread
         more = [raw.expect(PUBLISH).publish()[2] for _ in range(10)]
         assert more == [str(i).encode() for i in range(MAX_INFLIGHT, MAX_INFLIGHT + 10)]
     assert not [e for e in broker.events if e.reason == DisconnectReason.SLOW_CONSUMER]
+
+
+def test_a_service_gets_a_wider_window_than_a_node(pki: Pki, broker: BrokerThread) -> None:
+    """A service (the cloud side, subscribed to every node's reports) is not held to a node's
+    1,000 unacknowledged messages: with a node's window its throughput fell to one window per
+    event-loop iteration at fleet scale, and its queue dropped reports."""
+    total = MAX_INFLIGHT + 500
+
+    async def publish_all(embedded: EmbeddedBroker) -> None:
+        for index in range(total):
+            await embedded.publish("svc/window", str(index).encode(), qos=1)
+
+    with RawClient(broker.port, pki.ca_file, pki.service) as raw:
+        raw.send(connect_packet("service:shadow/window"))
+        raw.expect(CONNACK)
+        raw.send(subscribe_packet(1, "svc/window", 1))
+        raw.expect(SUBACK)
+        broker.call(publish_all)
+        got = [raw.expect(PUBLISH).publish()[2] for _ in range(total)]  # none acknowledged
+        assert got == [str(i).encode() for i in range(total)]
