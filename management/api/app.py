@@ -232,9 +232,15 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers, within ``READY_TIMEOUT_S``: a database that hangs
-    (stopped, or cut off without a reset) holds a query for as long as TCP keeps trying, and a
-    readiness probe must not wait for that (the driver drops a cancelled connection)."""
+    """Ready when the database answers, within ``READY_TIMEOUT_S``, and the MQTT bus is up.
+
+    A database that hangs (stopped, or cut off without a reset) holds a query for as long as TCP
+    keeps trying, and a readiness probe must not wait for that (the driver drops a cancelled
+    connection). An external broker that is away means no node hears a desired write and no
+    report is answered: a replica without it is not ready either (it reconnects by itself).
+    """
+    if not request.app[CONTEXT].shadow.bus_connected:
+        raise Unavailable("The MQTT broker is not reachable; the replica is reconnecting.")
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await request.app[CONTEXT].store.db.ping()

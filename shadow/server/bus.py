@@ -51,12 +51,22 @@ class Bus(Protocol):
 
     def on_denied(self, listener: Callable[[Denied], None]) -> Callable[[], None]: ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether messages flow now (an external broker can be away for a while)."""
+        ...
+
 
 class EmbeddedBus:
     """The bus on the embedded broker, in process: no socket, no serialisation, no task."""
 
     def __init__(self, broker: EmbeddedBroker) -> None:
         self._broker = broker
+
+    @property
+    def connected(self) -> bool:
+        """Always: the broker is this process."""
+        return True
 
     def publish(self, topic: str, payload: bytes) -> None:
         self._broker.publish_nowait(topic, payload, qos=1)

@@ -159,7 +159,8 @@ class MqttBus:
         self._presence_listeners: list[Callable[[Presence], None]] = []
         self._presence: dict[str, tuple[bool, str]] = {}  # node -> (online, session)
         self._lock = threading.Lock()  # guards _handlers for paho's thread (on_connect)
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # the first connect's answer came
+        self._up = False  # connected now (paho's thread writes it, a bool: atomic)
         self._refused: str | None = None
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
@@ -222,6 +223,11 @@ class MqttBus:
     def members(self) -> frozenset[str]:
         """The replicas this one knows to be alive (itself included)."""
         return frozenset(self._members | {self._member})
+
+    @property
+    def connected(self) -> bool:
+        """Whether the session with the broker is up now (paho reconnects by itself)."""
+        return self._up
 
     @property
     def _where(self) -> str:
@@ -295,9 +301,11 @@ class MqttBus:
             client.subscribe(topics)
         if self._partitioned:
             client.publish(self._member_topic, b'{"alive":true}', qos=1, retain=True)
+        self._up = True
         self._connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._up = False
         log.warning("lost the MQTT broker %s (%s); reconnecting", self._where, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:

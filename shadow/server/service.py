@@ -313,6 +313,11 @@ class ShadowService:
         return await future
 
     @property
+    def bus_connected(self) -> bool:
+        """Whether the bus carries messages now (False while an external broker is away)."""
+        return self._bus.connected
+
+    @property
     def shared_store(self) -> bool:
         """Whether other replicas write the same store."""
         return self._shared_store

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +211,31 @@ def test_a_lost_node_goes_offline_through_its_last_will(cluster: Cluster) -> Non
     cluster.nodes[0].connect()
     for api in (a, b):
         until(functools.partial(_online, api, name), 20, "node online again")
+
+
+def _ready(port: int) -> int:
+    """The status of a replica's /readyz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_replicas_are_not_ready_while_the_broker_is_away(cluster: Cluster) -> None:
+    """Broker stopped: every replica's /readyz is 503 (its pushes would reach no node); a desired
+    write meanwhile is stored and reaches the node once the broker is back and the replicas have
+    reconnected by themselves."""
+    ports = [replica.api for replica in cluster.replicas]
+    assert [_ready(port) for port in ports] == [200, 200]
+    cluster.broker.stop()
+    until(lambda: [_ready(port) for port in ports] == [503, 503], 15, "both replicas not ready")
+    name = cluster.nodes[0].node_id.split(".", 1)[1]
+    status, _ = cluster.api(0).call("PUT", f"/nodes/{name}/properties", {"desire": {"away": 1}})
+    assert status == 200
+    cluster.broker.start(require_tool("mosquitto"))
+    until(lambda: [_ready(port) for port in ports] == [200, 200], 30, "both replicas ready")
+    until(lambda: _props(cluster.nodes[0], {"away": 1}), 30, "the write made while away")
 
 
 def test_the_exported_acl_keeps_nodes_to_their_own_topics(cluster: Cluster) -> None:
