@@ -116,18 +116,54 @@ def _peer_of(ssl_object: ssl.SSLObject | None) -> tuple[Principal, PeerCertifica
     )
 
 
-# A connection reads at most its TLS read buffer per event-loop turn. Nodes send little, so
-# theirs is small (broker.tls_read_buffer); a cloud service acknowledging the whole fleet's
-# reports sends thousands of PUBACKs per turn, and at 4 KiB it fell behind (about 150 acks a
-# turn, 300 msg/s at 10,000 nodes), so a service connection reads up to asyncio's default.
+# A connection reads at most its TLS read buffer per event-loop turn. A node's reads are
+# up to one TLS record; a cloud service acknowledging the whole fleet's reports sends thousands
+# of PUBACKs per turn, and at 4 KiB it fell behind (about 150 acks a turn, 300 msg/s at 10,000
+# nodes), so a service connection reads up to asyncio's default.
+NODE_TLS_READ_BUFFER = 16 * 1024
 SERVICE_TLS_READ_BUFFER = 256 * 1024
 
 
-def _widen_tls_reads(writer: Any) -> None:
-    transport = getattr(getattr(writer, "_writer", None), "transport", None)
-    protocol = getattr(transport, "_ssl_protocol", None)
-    if protocol is not None:
-        protocol.max_size = SERVICE_TLS_READ_BUFFER  # read by get_buffer() from the next read
+class SharedReadBuffers:
+    """One TLS read buffer per broker for all its connections, instead of one per connection.
+
+    asyncio's ``SSLProtocol`` receives encrypted bytes into its buffer (``get_buffer``, then
+    ``recv_into``) and copies them into its ``MemoryBIO`` at once (``buffer_updated``), in the
+    same event-loop callback: the buffer holds nothing from one read to the next, so every
+    connection of one event loop can use the same one. Measured: 4.1 KiB per idle connection
+    (the per-connection buffer of ``broker.tls_read_buffer``, zero-filled), now used only during
+    the handshake. A broker runs in one event loop; each broker has its own buffers.
+    """
+
+    __slots__ = ("node", "node_view", "service", "service_view")
+
+    def __init__(self) -> None:
+        self.node = bytearray(NODE_TLS_READ_BUFFER)
+        self.node_view = memoryview(self.node)
+        self.service = bytearray(SERVICE_TLS_READ_BUFFER)
+        self.service_view = memoryview(self.service)
+
+    @staticmethod
+    def _protocol(writer: Any) -> Any:
+        transport = getattr(writer, "transport", None)
+        if transport is None:  # amqtt's adapter around the StreamWriter
+            transport = getattr(getattr(writer, "_writer", None), "transport", None)
+        return getattr(transport, "_ssl_protocol", None)
+
+    def share(self, writer: Any, *, service: bool = False) -> None:
+        """Make the connection read into the shared buffer, and forget its peer certificate's
+        decoded dict (asyncio keeps it in the transport's extra info; 1.3 KiB, unused: identity
+        is read from the DER certificate)."""
+        protocol = self._protocol(writer)
+        if protocol is None or not hasattr(protocol, "_ssl_buffer_view"):
+            return  # not TLS, or an asyncio without the buffered SSL protocol
+        buffer, view = (self.service, self.service_view) if service else (self.node, self.node_view)
+        protocol._ssl_buffer = buffer  # get_buffer() reallocates only when this is too short
+        protocol._ssl_buffer_view = view
+        protocol.max_size = len(buffer)
+        extra = getattr(protocol, "_extra", None)
+        if isinstance(extra, dict):
+            extra.pop("peercert", None)
 
 
 DENIED_LOG_INTERVAL = 10.0
@@ -203,6 +239,19 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self._max_connections = max_connections
         self._events = events
         self._open_connections = 0
+        self._read_buffers = SharedReadBuffers()
+        # This broker's handler class carries its callbacks: set on each handler instead, they
+        # grew every connection's attribute dict by 1.6 KiB.
+        self._handler_class: type[HardenedHandler] = type(
+            "BrokerHandler",
+            (HardenedHandler,),
+            {
+                "on_publish": staticmethod(self._on_client_publish),
+                "on_subscribe": staticmethod(self._on_subscribe),
+                "on_unsubscribe": staticmethod(self._on_unsubscribe),
+                "max_packet_size": max_packet_size,
+            },
+        )
         self._index: SubscriptionIndex[str, Session | LocalSubscriber] = SubscriptionIndex()
         self._local_count = 0
 
@@ -251,6 +300,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
+        self._read_buffers.share(writer)
         adapter = StreamWriterAdapter(writer)
         await self._accept(listener_name, SizeLimitedReader(reader, self._max_packet_size), adapter)
 
@@ -285,7 +335,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     ) -> tuple[HardenedHandler, Session]:
         try:
             handler, session = await asyncio.wait_for(
-                HardenedHandler.init_from_connect(reader, writer, self.plugins_manager),
+                self._handler_class.init_from_connect(reader, writer, self.plugins_manager),
                 self._connect_timeout,
             )
         except (TimeoutError, PacketTooLarge) as exc:
@@ -354,7 +404,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         session.attributes[PRINCIPAL] = principal
         session.attributes[PEER] = peer
         if principal is not None and principal.role is Role.SERVICE:
-            _widen_tls_reads(writer)
+            self._read_buffers.share(writer, service=True)
             session.attributes[FLOW] = SERVICE_FLOW
         else:
             session.attributes.pop(FLOW, None)
@@ -405,7 +455,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         session = Session()
         session.client_id = client_id
         _slim(session)
-        handler = HardenedHandler(self.plugins_manager, session)
+        handler = self._handler_class(self.plugins_manager, session)
         session.transitions.disconnect()
         return handler, session
 
@@ -431,10 +481,6 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                     break
                 await asyncio.sleep(0.05)
         handler.attach(client_session, reader, writer)
-        handler.on_publish = self._on_client_publish
-        handler.on_subscribe = self._on_subscribe
-        handler.on_unsubscribe = self._on_unsubscribe
-        handler.max_packet_size = self._max_packet_size
         self._sessions[client_session.client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(True)
         principal: Principal = client_session.attributes[PRINCIPAL]

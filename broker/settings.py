@@ -20,8 +20,9 @@ class BrokerSettings:
     max_packet_size: int = 256 * 1024
     connect_timeout: float = 10.0
     crl_poll_interval: float = 0.25
-    # Bytes of the read buffer asyncio gives each TLS connection (it defaults to 256 KiB, zeroed,
-    # per connection: 2.5 GB for 10,000 idle nodes). Larger is no faster for MQTT-sized packets.
+    # Bytes of the read buffer asyncio gives each TLS connection for its handshake (it defaults
+    # to 256 KiB, zeroed, per connection: 2.5 GB for 10,000 idle nodes). Once connected, a
+    # connection reads into one buffer shared by the broker's connections (broker/core.py).
     tls_read_buffer: int = 4 * 1024
     # Run by `baetyl up` / `baetyl broker run` (see broker/gcpolicy.py); 0 turns it off.
     gc_freeze_interval: float = 2.0

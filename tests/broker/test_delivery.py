@@ -9,7 +9,7 @@ import pytest
 from broker import DisconnectReason, EmbeddedBroker
 from broker.handler import MAX_INFLIGHT
 from tests.broker.conftest import Connect
-from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
+from tests.broker.helpers import NODE_A, NODE_B, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import (
     CONNACK,
     PUBACK,
@@ -210,3 +210,51 @@ def test_a_service_gets_a_wider_window_than_a_node(pki: Pki, broker: BrokerThrea
         broker.call(publish_all)
         got = [raw.expect(PUBLISH).publish()[2] for _ in range(total)]  # none acknowledged
         assert got == [str(i).encode() for i in range(total)]
+
+
+def test_large_packets_from_two_nodes_at_once_arrive_intact(pki: Pki, connect: Connect) -> None:
+    """Connections share the broker's TLS read buffer between reads: two nodes sending 200 KiB
+    reports at the same time (each read many times, the reads interleaved) deliver both intact."""
+    service = connect(pki.service)
+    assert service.subscribe("$baetyl/node/+/report", 1) == [1]
+    node_a, node_b = connect(pki.node_a), connect(pki.node_b)
+    bodies = {
+        node_topic(NODE_A, "report"): bytes(range(256)) * 800,
+        node_topic(NODE_B, "report"): bytes(reversed(range(256))) * 800,
+    }
+    for _ in range(3):
+        for client, (topic, body) in zip((node_a, node_b), bodies.items(), strict=True):
+            client.publish(topic, body, qos=1)
+    got = [service.receive() for _ in range(6)]
+    assert sorted(m.topic for m in got) == sorted(list(bodies) * 3)
+    assert all(m.payload == bodies[m.topic] for m in got)
+
+
+def test_connections_read_into_one_buffer_per_broker(pki: Pki, broker: BrokerThread) -> None:
+    """After its handshake, no connection keeps a TLS read buffer of its own (4 KiB each at
+    10,000 idle nodes); a service reads into the larger shared one."""
+    with (
+        RawClient(broker.port, pki.ca_file, pki.node_a) as node,
+        RawClient(broker.port, pki.ca_file, pki.service) as service,
+    ):
+        node.send(connect_packet(NODE_A))
+        node.expect(CONNACK)
+        service.send(connect_packet("service:shadow/buffers"))
+        service.expect(CONNACK)
+
+        async def buffers(embedded: EmbeddedBroker) -> dict[str, tuple[bool, bool]]:
+            inner = embedded._broker
+            assert inner is not None
+            shared = inner._read_buffers
+            out: dict[str, tuple[bool, bool]] = {}
+            for client_id, (_session, handler) in inner._sessions.items():
+                protocol = handler.writer._writer.transport._ssl_protocol
+                out[client_id] = (
+                    protocol._ssl_buffer is shared.node,
+                    protocol._ssl_buffer is shared.service,
+                )
+            return out
+
+        found = broker.call(buffers)
+    assert found[NODE_A] == (True, False)
+    assert found["service:shadow/buffers"] == (False, True)
