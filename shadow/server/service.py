@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -311,6 +311,16 @@ class ShadowService:
         future: asyncio.Future[ShadowRecord] = asyncio.get_running_loop().create_future()
         self._enqueue(_Read(node_id, future))
         return await future
+
+    async def stored(self, node_ids: Collection[str]) -> dict[str, ShadowRecord]:
+        """The shadows of ``node_ids`` as stored now (absent: none yet), read straight from the
+        store in as few queries as it takes, not through the queue: for a bulk check (the
+        cloud's reconciliation at start) while the nodes' own requests fill the queue. Every
+        write is committed before it is answered, so nothing newer exists elsewhere."""
+        for node_id in node_ids:
+            if not valid_node_id(node_id):
+                raise BadRequest(f"{node_id!r} is not a node id.")
+        return await self._store.load(node_ids)
 
     @property
     def bus_connected(self) -> bool:

@@ -7,6 +7,7 @@ written behind the matcher's back, which leaves the same state.
 
 from __future__ import annotations
 
+from management.cloud import Cloud
 from management.matching import node_id
 from management.store import Kind, Resource
 from tests.management.conftest import RunningCloud
@@ -15,6 +16,7 @@ from tests.management.conftest import RunningCloud
 async def test_reconcile_pushes_only_the_nodes_behind_their_resources(
     cloud: RunningCloud,
 ) -> None:
+    await cloud.cloud.reconciled()  # the start-up run, on an empty store
     ctx = cloud.context
     store, shadow, matcher = ctx.store, ctx.shadow, ctx.matcher
     await store.ensure_namespace("acme")
@@ -42,6 +44,7 @@ async def test_reconcile_pushes_only_the_nodes_behind_their_resources(
 async def test_reconcile_gives_a_node_never_pushed_its_first_desired_state(
     cloud: RunningCloud,
 ) -> None:
+    await cloud.cloud.reconciled()
     ctx = cloud.context
     await ctx.store.ensure_namespace("acme")
     await ctx.store.create(Resource("acme", Kind.NODE, "new", body={"properties": {"site": "lab"}}))
@@ -51,3 +54,17 @@ async def test_reconcile_gives_a_node_never_pushed_its_first_desired_state(
     desired = (await ctx.shadow.get(node_id("acme", "new"))).desired
     assert desired.version > 0
     assert desired.state == {"apps": [], "nodeprops": {"site": "lab"}}
+
+
+async def test_the_cloud_reconciles_in_the_background_once_it_serves(cloud: RunningCloud) -> None:
+    """A node stored while no cloud ran (as after a crash before its push) has its desired state
+    once the next cloud has started, without any API write."""
+    await cloud.cloud.reconciled()
+    ctx = cloud.context
+    await ctx.store.ensure_namespace("acme")
+    await ctx.store.create(Resource("acme", Kind.NODE, "late", body={"properties": {"n": 1}}))
+    async with Cloud(cloud.settings, cloud.ca, cloud.cloud.files) as second:
+        await second.reconciled()
+        assert second.context is not None
+        desired = (await second.context.shadow.get(node_id("acme", "late"))).desired
+    assert desired.state == {"apps": [], "nodeprops": {"n": 1}}
