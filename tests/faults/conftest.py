@@ -11,17 +11,15 @@ the test's tmp dir and to one line in pytest's terminal summary.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
 from tests.faults.scenarios import summary_line
 from tests.faults.world import Profile
-from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
+from tests.shadow.conftest import Database, fresh_mysql_database
 from tests.shadow.conftest import mariadb as mariadb  # the fixture, reused
 
 FIGURES = pytest.StashKey[list[str]]()
@@ -30,19 +28,8 @@ FIGURES = pytest.StashKey[list[str]]()
 @pytest.fixture
 def database(mariadb: None) -> Iterator[Database]:
     """A fresh, empty MariaDB database, dropped afterwards."""
-    name = f"pybaetyl_faults_{secrets.token_hex(6)}"
-    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password="",
-                            connect_timeout=3, autocommit=True)  # fmt: skip
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        yield Database(
-            "mysql", f"mysql://{MYSQL_USER}:@{MYSQL_HOST}:{MYSQL_PORT}/{name}", name=name
-        )
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
+    with fresh_mysql_database("pybaetyl_faults") as database:
+        yield database
 
 
 @pytest.fixture

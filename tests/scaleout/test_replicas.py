@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 
 from shadow.server.mqttbus import owner
 from tests.scaleout.cluster import Api, Broker, Replica, SimNode, until
-from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, _mysql_connect
+from tests.shadow.conftest import fresh_mysql_database
 from tests.support.tools import require_tool
 from tests.support.up import BAETYL
 
@@ -47,16 +46,8 @@ class Cluster:
 @pytest.fixture
 def mysql_url(request: pytest.FixtureRequest) -> Iterator[str]:
     request.getfixturevalue("mariadb")
-    name = f"pybaetyl_scaleout_{secrets.token_hex(5)}"
-    admin = _mysql_connect()
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        yield f"mysql://root:@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
+    with fresh_mysql_database("pybaetyl_scaleout") as database:
+        yield database.url
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ the MariaDB tests skip, or fail when ``CI=true``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -59,6 +60,23 @@ def _mysql_connect(database: str | None = None) -> pymysql.Connection[Any]:
     )
 
 
+@contextlib.contextmanager
+def fresh_mysql_database(prefix: str) -> Iterator[Database]:
+    """A new, empty MariaDB database ``<prefix>_<hex>``, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = _mysql_connect()
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        yield Database(
+            "mysql", f"mysql://{MYSQL_USER}:@{MYSQL_HOST}:{MYSQL_PORT}/{name}", name=name
+        )
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def mariadb() -> None:
     """MariaDB answers at 127.0.0.1:3306; otherwise skip (fail under CI)."""
@@ -82,15 +100,5 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield Database("sqlite", f"sqlite://{path}", path=path)
         return
     request.getfixturevalue("mariadb")
-    name = f"pybaetyl_test_{secrets.token_hex(6)}"
-    admin = _mysql_connect()
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        yield Database(
-            "mysql", f"mysql://{MYSQL_USER}:@{MYSQL_HOST}:{MYSQL_PORT}/{name}", name=name
-        )
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
+    with fresh_mysql_database("pybaetyl_test") as database:
+        yield database
