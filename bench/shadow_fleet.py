@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pyspy
+from bench.api_cloud import ApiCloud
 from bench.broker_fleet import machine, source
 from bench.brokers import CLK_TCK, cpu_seconds, machine_ticks, rss_kib
 from bench.fleet import Fleet, FleetTimeout
@@ -66,6 +67,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-rate", type=float, default=1000.0, help="server shadow.report_rate")
     p.add_argument("--report-burst", type=int, default=1000, help="server shadow.report_burst")
     p.add_argument(
+        "--via",
+        choices=("service", "api"),
+        default="service",
+        help="service: desired writes through the shadow service's Python interface "
+        "(bench.shadow_server); api: baetyl up, nodes created and every write made through "
+        "the management API (POST /v1/apps matching every node)",
+    )
+    p.add_argument("--server-loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument(
         "--mariadb", default="mysql://root:@127.0.0.1:3306", help="server URL (no database)"
     )
     p.add_argument("--pki-dir", type=Path, default=RESULTS / "pki", help="certificate cache")
@@ -83,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in args.dbs:
         if name not in DBS:
             p.error(f"unknown database {name!r}; choose from {', '.join(DBS)}")
+        if name == "memory" and args.via == "api":
+            p.error("--via api runs baetyl up, which needs a database: use sqlite or mariadb")
     return args
 
 
@@ -182,6 +194,8 @@ class Server:
                 str(args.report_rate),
                 "--report-burst",
                 str(args.report_burst),
+                "--loop",
+                args.server_loop,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log_file,
@@ -207,6 +221,18 @@ class Server:
         self.send(line)
         return await self.read(limit)
 
+    async def prepare(self, n: int) -> dict[str, Any]:
+        """Nothing to set up: the service takes any node the CA certified."""
+        return {}
+
+    async def desire(self, n: int, tag: str) -> dict[str, Any]:
+        """One `write_desired_many` of `{"bench": tag}` for nodes 0..n-1 (see shadow_server)."""
+        return await self.command(f"desire {n} {tag}", 600)
+
+    async def queue(self) -> int | None:
+        """The service's queue length."""
+        return int((await self.command("stats", 30))["queue"])
+
     def send(self, line: str) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(line.encode() + b"\n")
@@ -230,6 +256,9 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
+Cloud = Server | ApiCloud
+
+
 def mariadbd_pid() -> int | None:
     """The local MariaDB server's pid, to count its CPU (None if not found)."""
     for entry in Path("/proc").iterdir():
@@ -243,7 +272,7 @@ def mariadbd_pid() -> int | None:
 class Phase:
     """Server (and MariaDB) CPU seconds and the machine's idle and busy time over one phase."""
 
-    def __init__(self, server: Server, profile: Path | None) -> None:
+    def __init__(self, server: Cloud, profile: Path | None) -> None:
         self.server = server
         self.profiler = pyspy.PhaseProfiler(server.pid, profile or Path(), enabled=bool(profile))
         self.cpu_s = 0.0
@@ -288,7 +317,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 
 async def measure(db: str, n: int, fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
-    run: dict[str, Any] = {"db": db, "nodes": n, "status": "ok", "fanouts": [], "rates": []}
+    run: dict[str, Any] = {
+        "db": db,
+        "via": args.via,
+        "nodes": n,
+        "status": "ok",
+        "fanouts": [],
+        "rates": [],
+    }
     out_dir = Path(args.out_dir)
     connect_timeout = args.connect_timeout or max(60.0, n / 50)
 
@@ -297,11 +333,16 @@ async def measure(db: str, n: int, fleet: Fleet, args: argparse.Namespace) -> di
 
     with database(db, args, n) as url:
         run["db_url"] = url
-        server = await Server.start(url, args, out_dir / "run" / f"shadow-server-{db}-{n}.log")
+        kind = ApiCloud if args.via == "api" else Server
+        log_path = out_dir / "run" / f"shadow-{args.via}-{db}-{n}.log"
+        server: Cloud = await kind.start(url, args, log_path)
         try:
             log(f"{db} N={n}: server pid {server.pid} on port {server.port} ({url})")
             await asyncio.sleep(1.0)
             run["rss_base_kib"] = rss_kib(server.pid)
+            run["prepare"] = await server.prepare(n)
+            if run["prepare"]:
+                log(f"{db} N={n}: through the API: {run['prepare']}")
 
             # -- connect --------------------------------------------------------------------------
             with Phase(server, None) as phase:
@@ -369,25 +410,29 @@ async def measure(db: str, n: int, fleet: Fleet, args: argparse.Namespace) -> di
     return run
 
 
-async def drain(server: Server, limit: float) -> dict[str, Any]:
+async def drain(server: Cloud, limit: float) -> None:
     """Wait until the service's queue is empty (bounded)."""
     deadline = time.monotonic() + limit
     while True:
-        stats = await server.command("stats", 30)
-        if stats["queue"] == 0 or time.monotonic() > deadline:
-            return stats
+        queue = await server.queue()
+        if queue is None:  # not visible (the API cloud): give it the settle time
+            await asyncio.sleep(3.0)
+            return
+        if queue == 0 or time.monotonic() > deadline:
+            return
         await asyncio.sleep(0.2)
 
 
 async def fanout(
-    server: Server, fleet: Fleet, n: int, k: int, args: argparse.Namespace
+    server: Cloud, fleet: Fleet, n: int, k: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     tag = f"t{k}-{secrets.token_hex(4)}"
     await fleet.command("arm", tag.encode(), limit=30)
-    server.send(f"desire {n} {tag}")
+    write = asyncio.create_task(server.desire(n, tag))
     deadline = time.monotonic() + args.fanout_timeout
     fleet.send("tagged", deadline)
-    wrote = await server.read(args.fanout_timeout + 60)
+    async with asyncio.timeout(args.fanout_timeout + 60):
+        wrote = await write
     replies = await fleet.replies(limit=args.fanout_timeout + 60)
     stats = [r[1] for r in replies]
     received = sum(s["received"] for s in stats)
@@ -410,14 +455,14 @@ async def fanout(
     log(
         f"  fan-out {k + 1}: {received}/{wanted} nodes, write start -> last node "
         f"{result['partial_last_s']} s (first node {result['to_first_node_s']} s), "
-        f"write_desired_many returned after {result['write_returned_s']} s, "
+        f"the write returned after {result['write_returned_s']} s, "
         f"refused {wrote['refused']}"
     )
     return result
 
 
 async def reports(
-    server: Server,
+    server: Cloud,
     fleet: Fleet,
     n: int,
     rate: float,
@@ -433,7 +478,7 @@ async def reports(
         cpu0 = cpu_seconds(server.pid)
         await asyncio.sleep(seconds)
         cpu_window = cpu_seconds(server.pid) - cpu0
-        queue_at_end = (await server.command("stats", 30))["queue"]
+        queue_at_end = await server.queue()
         replies = await fleet.replies(limit=seconds + args.grace + 60)
     stats = [r[1] for r in replies]
     latencies = sorted(x for s in stats for x in s["latencies"])
@@ -508,9 +553,14 @@ def _f(value: Any, fmt: str = "{:.3g}") -> str:
     return str(value)
 
 
+def _db(run: dict[str, Any]) -> str:
+    return f"{run['db']} via API" if run.get("via") == "api" else str(run["db"])
+
+
 def format_tables(runs: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "Desired fan-out (one write_desired_many for every node; wall clock, write start ->)",
+        "Desired fan-out (one write for every node: write_desired_many, or via API one POST "
+        "/v1/apps matching every node; wall clock, write start ->)",
         "",
         "| db | nodes | connect (s) | last node has it (s), median [each] | "
         "write returned (s) | server RSS idle (MiB) |",
@@ -521,7 +571,7 @@ def format_tables(runs: Sequence[dict[str, Any]]) -> str:
         returned = ", ".join(_f(f.get("write_returned_s")) for f in r.get("fanouts", []))
         rss = r.get("rss_idle_kib")
         lines.append(
-            f"| {r['db']} | {r['nodes']:,} | {_f(r.get('connect_s'))} | "
+            f"| {_db(r)} | {r['nodes']:,} | {_f(r.get('connect_s'))} | "
             f"{_f(r.get('fanout_s'))} [{each}] | {returned} | "
             f"{_f(rss / 1024 if rss else None, '{:.0f}')} |"
         )
@@ -537,12 +587,12 @@ def format_tables(runs: Sequence[dict[str, Any]]) -> str:
         for s in r.get("rates", []):
             if s.get("skipped"):
                 lines.append(
-                    f"| {r['db']} | {r['nodes']:,} | {s['target']:,.0f} | skipped "
+                    f"| {_db(r)} | {r['nodes']:,} | {s['target']:,.0f} | skipped "
                     "(a lower rate was not sustained) | | | | | | | | | |"
                 )
                 continue
             lines.append(
-                f"| {r['db']} | {r['nodes']:,} | {s['target']:,.0f} | "
+                f"| {_db(r)} | {r['nodes']:,} | {s['target']:,.0f} | "
                 f"{s['accepted_per_s']:,.0f} | {_f(s['p50_ms'])} | {_f(s['p99_ms'])} | "
                 f"{_f(s['max_ms'])} | {sum(s['rejected'].values())} | {s['unanswered']} | "
                 f"{_f(s['server_cpu_pct'], '{:.0f}')} | {_f(s['machine_idle_pct'], '{:.0f}')} | "
@@ -555,7 +605,7 @@ def format_tables(runs: Sequence[dict[str, Any]]) -> str:
     ]
     for r in runs:
         lines.append(
-            f"| {r['db']} | {r['nodes']:,} | {_f(r.get('highest_sustained'), '{:,.0f}')} | "
+            f"| {_db(r)} | {r['nodes']:,} | {_f(r.get('highest_sustained'), '{:,.0f}')} | "
             f"{r['status'][:80]} |"
         )
     lines.append(

@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=2000, help="shadow.max_batch")
     p.add_argument("--max-queue", type=int, default=100_000, help="shadow.max_queue")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop")
     return p.parse_args(argv)
 
 
@@ -196,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     raise_nofile()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(_serve(args))
+        else:
+            asyncio.run(_serve(args))
     return 0
 
 
