@@ -13,7 +13,8 @@ through the shadow service in one batch (``write_desired_many``):
 
 * an app created, updated or deleted: the nodes its old or new selector matches;
 * a node's labels or properties changed: that node;
-* a config or secret updated: each app mounting it gets a new version, then as above.
+* a config or secret updated: each app mounting it gets a new version in the same transaction
+  as the update (``ResourceStore.update_used``), then as above.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from management.selectors import Selector, SelectorError
-from management.store import Kind, Resource, ResourceConflict, ResourceMissing, ResourceStore
+from management.store import Kind, Resource, ResourceStore
 from shadow import JSONObject, RequestError, ResourceKind
 from shadow.server import DesiredWrite, ShadowService
 
@@ -184,39 +185,15 @@ class Matcher:
         apps = await self.store.list(node.namespace, Kind.APP)
         return await self.push([node], apps)
 
-    async def _after_mounted_change(self, namespace: str, kind: Kind, name: str) -> list[str]:
-        """A config or secret changed: bump the version of every app mounting it and push.
-
-        Returns the names of the apps bumped.
-        """
-        apps = await self.store.list(namespace, Kind.APP)
-        users = [app for app in apps if (kind, name) in mounts(app)]
-        bumped = []
-        for app in users:
-            if (done := await self._bump(app, kind, name)) is not None:
-                bumped.append(done)
+    async def _after_mounted_change(self, namespace: str, bumped: Sequence[Resource]) -> int:
+        """A config or secret changed and the apps mounting it got new versions (in the same
+        transaction, ``ResourceStore.update_used``): push to the nodes that run them."""
         if not bumped:
-            return []
+            return 0
         apps = await self.store.list(namespace, Kind.APP)
         nodes = await self.store.list(namespace, Kind.NODE)
         affected = [node for node in nodes if any(app_matches(app, node) for app in bumped)]
-        await self.push(affected, apps)
-        return [app.name for app in bumped]
-
-    async def _bump(self, app: Resource, kind: Kind, name: str) -> Resource | None:
-        """Write ``app`` back unchanged to give it a new version; None if it stopped mounting.
-
-        The write names the version read, so a concurrent change of the app (a PUT with a new
-        selector) is never overwritten with the body read before it: the app is read again.
-        """
-        while True:
-            try:
-                return await self.store.update(app, expected_version=app.version)
-            except (ResourceConflict, ResourceMissing):
-                fresh = await self.store.find(app.namespace, Kind.APP, app.name)
-                if fresh is None or (kind, name) not in mounts(fresh):
-                    return None
-                app = fresh
+        return await self.push(affected, apps)
 
     async def after_app_change(
         self, namespace: str, before: Resource | None, after: Resource | None
@@ -231,10 +208,11 @@ class Matcher:
             fresh = await self.store.find(node.namespace, Kind.NODE, node.name)
             return await self._after_node_change(fresh or node)
 
-    async def after_mounted_change(self, namespace: str, kind: Kind, name: str) -> list[str]:
-        """A config or secret changed: bump the apps mounting it and push; their names."""
+    async def after_mounted_change(self, namespace: str, bumped: Sequence[Resource]) -> int:
+        """A config or secret changed and ``bumped`` are the apps mounting it, at their new
+        versions: push to their nodes; how many were pushed."""
         async with self._lock:
-            return await self._after_mounted_change(namespace, kind, name)
+            return await self._after_mounted_change(namespace, bumped)
 
     async def reconcile(self) -> int:
         """Bring every node's desired state in line with the stored resources; how many moved.

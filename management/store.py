@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -131,6 +131,10 @@ class ResourceConflict(StoreError):
     """The resource exists already, or changed since it was read."""
 
 
+class _AppRaced(ResourceConflict):
+    """An app to bump changed between reading and writing it (another writer); start again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     """One stored resource: its labels, its body (JSON) and the version every write bumps."""
@@ -153,6 +157,9 @@ class ApiTokenRecord:
     secret_hash: str
     created_at: int
     expires_at: int | None
+
+
+_Apps = list[Resource]  # outside ResourceStore, whose ``list`` method hides the builtin there
 
 
 def _now_ms() -> int:
@@ -330,16 +337,47 @@ class ResourceStore:
         (``ResourceConflict`` otherwise); without it the last writer wins (a write that races
         another is retried). ``ResourceMissing`` if it does not exist.
         """
-        for _attempt in range(4 if expected_version is None else 1):
+        updated, _users = await self.update_used(
+            resource, expected_version=expected_version, users=None
+        )
+        return updated
+
+    async def update_used(
+        self,
+        resource: Resource,
+        *,
+        expected_version: int | None = None,
+        users: Callable[[Resource], bool] | None,
+    ) -> tuple[Resource, _Apps]:
+        """``update``, and in the same transaction a new version for every app of the namespace
+        that ``users`` selects (the apps mounting a config or secret): both happen or neither.
+
+        A node runs an app at a version; only a new version makes it fetch the spec again, with
+        what it mounts. Bumped apart, a crash between the two writes left an app at its old
+        version for good. Returns the updated resource and the apps at their new versions. An
+        app written meanwhile by another writer makes the whole transaction start again.
+        """
+        for _attempt in range(4):
             try:
-                return await self._update_once(resource, expected_version)
+                return await self._update_once(resource, expected_version, users)
+            except _AppRaced:
+                continue
             except ResourceConflict:
                 if expected_version is not None:
                     raise
-        return await self._update_once(resource, expected_version)
+        try:
+            return await self._update_once(resource, expected_version, users)
+        except _AppRaced as exc:
+            raise ResourceConflict(str(exc)) from None
 
-    async def _update_once(self, resource: Resource, expected_version: int | None) -> Resource:
+    async def _update_once(
+        self,
+        resource: Resource,
+        expected_version: int | None,
+        users: Callable[[Resource], bool] | None,
+    ) -> tuple[Resource, _Apps]:
         now = _now_ms()
+        bumped: _Apps = []
         async with self.db.transaction() as tx:
             rows = await tx.select(
                 "SELECT version, created_at FROM resources "
@@ -374,7 +412,28 @@ class ResourceStore:
                 raise ResourceConflict(
                     f"The {resource.kind} {resource.name!r} changed while it was written; retry."
                 )
-        return Resource(
+            if users is not None:
+                apps = await tx.select(
+                    f"SELECT {_COLUMNS} FROM resources "  # noqa: S608 # constant column list
+                    "WHERE namespace = ? AND kind = ? ORDER BY name",
+                    (resource.namespace, Kind.APP.value),
+                )
+                for app in map(_resource, apps):
+                    if not users(app):
+                        continue
+                    changed = await tx.execute(
+                        "UPDATE resources SET version = ?, updated_at = ? "
+                        "WHERE namespace = ? AND kind = ? AND name = ? AND version = ?",
+                        (app.version + 1, now, app.namespace, app.kind.value, app.name,
+                         app.version),
+                    )  # fmt: skip
+                    if changed != 1:
+                        raise _AppRaced(
+                            f"The app {app.name!r} changed while the {resource.kind} "
+                            f"{resource.name!r} it mounts was written; retry."
+                        )
+                    bumped.append(replace(app, version=app.version + 1, updated_at=now))
+        updated = Resource(
             resource.namespace,
             resource.kind,
             resource.name,
@@ -384,6 +443,7 @@ class ResourceStore:
             created_at,
             now,
         )
+        return updated, bumped
 
     async def delete(self, namespace: str, kind: Kind, name: str) -> Resource:
         """Remove the resource; what it was (``ResourceMissing`` if there was none)."""

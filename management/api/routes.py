@@ -236,8 +236,17 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
         if kind is Kind.REGISTRY and "password" not in body and "password" in before.body:
             # Write-only, so a client cannot send it back: a PUT without one keeps the stored one.
             resource.body["password"] = before.body["password"]
-        updated = await ctx.store.update(resource, expected_version=_expected_version(request))
-        await _after_write(ctx, before, updated)
+        if kind in (Kind.CONFIG, Kind.SECRET):
+            # Its users get new versions in the same transaction: a crash cannot split them.
+            updated, bumped = await ctx.store.update_used(
+                resource,
+                expected_version=_expected_version(request),
+                users=lambda app: (kind, name) in mounts(app),
+            )
+            await ctx.matcher.after_mounted_change(updated.namespace, bumped)
+        else:
+            updated = await ctx.store.update(resource, expected_version=_expected_version(request))
+            await _after_write(ctx, before, updated)
         return web.json_response(await _view(ctx, updated))
 
     return handle
@@ -273,8 +282,8 @@ async def _after_write(ctx: ApiContext, before: Resource | None, after: Resource
             await ctx.matcher.after_node_change(after)
         else:
             await _forget_node(ctx, resource)
-    elif resource.kind in (Kind.CONFIG, Kind.SECRET) and before is not None and after is not None:
-        await ctx.matcher.after_mounted_change(resource.namespace, resource.kind, resource.name)
+    # A config or secret update bumps its users with it (the update handler); creating or deleting
+    # one changes no app (a mounted one cannot be deleted).
 
 
 async def _forget_node(ctx: ApiContext, node: Resource) -> None:

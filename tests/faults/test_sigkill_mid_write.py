@@ -30,14 +30,22 @@ class StaleDesired(AssertionError):
 
 
 class RowLock:
-    """A transaction on the side holding one shadow row ``FOR UPDATE`` until released."""
+    """A transaction on the side holding one row ``FOR UPDATE`` until released: a node's
+    shadow (``RowLock(db, node_id)``) or a resource (``RowLock(db, name, kind="app")``)."""
 
-    def __init__(self, database: Database, node_id: str) -> None:
+    def __init__(self, database: Database, key: str, *, kind: str | None = None) -> None:
         self.conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER,
                                     password="", database=database.name)  # fmt: skip
         self.conn.begin()
         with self.conn.cursor() as cursor:
-            cursor.execute("SELECT node_id FROM shadows WHERE node_id = %s FOR UPDATE", (node_id,))
+            if kind is None:
+                cursor.execute("SELECT node_id FROM shadows WHERE node_id = %s FOR UPDATE", (key,))
+            else:
+                cursor.execute(
+                    "SELECT name FROM resources WHERE namespace = 'default' AND kind = %s "
+                    "AND name = %s FOR UPDATE",
+                    (kind, key),
+                )
 
     def release(self) -> None:
         with contextlib.suppress(pymysql.Error):
@@ -45,10 +53,18 @@ class RowLock:
         self.conn.close()
 
 
-def app_version(database: Database, name: str) -> int:
+def app_version(database: Database, name: str, kind: str = "app") -> int:
     rows = database.execute(
-        "SELECT version FROM resources WHERE namespace = 'default' AND kind = 'app' AND name = ?",
-        (name,),
+        "SELECT version FROM resources WHERE namespace = 'default' AND kind = ? AND name = ?",
+        (kind, name),
+    )
+    return int(rows[0][0])
+
+
+def lock_waits(database: Database) -> int:
+    """Transactions of the server waiting for a row lock now."""
+    rows = database.execute(
+        "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'", ()
     )
     return int(rows[0][0])
 
@@ -90,4 +106,61 @@ async def test_a_write_cut_between_store_and_push_still_reaches_the_nodes(
             await until(reached, 10, "every node's desired state to name the app's new version")
         except AssertionError as exc:
             raise StaleDesired(str(exc)) from None
+        await world.wait_synced(30, "the nodes to take it")
+
+
+@pytest.mark.slow
+async def test_a_config_write_cut_while_bumping_its_apps_keeps_all_or_nothing(
+    tmp_path: Path, database: Database, profile: Profile
+) -> None:
+    """Killed while a config change was giving the second of the two apps mounting it
+    (app-0, app-3) a new version, the cloud keeps neither the config change nor the first app's
+    new version; made again, the change reaches both apps and their nodes.
+
+    Before the bumps shared the config's transaction, the config and app-0 stayed changed and
+    app-3 at its old version for good: its nodes never fetched its spec with the new config."""
+    profile = dataclasses.replace(profile, nodes=20, agents=0)
+    async with World(tmp_path / "run", database, profile) as world:
+        apps = ("app-0", "app-3")
+        before = {name: await asyncio.to_thread(app_version, database, name) for name in apps}
+        config_before = await asyncio.to_thread(app_version, database, "conf-0", "config")
+        lock = await asyncio.to_thread(RowLock, database, "app-3", kind="app")
+        try:
+            body = {"name": "conf-0", "data": {"v": "cut"}}
+            write = asyncio.create_task(world.rest.call("PUT", "/configs/conf-0", body))
+
+            async def waiting() -> bool:
+                return await asyncio.to_thread(lock_waits, database) > 0
+
+            await until(waiting, 10, "the config write to wait on app-3's row", every=0.02)
+            if write.done():
+                pytest.fail(f"the config write did not wait on the locked app: {write.result()}")
+            await world.up.kill()
+        finally:
+            await asyncio.to_thread(lock.release)
+        with contextlib.suppress(aiohttp.ClientError):
+            await write
+        after = {name: await asyncio.to_thread(app_version, database, name) for name in apps}
+        config_after = await asyncio.to_thread(app_version, database, "conf-0", "config")
+        assert (config_after, after) == (config_before, before), "a config write half done"
+
+        await world.up.start()
+        await world.rest.ok("PUT", "/configs/conf-0", {"name": "conf-0", "data": {"v": "again"}})
+        for name in apps:
+            assert await asyncio.to_thread(app_version, database, name) == before[name] + 1
+        wanted = {name: {"name": name, "version": str(before[name] + 1)} for name in apps}
+        selected = {
+            name: {world.group(k) for k in range(int(name[-1]), int(name[-1]) + 2)} for name in apps
+        }
+
+        async def reached() -> bool:
+            views: dict[str, Any] = await world.rest.nodes()
+            return all(
+                wanted[name] in view["desire"].get("apps", [])
+                for view in views.values()
+                for name in apps
+                if view["labels"].get("group") in selected[name]
+            )
+
+        await until(reached, 10, "the nodes of app-0 and app-3 to name their new versions")
         await world.wait_synced(30, "the nodes to take it")
