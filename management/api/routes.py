@@ -264,6 +264,11 @@ def _delete_handler(kind: Kind) -> Callable[[web.Request], Any]:
                     f"The {kind} {name!r} is mounted by app(s) {', '.join(users)}; remove it "
                     "from their volumes first."
                 )
+        if kind is Kind.NODE:
+            # Its certificates are revoked before its row goes: a cloud killed in between leaves
+            # a node that can no longer connect (delete it again), never a deleted node that
+            # still can. _forget_node revokes again, for a certificate issued meanwhile.
+            await _revoke_node(ctx, await ctx.store.get(namespace, kind, name))
         deleted = await ctx.store.delete(namespace, kind, name)
         await _after_write(ctx, deleted, None)
         return web.Response(status=204)
@@ -286,8 +291,8 @@ async def _after_write(ctx: ApiContext, before: Resource | None, after: Resource
     # one changes no app (a mounted one cannot be deleted).
 
 
-async def _forget_node(ctx: ApiContext, node: Resource) -> None:
-    """A deleted node: its certificates revoked (its connection closes), its desired emptied."""
+async def _revoke_node(ctx: ApiContext, node: Resource) -> None:
+    """Revoke every valid certificate of the node (the broker closes its connection)."""
     identity = Identity.node(node.namespace, node.name)
 
     def revoke_all() -> None:  # file I/O under the CA's lock: off the event loop
@@ -296,6 +301,11 @@ async def _forget_node(ctx: ApiContext, node: Resource) -> None:
                 ctx.ca.revoke(record.serial)
 
     await asyncio.to_thread(revoke_all)
+
+
+async def _forget_node(ctx: ApiContext, node: Resource) -> None:
+    """A deleted node: its certificates revoked (its connection closes), its desired emptied."""
+    await _revoke_node(ctx, node)
     await ctx.shadow.replace_desired(node_id(node.namespace, node.name), {})
 
 

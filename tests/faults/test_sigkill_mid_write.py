@@ -21,6 +21,7 @@ import aiohttp
 import pymysql
 import pytest
 
+import certs
 from tests.faults.world import Profile, World, until
 from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
 
@@ -164,3 +165,55 @@ async def test_a_config_write_cut_while_bumping_its_apps_keeps_all_or_nothing(
 
         await until(reached, 10, "the nodes of app-0 and app-3 to name their new versions")
         await world.wait_synced(30, "the nodes to take it")
+
+
+def node_exists(database: Database, name: str) -> bool:
+    rows = database.execute(
+        "SELECT name FROM resources WHERE namespace = 'default' AND kind = 'node' AND name = ?",
+        (name,),
+    )
+    return bool(rows)
+
+
+@pytest.mark.slow
+async def test_a_node_delete_cut_short_never_leaves_a_deleted_node_able_to_connect(
+    tmp_path: Path, database: Database, profile: Profile
+) -> None:
+    """Killed while deleting a node (its row held from the side), the cloud leaves the node in
+    place with its certificates revoked, never gone with a certificate still valid; deleting it
+    again completes.
+
+    Before the certificates were revoked ahead of the row's delete, the node stayed connectable
+    for good: the delete rolled back and nothing revoked its certificate, or the delete committed
+    and the revocation never ran."""
+    profile = dataclasses.replace(profile, nodes=5, agents=0)
+    async with World(tmp_path / "run", database, profile) as world:
+        identity = certs.Identity.node("default", "n0")
+
+        def valid_certificates() -> int:
+            records = certs.CertificateAuthority.load(world.ca_dir).records()
+            return sum(r.identity == identity and r.status is certs.Status.VALID for r in records)
+
+        assert await asyncio.to_thread(valid_certificates) == 1
+        lock = await asyncio.to_thread(RowLock, database, "n0", kind="node")
+        try:
+            write = asyncio.create_task(world.rest.call("DELETE", "/nodes/n0"))
+
+            async def waiting() -> bool:
+                return await asyncio.to_thread(lock_waits, database) > 0
+
+            await until(waiting, 10, "the delete to wait on the node's row", every=0.02)
+            if write.done():
+                pytest.fail(f"the delete did not wait on the locked row: {write.result()}")
+            await world.up.kill()
+        finally:
+            await asyncio.to_thread(lock.release)
+        with contextlib.suppress(aiohttp.ClientError):
+            await write
+        assert await asyncio.to_thread(node_exists, database, "n0")  # the delete rolled back
+        assert await asyncio.to_thread(valid_certificates) == 0, "n0 can still connect"
+
+        await world.up.start()
+        assert (await world.rest.call("DELETE", "/nodes/n0"))[0] == 204
+        assert (await world.rest.call("GET", "/nodes/n0"))[0] == 404
+        assert not await asyncio.to_thread(node_exists, database, "n0")
