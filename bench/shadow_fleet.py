@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown database {name!r}; choose from {', '.join(DBS)}")
         if name == "memory" and args.via == "api":
             p.error("--via api runs baetyl up, which needs a database: use sqlite or mariadb")
+    if args.via == "api" and args.server_loop != "asyncio":
+        p.error("--server-loop applies to bench.shadow_server only, not to --via api")
     return args
 
 

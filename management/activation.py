@@ -97,12 +97,7 @@ async def activate(request: web.Request) -> web.Response:
             "This activation token was used already; get a new install command "
             f"(GET /v1/nodes/{claims.node}/init)."
         )
-    try:
-        issued = await asyncio.to_thread(
-            ctx.ca.issue_from_csr, csr, identity, validity_days=ctx.node_cert_days
-        )
-    except CertsError as exc:
-        raise BadRequest(str(exc), field="csr") from None
+    issued = await ctx.issue_node_certificate(csr, identity)  # NotFound if deleted meanwhile
     log.info("activated node %s (certificate %s)", identity.common_name, issued.record.serial_hex)
     answer: dict[str, Any] = {
         "certificate": issued.certificate_pem.decode(),

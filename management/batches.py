@@ -382,12 +382,7 @@ async def activate_batch(request: web.Request) -> web.Response:
         ) from None
     node = await _ensure_node(ctx, batch, name, fingerprint)
     await ctx.matcher.after_node_change(node)
-    try:
-        issued = await asyncio.to_thread(
-            ctx.ca.issue_from_csr, csr, identity, validity_days=ctx.node_cert_days
-        )
-    except CertsError as exc:
-        raise BadRequest(str(exc), field="csr") from None
+    issued = await ctx.issue_node_certificate(csr, identity)  # NotFound if deleted meanwhile
     log.info(
         "%s node %s with batch %s (certificate %s)",
         "activated" if new else "re-activated",

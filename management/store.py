@@ -413,7 +413,10 @@ class ResourceStore:
                     f"The {resource.kind} {resource.name!r} changed while it was written; retry."
                 )
             if users is not None:
-                apps = await tx.select(
+                # A locking read: an app written (or created) after this transaction's first
+                # read is seen, and one written from now on waits until this commits; its own
+                # push then finds the new version of what it mounts.
+                apps = await tx.select_for_update(
                     f"SELECT {_COLUMNS} FROM resources "  # noqa: S608 # constant column list
                     "WHERE namespace = ? AND kind = ? ORDER BY name",
                     (resource.namespace, Kind.APP.value),

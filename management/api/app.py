@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from aiohttp import web
+from cryptography import x509
 
-from certs import CertificateAuthority
+from certs import CertificateAuthority, CertsError, Identity, IssuedCertificate
 from management.api.errors import (
     ApiError,
     BadRequest,
@@ -35,7 +36,7 @@ from management.api.schemas import ValidationFailed
 from management.crypto import SecretBox
 from management.matching import Matcher
 from management.selectors import SelectorError
-from management.store import ResourceConflict, ResourceMissing, ResourceStore
+from management.store import Kind, ResourceConflict, ResourceMissing, ResourceStore
 from management.tokens import TokenError, TokenSigner, parse_api_token, verify_secret
 from shadow import Conflict as ShadowConflict
 from shadow import RequestError, StoreError
@@ -69,6 +70,30 @@ class ApiContext:
     def broker_address(self) -> dict[str, str | int]:
         """Where activated nodes connect: ``{"host": ..., "port": ...}``."""
         return {"host": self.mqtt_host or self.public_host, "port": self.mqtt_port}
+
+    async def issue_node_certificate(self, csr: bytes, identity: Identity) -> IssuedCertificate:
+        """Issue a node's certificate from its CSR, for a node that still exists afterwards.
+
+        A node deleted while its certificate was issued (an activation or a renewal racing
+        ``DELETE /v1/nodes/<name>``) must not keep it: the delete's revocations may have run
+        before the certificate existed, so it is revoked here and ``NotFound`` raised. Raises
+        ``BadRequest`` for a CSR the CA refuses.
+        """
+        namespace = identity.namespace
+        if namespace is None:
+            raise ValueError(f"{identity} is not a node's identity.")
+        try:
+            issued = await asyncio.to_thread(
+                self.ca.issue_from_csr, csr, identity, validity_days=self.node_cert_days
+            )
+        except CertsError as exc:
+            raise BadRequest(str(exc), field="csr") from None
+        if await self.store.find(namespace, Kind.NODE, identity.name) is None:
+            await asyncio.to_thread(
+                self.ca.revoke, issued.record.serial, x509.ReasonFlags.cessation_of_operation
+            )
+            raise NotFound(f"The node {identity.name!r} no longer exists; nothing was issued.")
+        return issued
 
 
 CONTEXT = web.AppKey("context", ApiContext)

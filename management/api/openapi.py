@@ -70,6 +70,12 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_NODE_DELETE = (
+    "Revokes the node's certificates (the broker closes its connection), deletes the node, "
+    "revokes again any certificate issued meanwhile, and empties its desired state. A delete "
+    "that fails after the first step (503, or the cloud stopped) leaves the node in place but "
+    "unable to connect: delete it again."
+)
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -141,6 +147,7 @@ def document() -> dict[str, Any]:
                 "tags": [tag],
                 "operationId": f"delete_{kind}",
                 "summary": f"Delete a {kind}",
+                **({"description": _NODE_DELETE} if kind == "node" else {}),
                 "responses": {
                     "204": {"description": "Deleted."},
                     **_error_responses(401, 404, 409, 503),

@@ -343,6 +343,12 @@ class Transaction(Protocol):
 
     async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
+    async def select_for_update(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """A locking read: the latest committed rows, which no other transaction may change
+        (nor, for a range, insert into) until this one ends. A plain ``select`` in MySQL's
+        REPEATABLE READ reads the snapshot of the transaction's first read instead."""
+        ...
+
 
 class _Sqlite:
     """SQL on the single aiosqlite connection of a tortoise SqliteClient (held under its lock)."""
@@ -545,6 +551,11 @@ class _SqliteTransaction:
     async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return [tuple(row) for row in await self._conn.execute_fetchall(sql, params)]
 
+    async def select_for_update(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        # BEGIN IMMEDIATE: no other writer runs until this transaction ends, and reads see the
+        # latest committed rows.
+        return await self.select(sql, params)
+
 
 class _MySQLTransaction:
     def __init__(self, cursor: Any) -> None:
@@ -557,6 +568,9 @@ class _MySQLTransaction:
     async def select(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         await self._cursor.execute(sql.replace("?", "%s"), params)
         return [tuple(row) for row in await self._cursor.fetchall()]
+
+    async def select_for_update(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self.select(sql + " FOR UPDATE", params)
 
 
 # --- the store ------------------------------------------------------------------------------------

@@ -62,10 +62,15 @@ def app_version(database: Database, name: str, kind: str = "app") -> int:
     return int(rows[0][0])
 
 
-def lock_waits(database: Database) -> int:
-    """Transactions of the server waiting for a row lock now."""
+def lock_waits(database: Database, statement: str) -> int:
+    """Transactions on this test's database waiting for a row lock now in a statement that
+    matches ``statement`` (SQL LIKE; other databases on the server, other statements: not
+    counted)."""
     rows = database.execute(
-        "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'", ()
+        "SELECT COUNT(*) FROM information_schema.innodb_trx t "
+        "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+        "WHERE t.trx_state = 'LOCK WAIT' AND p.db = ? AND t.trx_query LIKE ?",
+        (database.name, statement),
     )
     return int(rows[0][0])
 
@@ -114,9 +119,9 @@ async def test_a_write_cut_between_store_and_push_still_reaches_the_nodes(
 async def test_a_config_write_cut_while_bumping_its_apps_keeps_all_or_nothing(
     tmp_path: Path, database: Database, profile: Profile
 ) -> None:
-    """Killed while a config change was giving the second of the two apps mounting it
-    (app-0, app-3) a new version, the cloud keeps neither the config change nor the first app's
-    new version; made again, the change reaches both apps and their nodes.
+    """Killed while a config change waits for app-3, the second of the two apps mounting it
+    (app-0, app-3; its row held from the side), the cloud keeps neither the config change nor a
+    new version of app-0; made again, the change reaches both apps and their nodes.
 
     Before the bumps shared the config's transaction, the config and app-0 stayed changed and
     app-3 at its old version for good: its nodes never fetched its spec with the new config."""
@@ -130,10 +135,12 @@ async def test_a_config_write_cut_while_bumping_its_apps_keeps_all_or_nothing(
             body = {"name": "conf-0", "data": {"v": "cut"}}
             write = asyncio.create_task(world.rest.call("PUT", "/configs/conf-0", body))
 
-            async def waiting() -> bool:
-                return await asyncio.to_thread(lock_waits, database) > 0
+            async def waiting() -> bool:  # (or done early: said below)
+                return (
+                    write.done() or await asyncio.to_thread(lock_waits, database, "%resources%") > 0
+                )
 
-            await until(waiting, 10, "the config write to wait on app-3's row", every=0.02)
+            await until(waiting, 30, "the config write to wait on app-3's row", every=0.02)
             if write.done():
                 pytest.fail(f"the config write did not wait on the locked app: {write.result()}")
             await world.up.kill()
@@ -199,10 +206,12 @@ async def test_a_node_delete_cut_short_never_leaves_a_deleted_node_able_to_conne
         try:
             write = asyncio.create_task(world.rest.call("DELETE", "/nodes/n0"))
 
-            async def waiting() -> bool:
-                return await asyncio.to_thread(lock_waits, database) > 0
+            async def waiting() -> bool:  # (or done early: said below)
+                return (
+                    write.done() or await asyncio.to_thread(lock_waits, database, "%resources%") > 0
+                )
 
-            await until(waiting, 10, "the delete to wait on the node's row", every=0.02)
+            await until(waiting, 30, "the delete to wait on the node's row", every=0.02)
             if write.done():
                 pytest.fail(f"the delete did not wait on the locked row: {write.result()}")
             await world.up.kill()

@@ -23,9 +23,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from certs import Identity, write_private_file, write_public_file
+from certs import (
+    Identity,
+    Status,
+    build_csr,
+    generate_private_key,
+    write_private_file,
+    write_public_file,
+)
+from management.api.errors import NotFound
 from management.bootstrap import ensure_pki
 from management.cloud import Cloud
+from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind, TokenSigner
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
@@ -411,3 +420,23 @@ async def test_deleting_a_node_disconnects_it_for_good(
         assert result is None or result[0] != 0, "a revoked certificate connected again"
     finally:
         await asyncio.to_thread(again.close)
+
+
+async def test_a_certificate_issued_for_a_node_deleted_meanwhile_is_revoked(
+    cloud: RunningCloud,
+) -> None:
+    """Activation checks that the node exists, then issues; a node deleted in between must not
+    keep the certificate (the delete's revocations ran before it existed). Issuing checks again
+    afterwards: for a node that is gone, the new certificate is revoked and the answer is 404."""
+    ctx = cloud.context
+    await ctx.store.ensure_namespace("acme")
+    await ctx.store.create(Resource("acme", Kind.NODE, "kept"))
+    kept, gone = Identity.node("acme", "kept"), Identity.node("acme", "gone")
+
+    issued = await ctx.issue_node_certificate(build_csr(generate_private_key()), kept)
+    assert issued.record.status is Status.VALID
+    with pytest.raises(NotFound, match="no longer exists"):
+        await ctx.issue_node_certificate(build_csr(generate_private_key()), gone)
+    records = [r for r in ctx.ca.records() if r.identity == gone]
+    assert [r.status for r in records] == [Status.REVOKED]
+    assert [r.status for r in ctx.ca.records() if r.identity == kept] == [Status.VALID]

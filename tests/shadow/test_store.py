@@ -307,6 +307,28 @@ async def test_another_component_migrates_beside_the_shadow(database: Database) 
     )
 
 
+async def test_a_locking_read_sees_what_committed_after_the_transaction_began(
+    database: Database,
+) -> None:
+    """``select_for_update`` reads rows as committed now, where a plain ``select`` inside a
+    MySQL transaction reads the snapshot of the transaction's first read: what a write needs
+    that reads a list to update it (the apps mounting a config)."""
+    async with TortoiseStore(database.url, migrations=(*MIGRATIONS, EXTRA)) as store:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (1, "first"))
+        async with store.transaction() as tx:
+            assert await tx.select("SELECT id, body FROM notes") == [(1, "first")]
+            expected = "first"
+            if database.dialect == "mysql":  # SQLite's BEGIN IMMEDIATE keeps other writers out
+                await asyncio.to_thread(
+                    database.execute, "UPDATE notes SET body = 'second' WHERE id = 1"
+                )
+                assert await tx.select("SELECT id, body FROM notes") == [(1, "first")]
+                expected = "second"
+            locked = await tx.select_for_update("SELECT id, body FROM notes WHERE id = ?", (1,))
+            assert locked == [(1, expected)]
+
+
 async def test_a_database_error_in_a_transaction_is_a_store_error(database: Database) -> None:
     """A statement the database refuses inside ``transaction()`` rolls it back and raises
     StoreError, as every other store call does, never the driver's own exception."""
