@@ -62,6 +62,34 @@ def app_version(database: Database, name: str, kind: str = "app") -> int:
     return int(rows[0][0])
 
 
+async def kill_while_blocked(
+    world: World,
+    database: Database,
+    row: tuple[str, str],
+    method: str,
+    path: str,
+    body: Any = None,
+) -> None:
+    """Hold the resource ``row`` (kind, name) from the side, send the request, wait until it
+    blocks on a resources row (it must not finish first), SIGKILL the cloud, let the row go."""
+    kind, name = row
+    lock = await asyncio.to_thread(RowLock, database, name, kind=kind)
+    try:
+        write = asyncio.create_task(world.rest.call(method, path, body))
+
+        async def waiting() -> bool:  # (or done early: said below)
+            return write.done() or await asyncio.to_thread(lock_waits, database, "%resources%") > 0
+
+        await until(waiting, 30, f"{method} {path} to wait on the {kind} {name}", every=0.02)
+        if write.done():
+            pytest.fail(f"{method} {path} did not wait on the locked {kind}: {write.result()}")
+        await world.up.kill()
+    finally:
+        await asyncio.to_thread(lock.release)
+    with contextlib.suppress(aiohttp.ClientError):
+        await write
+
+
 def lock_waits(database: Database, statement: str) -> int:
     """Transactions on this test's database waiting for a row lock now in a statement that
     matches ``statement`` (SQL LIKE; other databases on the server, other statements: not
@@ -130,24 +158,8 @@ async def test_a_config_write_cut_while_bumping_its_apps_keeps_all_or_nothing(
         apps = ("app-0", "app-3")
         before = {name: await asyncio.to_thread(app_version, database, name) for name in apps}
         config_before = await asyncio.to_thread(app_version, database, "conf-0", "config")
-        lock = await asyncio.to_thread(RowLock, database, "app-3", kind="app")
-        try:
-            body = {"name": "conf-0", "data": {"v": "cut"}}
-            write = asyncio.create_task(world.rest.call("PUT", "/configs/conf-0", body))
-
-            async def waiting() -> bool:  # (or done early: said below)
-                return (
-                    write.done() or await asyncio.to_thread(lock_waits, database, "%resources%") > 0
-                )
-
-            await until(waiting, 30, "the config write to wait on app-3's row", every=0.02)
-            if write.done():
-                pytest.fail(f"the config write did not wait on the locked app: {write.result()}")
-            await world.up.kill()
-        finally:
-            await asyncio.to_thread(lock.release)
-        with contextlib.suppress(aiohttp.ClientError):
-            await write
+        body = {"name": "conf-0", "data": {"v": "cut"}}
+        await kill_while_blocked(world, database, ("app", "app-3"), "PUT", "/configs/conf-0", body)
         after = {name: await asyncio.to_thread(app_version, database, name) for name in apps}
         config_after = await asyncio.to_thread(app_version, database, "conf-0", "config")
         assert (config_after, after) == (config_before, before), "a config write half done"
@@ -202,23 +214,7 @@ async def test_a_node_delete_cut_short_never_leaves_a_deleted_node_able_to_conne
             return sum(r.identity == identity and r.status is certs.Status.VALID for r in records)
 
         assert await asyncio.to_thread(valid_certificates) == 1
-        lock = await asyncio.to_thread(RowLock, database, "n0", kind="node")
-        try:
-            write = asyncio.create_task(world.rest.call("DELETE", "/nodes/n0"))
-
-            async def waiting() -> bool:  # (or done early: said below)
-                return (
-                    write.done() or await asyncio.to_thread(lock_waits, database, "%resources%") > 0
-                )
-
-            await until(waiting, 30, "the delete to wait on the node's row", every=0.02)
-            if write.done():
-                pytest.fail(f"the delete did not wait on the locked row: {write.result()}")
-            await world.up.kill()
-        finally:
-            await asyncio.to_thread(lock.release)
-        with contextlib.suppress(aiohttp.ClientError):
-            await write
+        await kill_while_blocked(world, database, ("node", "n0"), "DELETE", "/nodes/n0")
         assert await asyncio.to_thread(node_exists, database, "n0")  # the delete rolled back
         assert await asyncio.to_thread(valid_certificates) == 0, "n0 can still connect"
 
