@@ -3,6 +3,8 @@
 After every (re)connect the agent subscribes to its own downstream topics, asks for the full
 desired document (``desire/get``) and reconciles: it fetches the app, config and secret specs it
 lacks by (kind, name, version), hands the complete set to its engine, and reports what runs.
+A spec whose answer does not come (refused 503, lost with a session or a cloud restart) is asked
+for again, at once after a reconnect or a restart and otherwise with a jittered back-off.
 Desire messages at or below the applied version are ignored (QoS 1 redelivery, a get crossing
 a push). While offline the apps keep running, reports coalesce (latest wins) and go out when
 the session is back; reconnects back off with jitter so a fleet does not stampede.
@@ -139,7 +141,9 @@ class Agent:
         self._follower = DesiredFollower()
         self._desired: JSONObject = {}
         self._specs: dict[str, Any] = {}  # "<kind>/<name>/<version>" -> spec
-        self._requested: dict[str, float] = {}  # spec key -> when it was asked for
+        # spec key -> (attempts, monotonic time before which it is not asked for again)
+        self._requested: dict[str, tuple[int, float]] = {}
+        self._incomplete = False  # the desired apps wait for specs: ask again until they come
         self._reports = ReportQueue.load(
             self._reports_file, ReportSettings(heartbeat=config.report_interval)
         )
@@ -239,9 +243,15 @@ class Agent:
         client.publish(
             topic(self.identity.node_id, Channel.DESIRE_GET), encode(get, Encoding.JSON), 1
         )
-        self._call(self._connected.set)
+        self._call(self._online)
         log.info("connected to %s:%d as %s", self.identity.host, self.identity.port,
                  self.identity.node_id)  # fmt: skip
+
+    def _online(self) -> None:
+        self._connected.set()
+        # An answer may have been lost with the last session (or the cloud restarted before
+        # sending it): what is still missing is asked for at once over this one.
+        self._requested.clear()
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._new_session(client)  # the next connection leaves its own will
@@ -274,6 +284,8 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     name, payload = await asyncio.wait_for(self._inbox.get(), timeout=0.5)
                     await self._handle(name, payload)
+                if self._incomplete and self._connected.is_set():
+                    await self._reconcile()  # asks again for specs whose answer never came
                 await self._report_if_due()
                 await self._renew_if_due()
         finally:
@@ -395,18 +407,21 @@ class Agent:
                     else:
                         into[str(source.get("name"))] = dict(data.get("data", {}))
             apps.append(AppSpec(name, version, spec, configs, secrets))
+        self._incomplete = bool(missing)
         if missing:
             now = time.monotonic()
             for kind, name, version in missing:
                 key = f"{kind}/{name}/{version}"
-                if now - self._requested.get(key, -1e9) > 5.0 and self._connected.is_set():
-                    self._requested[key] = now
+                attempts, not_before = self._requested.get(key, (0, 0.0))
+                if now >= not_before and self._connected.is_set():
+                    self._requested[key] = (attempts + 1, now + _spec_retry_delay(attempts))
                     self._publish(
                         Channel.RESOURCE_GET,
                         {"clientToken": f"res-{uuid.uuid4().hex[:12]}", "kind": kind,
                          "name": name, "version": version},
                     )  # fmt: skip
             return
+        self._requested.clear()
         await self.engine.apply(apps)
         self._applied = refs
         self._prune_specs(refs)
@@ -447,6 +462,15 @@ class Agent:
             taken = self._reports.take(now)
             if taken is not None:
                 self._publish(Channel.REPORT, {"clientToken": taken.token, "reported": taken.patch})
+
+
+def _spec_retry_delay(attempts: int) -> float:
+    """Seconds before asking again for a spec asked for ``attempts`` times already, unanswered.
+
+    5 s, then doubling to at most a minute, jittered by up to half again, so that a fleet whose
+    answers failed together (a database outage: 503) does not ask again together.
+    """
+    return min(5.0 * 2.0**attempts, 60.0) * (1.0 + random.random() / 2)  # noqa: S311
 
 
 def _serial(path: Path) -> int:

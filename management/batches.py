@@ -79,6 +79,7 @@ from management.tokens import hash_secret, verify_secret
 
 __all__ = [
     "BATCH_LABEL",
+    "BATCH_SECRET_PREFIX",
     "QuotaExhausted",
     "activate_batch",
     "add_activation_routes",
@@ -90,6 +91,9 @@ log = logging.getLogger(__name__)
 
 BATCH_LABEL: Final = "baetyl-batch"
 """The label every node made by a batch carries, with the batch's name as its value."""
+
+BATCH_SECRET_PREFIX: Final = "bs_"  # noqa: S105 - a public prefix, not a password
+"""What every batch secret starts with (those made before it was introduced still work)."""
 
 _HASH_DIGITS: Final = 10
 _MAX_ATTEMPTS: Final = 50  # each conflict means another activation of the batch went through
@@ -177,7 +181,9 @@ async def create_batch(request: web.Request) -> web.Response:
             f"labels.{BATCH_LABEL} is set by the server on the batch's nodes; leave it out.",
             field=f"labels.{BATCH_LABEL}",
         )
-    secret = secrets.token_urlsafe(32)
+    # The prefix names what it is (to people and secret scanners) and keeps it from starting
+    # with '-', which the CLI's `--secret <value>` would take for an option.
+    secret = BATCH_SECRET_PREFIX + secrets.token_urlsafe(32)
     stored = {
         "description": body.get("description", ""),
         "fingerprintKind": body["fingerprintKind"],

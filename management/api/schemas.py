@@ -533,7 +533,10 @@ _BATCH["properties"]["activations"] = {
 _BATCH_SECRET: Final[JsonSchema] = {
     "type": "string",
     "readOnly": True,
-    "description": "Returned once, by the create call; keep it, it cannot be read again.",
+    "description": (
+        "Returned once, by the create call; keep it, it cannot be read again. "
+        "It starts with bs_."
+    ),
 }
 _API_TOKEN = _open(
     {

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,22 +140,7 @@ async def test_agent_runs_the_nodes_apps_end_to_end(
 
     await until(online, what="the node to be online")
 
-    config = {"name": "site", "data": {"msg.txt": "one"}}
-    assert (await api.call("POST", "/configs", config))[0] == 201
-    app = {
-        "name": "web",
-        "type": "native",
-        "selector": "site=x",
-        "services": [
-            {
-                "name": "web",
-                "command": [sys.executable, "-c", APP],
-                "env": [{"name": "OUT", "value": str(out)}],
-            }
-        ],
-        "volumes": [{"name": "site", "config": {"name": "site"}}],
-    }
-    assert (await api.call("POST", "/apps", app))[0] == 201
+    config = await post_site_app(api, out)
 
     async def wrote(text: str) -> int | None:
         if out.exists():
@@ -286,22 +271,7 @@ async def _partition_scenario(
         return bool((await api.call("GET", "/nodes/gw-1"))[1]["online"])
 
     await until(online, what="the node to be online")
-    config = {"name": "site", "data": {"msg.txt": "one"}}
-    assert (await api.call("POST", "/configs", config))[0] == 201
-    app = {
-        "name": "web",
-        "type": "native",
-        "selector": "site=x",
-        "services": [
-            {
-                "name": "web",
-                "command": [sys.executable, "-c", APP],
-                "env": [{"name": "OUT", "value": str(out)}],
-            }
-        ],
-        "volumes": [{"name": "site", "config": {"name": "site"}}],
-    }
-    assert (await api.call("POST", "/apps", app))[0] == 201
+    config = await post_site_app(api, out)
 
     async def wrote(text: str) -> int | None:
         if out.exists():
@@ -350,3 +320,108 @@ def test_the_agent_forgets_specs_no_applied_app_uses(tmp_path: Path) -> None:
     agent._prune_specs([("web", "2")])
     assert set(agent._specs) == {"app/web/2", "secret/pw/2"}
     assert "old" not in (tmp_path / "agent.json").read_text()
+
+
+class FailingSpecs:
+    """The cloud's spec source, failing while ``failing`` is set (the database away, say):
+    each ``resource/get`` is then answered 503 and the agent gets no spec."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failing = True
+        self.failed = 0
+        self.served = 0
+
+    async def resource(self, node_id: str, kind: Any, name: str, version: str) -> Any:
+        if self.failing:
+            self.failed += 1
+            raise RuntimeError("injected: the spec store is unavailable")
+        self.served += 1
+        return await self.inner.resource(node_id, kind, name, version)
+
+
+@pytest.fixture
+def failing_specs(cloud: RunningCloud) -> Iterator[FailingSpecs]:
+    """Every spec the agents ask for fails until the test clears ``failing``."""
+    service = cloud.context.shadow
+    flaky = FailingSpecs(service._resources)
+    service._resources = flaky
+    yield flaky
+    service._resources = flaky.inner
+
+
+async def post_site_app(api: Api, out: Path) -> dict[str, Any]:
+    """Post config ``site`` (msg.txt ``one``) and the native app ``web`` that writes it to
+    ``out``; the config's body, to change it with."""
+    config = {"name": "site", "data": {"msg.txt": "one"}}
+    assert (await api.call("POST", "/configs", config))[0] == 201
+    app = {
+        "name": "web",
+        "type": "native",
+        "selector": "site=x",
+        "services": [
+            {
+                "name": "web",
+                "command": [sys.executable, "-c", APP],
+                "env": [{"name": "OUT", "value": str(out)}],
+            }
+        ],
+        "volumes": [{"name": "site", "config": {"name": "site"}}],
+    }
+    assert (await api.call("POST", "/apps", app))[0] == 201
+    return config
+
+
+async def test_the_agent_asks_again_for_a_spec_whose_answer_failed(
+    api: Api,
+    failing_specs: FailingSpecs,
+    start_agent: Callable[[], subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """A ``resource/get`` answered 503 is asked again, later: the app runs once specs are back."""
+    out = tmp_path / "app-out.txt"
+    start_agent()
+    await post_site_app(api, out)
+    await until(lambda: asyncio.sleep(0, failing_specs.failed >= 1), what="a spec to fail")
+    failing_specs.failing = False
+    await until(lambda: asyncio.sleep(0, out.exists()), limit=30, what="the app to start")
+    assert out.read_text().endswith(" one")
+    assert failing_specs.served >= 2  # the app's spec and its config's, asked again
+
+
+async def test_a_restarted_agent_fetches_the_specs_it_still_lacks(
+    api: Api,
+    agent_dir: Path,
+    failing_specs: FailingSpecs,
+    start_agent: Callable[[], subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """Killed after storing a desired state whose specs never came, the agent asks for them
+    after the restart, although the cloud's desired version is the one it already holds."""
+    out = tmp_path / "app-out.txt"
+    agent = start_agent()
+    await post_site_app(api, out)
+
+    def holds_desired() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((agent_dir / "agent.json").read_text())
+            return bool(state["desired"].get("apps")) and failing_specs.failed >= 1
+        return False
+
+    await until(lambda: asyncio.sleep(0, holds_desired()), what="the desired state stored")
+    agent.kill()
+    agent.wait(10)
+    failing_specs.failing = False
+    start_agent()
+    await until(lambda: asyncio.sleep(0, out.exists()), what="the app to start after the restart")
+    assert out.read_text().endswith(" one")
+
+
+def test_specs_are_asked_again_with_a_jittered_growing_delay() -> None:
+    """5 s at first, doubling to at most a minute, each spread over half again (not in step)."""
+    from edge.agent import _spec_retry_delay
+
+    for attempts, low in [(0, 5.0), (1, 10.0), (2, 20.0), (4, 60.0), (30, 60.0)]:
+        delays = [_spec_retry_delay(attempts) for _ in range(200)]
+        assert all(low <= d <= low * 1.5 for d in delays), (attempts, min(delays), max(delays))
+        assert len(set(delays)) > 100

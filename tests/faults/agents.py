@@ -69,6 +69,15 @@ class Agents:
                 env=baetyl_env(), stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
+    def log_tail(self, name: str, lines: int = 12) -> str:
+        """The last lines the agent's latest run logged (kept in a failure's message: CI's
+        temporary directories do not outlive the run)."""
+        logs = sorted(self.root.glob(f"{name}-*.log"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        if not logs:
+            return "(no log)"
+        text = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()
+        return f"{logs[-1].name}: " + " | ".join(text[-lines:])
+
     def kill(self, name: str) -> None:
         """SIGKILL the agent (its apps keep running, as they should)."""
         proc = self.procs[name]

@@ -278,5 +278,6 @@ class World:
                 report, desire = view["report"], view["desire"].get("apps")
                 stats = report.get("appstats")
                 out.append(f"{name}: online {view['online']}, desire {desire}, "
-                           f"apps {report.get('apps')}, appstats {stats}")  # fmt: skip
+                           f"apps {report.get('apps')}, appstats {stats}; "
+                           f"log {self.agents.log_tail(name)}")  # fmt: skip
         return out

@@ -100,7 +100,8 @@ async def test_create_list_get_and_delete(api: Api) -> None:
     assert created["whitelist"] == ["GW-1", "GW-2"]
     assert created["quota"] == 3
     assert created["activated"] == 0
-    assert len(created["secret"]) >= 40
+    assert created["secret"].startswith("bs_")  # never "-": the CLI would take it for an option
+    assert len(created["secret"]) >= 46
     await new_batch(api, name="lyon-gateways", labels={"site": "lyon"})
 
     status, page = await api.call("GET", "/batches")
