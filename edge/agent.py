@@ -3,6 +3,8 @@
 After every (re)connect the agent subscribes to its own downstream topics, asks for the full
 desired document (``desire/get``) and reconciles: it fetches the app, config and secret specs it
 lacks by (kind, name, version), hands the complete set to its engine, and reports what runs.
+The engine gets the set again every ``resync_interval`` although nothing changed: what could not
+start is tried again, and what drifted (a Kubernetes object deleted by hand) is put back.
 A spec whose answer does not come (refused 503, lost with a session or a cloud restart) is asked
 for again, at once after a reconnect or a restart and otherwise with a jittered back-off.
 Desire messages at or below the applied version are ignored (QoS 1 redelivery, a get crossing
@@ -116,12 +118,15 @@ class NodeIdentity:
 class AgentConfig:
     state_dir: Path
     report_interval: float = 20.0  # a full report at least this often (jittered)
+    resync_interval: float = 60.0  # the desired apps applied again this often, changed or not
     backoff: tuple[float, float] = (1.0, 60.0)  # reconnect delay: first, largest
     keepalive: int = 30
     renew_interval: float = 3600.0  # how often to check whether the certificate is due
     renew_threshold: float = DEFAULT_THRESHOLD  # renew with less than this part of its life left
 
     def __post_init__(self) -> None:
+        if not self.resync_interval > 0:
+            raise EdgeError(f"resync_interval must be positive, not {self.resync_interval}.")
         if not self.renew_interval > 0:
             raise EdgeError(f"renew_interval must be positive, not {self.renew_interval}.")
         if not 0.0 <= self.renew_threshold <= 1.0:
@@ -144,6 +149,7 @@ class Agent:
         # spec key -> (attempts, monotonic time before which it is not asked for again)
         self._requested: dict[str, tuple[int, float]] = {}
         self._incomplete = False  # the desired apps wait for specs: ask again until they come
+        self._next_resync = 0.0  # monotonic; when to apply the desired apps again, unchanged
         self._reports = ReportQueue.load(
             self._reports_file, ReportSettings(heartbeat=config.report_interval)
         )
@@ -286,6 +292,8 @@ class Agent:
                     await self._handle(name, payload)
                 if self._incomplete and self._connected.is_set():
                     await self._reconcile()  # asks again for specs whose answer never came
+                elif self._desired and time.monotonic() >= self._next_resync:
+                    await self._reconcile()  # retries what failed, restores what drifted
                 await self._report_if_due()
                 await self._renew_if_due()
         finally:
@@ -381,6 +389,7 @@ class Agent:
     # -- reconcile ---------------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
+        self._next_resync = time.monotonic() + self.config.resync_interval
         refs = [
             (str(a.get("name")), str(a.get("version")))
             for a in self._desired.get("apps", []) or []

@@ -86,6 +86,15 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="seconds between full reports (default: 20)",
     )
     parser.add_argument(
+        "--resync-interval",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between applying the desired apps again although nothing changed: an app "
+        "that could not start is retried, a Kubernetes object deleted by hand comes back "
+        "(default: 60)",
+    )
+    parser.add_argument(
         "--functions-port",
         type=int,
         default=50080,
@@ -161,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         config = AgentConfig(
             args.state_dir,
             report_interval=args.report_interval,
+            resync_interval=args.resync_interval,
             renew_interval=args.renew_interval,
             renew_threshold=args.renew_threshold,
         )

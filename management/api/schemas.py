@@ -534,8 +534,7 @@ _BATCH_SECRET: Final[JsonSchema] = {
     "type": "string",
     "readOnly": True,
     "description": (
-        "Returned once, by the create call; keep it, it cannot be read again. "
-        "It starts with bs_."
+        "Returned once, by the create call; keep it, it cannot be read again. It starts with bs_."
     ),
 }
 _API_TOKEN = _open(

@@ -99,14 +99,15 @@ async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[[], subprocess.Popen[str]]]:
-    """Start `baetyl edge run` on the activated node; everything it started is stopped after."""
+async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess.Popen[str]]]:
+    """Start `baetyl edge run` on the activated node (more options after its own); everything
+    it started is stopped after."""
     running: list[subprocess.Popen[str]] = []
 
-    def start() -> subprocess.Popen[str]:
+    def start(*options: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(agent_dir),
-             "--report-interval", "1"],
+             "--report-interval", "1", *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         running.append(proc)
@@ -127,7 +128,7 @@ async def test_agent_runs_the_nodes_apps_end_to_end(
     cloud: RunningCloud,
     api: Api,
     agent_dir: Path,
-    start_agent: Callable[[], subprocess.Popen[str]],
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     """Online, app started from its config, restarted on change, re-adopted, removed."""
@@ -242,7 +243,7 @@ async def test_a_partition_keeps_apps_running_and_catches_up_after(
     cloud: RunningCloud,
     api: Api,
     agent_dir: Path,
-    start_agent: Callable[[], subprocess.Popen[str]],
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     """Cut from the broker, the app keeps running; a change made meanwhile arrives after."""
@@ -260,7 +261,7 @@ async def _partition_scenario(
     cloud: RunningCloud,
     api: Api,
     agent_dir: Path,
-    start_agent: Callable[[], subprocess.Popen[str]],
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     point_agent_at(agent_dir, partition.port)
@@ -375,7 +376,7 @@ async def post_site_app(api: Api, out: Path) -> dict[str, Any]:
 async def test_the_agent_asks_again_for_a_spec_whose_answer_failed(
     api: Api,
     failing_specs: FailingSpecs,
-    start_agent: Callable[[], subprocess.Popen[str]],
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     """A ``resource/get`` answered 503 is asked again, later: the app runs once specs are back."""
@@ -393,7 +394,7 @@ async def test_a_restarted_agent_fetches_the_specs_it_still_lacks(
     api: Api,
     agent_dir: Path,
     failing_specs: FailingSpecs,
-    start_agent: Callable[[], subprocess.Popen[str]],
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     """Killed after storing a desired state whose specs never came, the agent asks for them
@@ -425,3 +426,31 @@ def test_specs_are_asked_again_with_a_jittered_growing_delay() -> None:
         delays = [_spec_retry_delay(attempts) for _ in range(200)]
         assert all(low <= d <= low * 1.5 for d in delays), (attempts, min(delays), max(delays))
         assert len(set(delays)) > 100
+
+
+async def test_an_app_that_could_not_start_is_tried_again_unchanged(
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """Its files could not be written (a file where its directory goes): the API shows why, and
+    once the obstacle is gone the next resync starts it, with no desired change."""
+    blocker = agent_dir / "native" / "apps" / "web"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
+    out = tmp_path / "app-out.txt"
+    start_agent("--resync-interval", "1")
+    await post_site_app(api, out)
+
+    async def cause() -> str:
+        stats = (await api.call("GET", "/nodes/gw-1/stats"))[1]
+        return str(next((s.get("cause") for s in stats["appstats"] if s["name"] == "web"), ""))
+
+    assert "could not be written" in await until(cause, what="the app's failure reported")
+    version = (await cloud.context.shadow.get("default.gw-1")).desired.version
+    blocker.unlink()
+    await until(lambda: asyncio.sleep(0, out.exists()), what="the app to start on a resync")
+    assert out.read_text().endswith(" one")
+    assert (await cloud.context.shadow.get("default.gw-1")).desired.version == version

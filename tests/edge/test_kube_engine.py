@@ -89,6 +89,29 @@ async def test_unchanged_apps_cost_no_writes(standin: KubeStandIn, engine: Engin
         assert [p["metadata"]["name"] for p in standin.pods(NS)] == pods
 
 
+async def test_applying_again_brings_back_what_was_deleted_by_hand(
+    standin: KubeStandIn, engine: EngineFactory
+) -> None:
+    """The agent's periodic resync: a Deployment and a ConfigMap deleted through the API (by
+    an operator's kubectl, say) are created again by the next apply of the same apps."""
+    async with engine() as kube:
+        await kube.apply([_app()])
+        configuration = kubernetes.client.Configuration(host=standin.host)
+        with kubernetes.client.ApiClient(configuration) as client:
+            await asyncio.to_thread(
+                kubernetes.client.AppsV1Api(client).delete_namespaced_deployment, "web", NS
+            )
+            await asyncio.to_thread(
+                kubernetes.client.CoreV1Api(client).delete_namespaced_config_map, "web-conf", NS
+            )
+        assert standin.stored("deployments", NS) == {}
+        await kube.apply([_app()])
+        assert set(standin.stored("deployments", NS)) == {"web"}
+        assert set(standin.stored("configmaps", NS)) == {"web-conf"}
+        (status,) = kube.status()
+    assert (status.version, status.state) == ("1", InstanceState.RUNNING)
+
+
 async def test_new_version_replaces_objects_and_pods(
     standin: KubeStandIn, engine: EngineFactory
 ) -> None:
