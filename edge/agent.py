@@ -5,7 +5,7 @@ desired document (``desire/get``) and reconciles: it fetches the app, config and
 lacks by (kind, name, version), hands the complete set to its engine, and reports what runs.
 The engine gets the set again every ``resync_interval`` although nothing changed: what could not
 start is tried again, and what drifted (a Kubernetes object deleted by hand) is put back.
-A spec whose answer does not come (refused 503, lost with a session or a cloud restart) is asked
+A spec whose answer does not come (refused 500, lost with a session or a cloud restart) is asked
 for again, at once after a reconnect or a restart and otherwise with a jittered back-off.
 Desire messages at or below the applied version are ignored (QoS 1 redelivery, a get crossing
 a push). While offline the apps keep running, reports coalesce (latest wins) and go out when
@@ -477,7 +477,7 @@ def _spec_retry_delay(attempts: int) -> float:
     """Seconds before asking again for a spec asked for ``attempts`` times already, unanswered.
 
     5 s, then doubling to at most a minute, jittered by up to half again, so that a fleet whose
-    answers failed together (a database outage: 503) does not ask again together.
+    answers failed together (a database outage: 500) does not ask again together.
     """
     return min(5.0 * 2.0**attempts, 60.0) * (1.0 + random.random() / 2)  # noqa: S311
 

@@ -325,7 +325,7 @@ def test_the_agent_forgets_specs_no_applied_app_uses(tmp_path: Path) -> None:
 
 class FailingSpecs:
     """The cloud's spec source, failing while ``failing`` is set (the database away, say):
-    each ``resource/get`` is then answered 503 and the agent gets no spec."""
+    each ``resource/get`` is then answered 500 and the agent gets no spec."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -379,7 +379,7 @@ async def test_the_agent_asks_again_for_a_spec_whose_answer_failed(
     start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
-    """A ``resource/get`` answered 503 is asked again, later: the app runs once specs are back."""
+    """A ``resource/get`` answered 500 is asked again, later: the app runs once specs are back."""
     out = tmp_path / "app-out.txt"
     start_agent()
     await post_site_app(api, out)
