@@ -431,7 +431,12 @@ class Agent:
                     )  # fmt: skip
             return
         self._requested.clear()
-        await self.engine.apply(apps)
+        try:
+            await self.engine.apply(apps)
+        except EdgeError as exc:  # the Kubernetes API away, say: the apps that run keep running
+            log.warning("the engine could not apply the desired apps; trying again in %.0f s: %s",
+                        self.config.resync_interval, exc)  # fmt: skip
+            return
         self._applied = refs
         self._prune_specs(refs)
 

@@ -24,6 +24,7 @@ import pytest
 
 from edge import TokenCredentials, activate
 from shadow import DesiredFollower
+from tests.edge.kube_standin import KubeStandIn
 from tests.management.conftest import Api, RunningCloud
 from tests.support.up import BAETYL
 
@@ -104,11 +105,12 @@ async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess
     it started is stopped after."""
     running: list[subprocess.Popen[str]] = []
 
-    def start(*options: str) -> subprocess.Popen[str]:
+    def start(*options: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(agent_dir),
              "--report-interval", "1", *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
         )  # fmt: skip
         running.append(proc)
         return proc
@@ -454,3 +456,41 @@ async def test_an_app_that_could_not_start_is_tried_again_unchanged(
     await until(lambda: asyncio.sleep(0, out.exists()), what="the app to start on a resync")
     assert out.read_text().endswith(" one")
     assert (await cloud.context.shadow.get("default.gw-1")).desired.version == version
+
+
+async def test_the_agent_outlives_a_kubernetes_api_that_fails_and_applies_once_it_is_back(
+    api: Api,
+    start_agent: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """On the kube engine, an apply that fails for good (every namespace read answered 500) is
+    logged, the agent stays up and online, and the next resync after the API recovers applies."""
+    async with KubeStandIn() as standin:
+        standin.fail("GET", "/api/v1/namespaces/baetyl-edge", times=10**6)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "s", "cluster": {"server": standin.host}}],
+            "users": [{"name": "u", "user": {"token": "stand-in"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
+        }))  # fmt: skip
+        agent = start_agent(
+            "--engine", "kube", "--resync-interval", "1", env={"KUBECONFIG": str(kubeconfig)}
+        )
+        app = {"name": "web", "type": "container", "selector": "site=x",
+               "services": [{"name": "main", "image": "nginx:1.27"}]}  # fmt: skip
+        assert (await api.call("POST", "/apps", app))[0] == 201
+
+        def namespace_reads() -> int:
+            return standin.requests.count(("GET", "/api/v1/namespaces/baetyl-edge"))
+
+        # Two failed applies: each is the engine's call and its 3 retries.
+        await until(lambda: asyncio.sleep(0, namespace_reads() >= 8), limit=40,
+                    what="two applies to fail")  # fmt: skip
+        assert agent.poll() is None, agent.communicate(timeout=5)[1][-2000:]
+        assert (await api.call("GET", "/nodes/gw-1"))[1]["online"]
+        assert standin.stored("deployments", "baetyl-edge") == {}
+        standin.faults.clear()
+        await until(lambda: asyncio.sleep(0, "web" in standin.stored("deployments", "baetyl-edge")),
+                    what="the Deployment once the API is back")  # fmt: skip
+        assert agent.poll() is None
