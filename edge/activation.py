@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import secrets
 import socket
 import ssl
 import string
@@ -341,6 +342,9 @@ def _store(
         "broker": {"host": host, "port": port},
         "activatedAt": activated_at,
         "url": endpoint.url,
+        # Tells the agent that what it kept (desired state, unsent reports) came from an earlier
+        # activation, perhaps as another node or of another cloud: it then starts afresh.
+        "activationId": secrets.token_hex(8),
     }
     write_atomically(state.certificate, certificate.public_bytes(serialization.Encoding.PEM))
     write_atomically(state.ca, ca.public_bytes(serialization.Encoding.PEM))

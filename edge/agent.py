@@ -91,6 +91,7 @@ class NodeIdentity:
     cert: Path
     key: Path
     ca: Path
+    activation: str = ""  # this activation's id; another one means the node was activated again
 
     @classmethod
     def load(cls, state_dir: Path) -> NodeIdentity:
@@ -104,6 +105,7 @@ class NodeIdentity:
                 cert=state_dir / "node.crt",
                 key=state_dir / "node.key",
                 ca=state_dir / "ca.crt",
+                activation=str(info.get("activationId") or info.get("activatedAt") or ""),
             )
         except FileNotFoundError:
             raise EdgeError(
@@ -150,12 +152,14 @@ class Agent:
         self._requested: dict[str, tuple[int, float]] = {}
         self._incomplete = False  # the desired apps wait for specs: ask again until they come
         self._next_resync = 0.0  # monotonic; when to apply the desired apps again, unchanged
-        self._reports = ReportQueue.load(
-            self._reports_file, ReportSettings(heartbeat=config.report_interval)
-        )
         self._applied: list[tuple[str, str]] | None = None
         self._last_status: list[dict[str, Any]] | None = None
-        self._load_state()
+        settings = ReportSettings(heartbeat=config.report_interval)
+        if self._load_state():
+            self._reports = ReportQueue.load(self._reports_file, settings)
+        else:  # they were for the earlier activation: another node id, maybe another cloud
+            self._reports = ReportQueue(settings)
+            self._reports_file.unlink(missing_ok=True)
         finish_interrupted_renewal(config.state_dir)
         self._next_renewal_check = 0.0  # monotonic; 0: at start
         self._retire_due = True  # a certificate renewed before a restart may await retiring
@@ -173,20 +177,39 @@ class Agent:
     def _reports_file(self) -> Path:
         return self.config.state_dir / "reports.json"
 
-    def _load_state(self) -> None:
+    def _load_state(self) -> bool:
+        """Load what the agent kept; False if it belongs to an earlier activation.
+
+        A node activated again (as another node, or of a cloud whose shadows started over)
+        must not keep the desired version it had: it would ignore every desired state up to it.
+        """
         try:
             data = json.loads(self._state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return
+            return True
         except ValueError:
             log.warning("%s is damaged; starting from the cloud's state", self._state_file)
-            return
+            return True
+        kept = data.get("activation")
+        if kept is not None and kept != self.identity.activation:
+            log.info(
+                "the node was activated again since %s was written: its desired state and "
+                "unsent reports are dropped; starting from the cloud's",
+                self._state_file,
+            )
+            return False
         self._follower = DesiredFollower(int(data.get("version", 0)))
         self._desired = dict(data.get("desired", {}))
         self._specs = dict(data.get("specs", {}))
+        return True
 
     def _save_state(self) -> None:
-        data = {"version": self._follower.version, "desired": self._desired, "specs": self._specs}
+        data = {
+            "activation": self.identity.activation,
+            "version": self._follower.version,
+            "desired": self._desired,
+            "specs": self._specs,
+        }
         temp = self._state_file.with_suffix(".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

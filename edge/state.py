@@ -7,7 +7,7 @@
       node.csr            0644  the last certificate signing request made from it
       node.crt            0644  the node's certificate, from activation
       ca.crt              0644  the cloud's CA, pinned by the SHA-256 of the install command
-      node.json           0644  {nodeId, broker: {host, port}, activatedAt, url}
+      node.json           0644  {nodeId, broker: {host, port}, activatedAt, url, activationId}
 
 Every file but the key is replaced atomically (a temporary file in the same directory, then a
 rename), so a crash leaves either the old file or the new one, never half of one.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import socket
 import stat
@@ -124,6 +125,7 @@ async def test_install_command_activates_the_node(
     assert ca.fingerprint(hashes.SHA256()).hex() == option(argv, "--ca-sha256")
     node = json.loads((state / "node.json").read_text())
     assert node.pop("activatedAt").endswith("Z")
+    assert re.fullmatch("[0-9a-f]{16}", node.pop("activationId"))
     assert node == {
         "nodeId": "default.gw-1",
         "broker": {"host": "localhost", "port": cloud.mqtt_port},

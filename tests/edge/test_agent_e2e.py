@@ -28,6 +28,13 @@ from tests.edge.kube_standin import KubeStandIn
 from tests.management.conftest import Api, RunningCloud
 from tests.support.up import BAETYL
 
+# An app with no config: writes its pid to OUT, then stays up.
+APP_NO_CONFIG = (
+    "import os, pathlib, time\n"
+    "pathlib.Path(os.environ['OUT']).write_text(str(os.getpid()))\n"
+    "while True: time.sleep(1)\n"
+)
+
 # The app: reads its config file, writes what it read (and its pid) to OUT, then stays up.
 APP = (
     "import os, pathlib, time\n"
@@ -80,15 +87,13 @@ def running_apps(marker: str) -> list[int]:
     return found
 
 
-@pytest.fixture
-async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
-    """A node gw-1 activated from its install command into a fresh state directory."""
-    assert (await api.call("POST", "/nodes", {"name": "gw-1", "labels": {"site": "x"}}))[0] == 201
-    status, init = await api.call("GET", "/nodes/gw-1/init")
+async def activate_node(api: Api, name: str, labels: dict[str, str], state: Path) -> None:
+    """Create node ``name`` and activate it into ``state`` from its install command."""
+    assert (await api.call("POST", "/nodes", {"name": name, "labels": labels}))[0] == 201
+    status, init = await api.call("GET", f"/nodes/{name}/init")
     assert status == 200
     argv = shlex.split(init["cmd"])
     options = dict(zip(argv[3::2], argv[4::2], strict=True))
-    state = tmp_path / "edge"
     await asyncio.to_thread(
         activate,
         options["--url"].replace("localhost", "127.0.0.1"),
@@ -96,6 +101,13 @@ async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
         TokenCredentials(options["--token"]),
         state,
     )
+
+
+@pytest.fixture
+async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
+    """A node gw-1 activated from its install command into a fresh state directory."""
+    state = tmp_path / "edge"
+    await activate_node(api, "gw-1", {"site": "x"}, state)
     return state
 
 
@@ -494,3 +506,41 @@ async def test_the_agent_outlives_a_kubernetes_api_that_fails_and_applies_once_i
         await until(lambda: asyncio.sleep(0, "web" in standin.stored("deployments", "baetyl-edge")),
                     what="the Deployment once the API is back")  # fmt: skip
         assert agent.poll() is None
+
+
+async def test_a_device_activated_again_as_another_node_follows_that_nodes_desired_state(
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """The state directory of gw-1, whose desired version went far, activated as the new gw-2:
+    the agent drops gw-1's desired state and runs gw-2's app, although gw-2's desired version
+    is below the one the directory held."""
+    agent = start_agent()
+    for n in range(6):  # each change of the desired node properties is a new desired version
+        body = {"desire": {"round": str(n)}}
+        assert (await api.call("PUT", "/nodes/gw-1/properties", body))[0] == 200
+
+    def held_version() -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(json.loads((agent_dir / "agent.json").read_text())["version"])
+        return 0
+
+    gw1 = (await cloud.context.shadow.get("default.gw-1")).desired.version
+    await until(lambda: asyncio.sleep(0, held_version() == gw1), what="gw-1's state held")
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(20)
+
+    await activate_node(api, "gw-2", {"site": "y"}, agent_dir)
+    out = tmp_path / "app-out.txt"
+    app = {"name": "other", "type": "native", "selector": "site=y",
+           "services": [{"name": "main", "command": [sys.executable, "-c", APP_NO_CONFIG],
+                         "env": [{"name": "OUT", "value": str(out)}]}]}  # fmt: skip
+    assert (await api.call("POST", "/apps", app))[0] == 201
+    assert (await cloud.context.shadow.get("default.gw-2")).desired.version < gw1
+    start_agent()
+    await until(lambda: asyncio.sleep(0, out.exists()), what="gw-2's app to start")
+    state = json.loads((agent_dir / "agent.json").read_text())
+    assert "round" not in json.dumps(state["desired"])  # nothing of gw-1's desired state kept
