@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -42,6 +43,17 @@ def test_p521_is_refused(ca: CertificateAuthority) -> None:
 def test_ed25519_is_refused(ca: CertificateAuthority) -> None:
     """Ed25519 keys are refused (not supported by every MQTT client's TLS stack)."""
     _reject(ca, custom_csr(ed25519.Ed25519PrivateKey.generate()), "Ed25519")
+
+
+def test_dsa_is_refused_without_a_warning(ca: CertificateAuthority) -> None:
+    """A DSA key is refused; checking it warns of nothing (cryptography 51 deprecates DSA, and
+    the tests make warnings errors)."""
+    with warnings.catch_warnings():  # only making the key and its CSR may warn
+        warnings.simplefilter("ignore")
+        from cryptography.hazmat.primitives.asymmetric import dsa
+
+        csr = custom_csr(dsa.generate_private_key(2048))
+    _reject(ca, csr, "public key is DSA; use an EC")
 
 
 def test_bad_signature_is_refused(ca: CertificateAuthority) -> None:

@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,7 +127,10 @@ def _certificate(
         .not_valid_before(now)
         .not_valid_after(now + timedelta(days=1))
     )
-    if sans is not None:
+    if sans == []:  # an empty SAN, which cryptography 51 no longer builds: its DER by hand
+        empty = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x00")
+        builder = builder.add_extension(empty, critical=False)
+    elif sans is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(key, hashes.SHA256())
 
@@ -142,7 +146,8 @@ def test_from_certificate_reads_the_uri() -> None:
     ("subject", "sans", "match"),
     [
         ([cn("acme.gw")], None, "no subject alternative name"),
-        ([cn("acme.gw")], [], "exactly one"),
+        # Older cryptography parses an empty SAN; 51 refuses to, and so do we, either way.
+        ([cn("acme.gw")], [], "exactly one|extensions cannot be parsed"),
         ([cn("acme.other")], ["spiffe://pybaetyl/ns/acme/node/gw"], "does not agree"),
         ([], ["spiffe://pybaetyl/ns/acme/node/gw"], "does not agree"),
         (
