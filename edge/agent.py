@@ -9,7 +9,8 @@ A spec whose answer does not come (refused 500, lost with a session or a cloud r
 for again, at once after a reconnect or a restart and otherwise with a jittered back-off.
 Desire messages at or below the applied version are ignored (QoS 1 redelivery, a get crossing
 a push). While offline the apps keep running, reports coalesce (latest wins) and go out when
-the session is back; reconnects back off with jitter so a fleet does not stampede.
+the session is back; reconnects back off with jitter so a fleet does not stampede. A
+``desire/get`` unanswered for 30 s, or refused (429, 500), is sent again.
 
 What the agent knows survives a restart in ``<state-dir>/agent.json`` (0600): the desired
 document and version, and every spec fetched.
@@ -116,6 +117,22 @@ class NodeIdentity:
             raise EdgeError(f"{path} is damaged ({exc}); activate the node again.") from None
 
 
+ANSWER_TIMEOUT = 30.0
+"""Seconds without an answer after which a ``desire/get`` is sent again."""
+PRESENCE_TIMEOUT = 2.0
+"""Seconds a stopping agent waits for the broker to take its offline presence."""
+
+
+@dataclass(slots=True)
+class _Get:
+    """The outstanding ``desire/get``."""
+
+    token: str
+    version: int  # the desired version the agent had when it asked
+    attempts: int  # how many were sent since the last answer
+    resend_at: float  # monotonic
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     state_dir: Path
@@ -152,6 +169,7 @@ class Agent:
         self._requested: dict[str, tuple[int, float]] = {}
         self._incomplete = False  # the desired apps wait for specs: ask again until they come
         self._next_resync = 0.0  # monotonic; when to apply the desired apps again, unchanged
+        self._get: _Get | None = None  # the desire/get awaiting its answer
         self._applied: list[tuple[str, str]] | None = None
         self._last_status: list[dict[str, Any]] | None = None
         settings = ReportSettings(heartbeat=config.report_interval)
@@ -204,6 +222,14 @@ class Agent:
         return True
 
     def _save_state(self) -> None:
+        """Keep what the agent knows in agent.json; a failure (a full disk) is logged, and the
+        state kept in memory is written at the next change or resync."""
+        try:
+            self._write_state()
+        except OSError as exc:
+            log.warning("could not save the agent's state in %s: %s", self._state_file, exc)
+
+    def _write_state(self) -> None:
         data = {
             "activation": self.identity.activation,
             "version": self._follower.version,
@@ -268,10 +294,6 @@ class Agent:
         client.subscribe([(prefix + channel.value, 1) for channel in SUBSCRIBE])
         online = json.dumps({"online": True, "session": self._session}).encode()
         client.publish(self._presence_topic, online, qos=1, retain=True)
-        get = {"clientToken": f"get-{uuid.uuid4().hex[:12]}"}
-        client.publish(
-            topic(self.identity.node_id, Channel.DESIRE_GET), encode(get, Encoding.JSON), 1
-        )
         self._call(self._online)
         log.info("connected to %s:%d as %s", self.identity.host, self.identity.port,
                  self.identity.node_id)  # fmt: skip
@@ -281,8 +303,20 @@ class Agent:
         # An answer may have been lost with the last session (or the cloud restarted before
         # sending it): what is still missing is asked for at once over this one.
         self._requested.clear()
+        self._get = None
+        self._ask_desired()
+
+    def _ask_desired(self) -> None:
+        """Publish ``desire/get``; asked again if no answer comes (see ``_desired_get_due``)."""
+        attempts = self._get.attempts if self._get is not None else 0
+        token = f"get-{uuid.uuid4().hex[:12]}"
+        now = time.monotonic()
+        self._get = _Get(token, self._follower.version, attempts + 1, now + ANSWER_TIMEOUT)
+        self._publish(Channel.DESIRE_GET, {"clientToken": token})
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if client is not self._client:
+            return  # the client a renewal replaced: its session and will are not ours any more
         self._new_session(client)  # the next connection leaves its own will
 
         def lost() -> None:
@@ -313,16 +347,51 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     name, payload = await asyncio.wait_for(self._inbox.get(), timeout=0.5)
                     await self._handle(name, payload)
-                if self._incomplete and self._connected.is_set():
-                    await self._reconcile()  # asks again for specs whose answer never came
-                elif self._desired and time.monotonic() >= self._next_resync:
-                    await self._reconcile()  # retries what failed, restores what drifted
-                await self._report_if_due()
-                await self._renew_if_due()
+                try:
+                    await self._step()
+                except Exception:  # one failure (a bug, a full disk) must not end the agent
+                    log.exception("the agent's loop failed; going on in a second")
+                    await asyncio.sleep(1.0)
         finally:
-            self._client.loop_stop()
-            self._client.disconnect()
-            self._reports.save(self._reports_file)  # what was not accepted goes out next time
+            await self._close_session()
+            try:
+                self._reports.save(self._reports_file)  # what was not accepted goes out next time
+            except OSError as exc:
+                log.warning("could not keep the unsent reports in %s: %s", self._reports_file, exc)
+
+    async def _close_session(self) -> None:
+        """Say offline (a clean DISCONNECT sends no will), disconnect, stop paho's thread.
+
+        In this order: paho's thread, stopped while connected, runs until every QoS 1 message
+        is acknowledged, so a cloud that stopped answering (a half-open connection) would hold
+        the agent's exit past any grace period. A report still in flight is saved as waiting.
+        """
+        if self._connected.is_set():
+            offline = json.dumps({"online": False, "session": self._session}).encode()
+            info = self._client.publish(self._presence_topic, offline, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, PRESENCE_TIMEOUT)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    async def _step(self) -> None:
+        """What the loop does between messages: ask again, resync, report, renew."""
+        if self._desired_get_due():
+            self._ask_desired()
+        if self._incomplete and self._connected.is_set():
+            await self._reconcile()  # asks again for specs whose answer never came
+        elif self._desired and time.monotonic() >= self._next_resync:
+            await self._reconcile()  # retries what failed, restores what drifted
+        await self._report_if_due()
+        await self._renew_if_due()
+
+    def _desired_get_due(self) -> bool:
+        """Whether the outstanding ``desire/get`` went unanswered long enough to ask again."""
+        return (
+            self._get is not None
+            and self._connected.is_set()
+            and time.monotonic() >= self._get.resend_at
+        )
 
     async def _handle(self, name: str, payload: bytes) -> None:
         try:
@@ -331,10 +400,23 @@ class Agent:
             await self._dispatch(channel, body)
         except (ValueError, RequestError) as exc:
             log.warning("ignored a malformed message on %s: %s", name, exc)
+        except Exception:  # handling one message must not end the agent
+            log.exception("handling a message on %s failed", name)
 
     async def _dispatch(self, channel: Channel, body: JSONObject) -> None:
         if channel is Channel.DESIRE:
             desire = parse_desire(body)
+            get = self._get
+            if get is not None and desire.client_token == get.token:
+                self._get = None
+                if desire.version < get.version:
+                    # The answer to our own request is older than what we had before asking:
+                    # the cloud's shadows went back (a database restored from a backup). The
+                    # cloud's versions only grow, so no true answer is older: follow it.
+                    log.warning("the cloud's desired state went back from version %d to %d "
+                                "(its store restored?); following it", get.version,
+                                desire.version)  # fmt: skip
+                    self._follower = DesiredFollower(desire.version - 1)
             if self._follower.offer(desire):
                 self._desired = desire.desired
                 self._save_state()
@@ -356,7 +438,11 @@ class Agent:
                 self._reports.rejected(rejected.client_token or "", rejected.code)
             elif channel is Channel.RESOURCE_REJECTED and rejected.code == 404:
                 # A spec at that version is gone: our desired state is stale; ask again.
-                self._publish(Channel.DESIRE_GET, {"clientToken": f"get-{uuid.uuid4().hex[:12]}"})
+                self._ask_desired()
+            elif channel is Channel.DESIRE_REJECTED and self._get is not None:
+                # Busy (429) or the store away (500): ask again after a back-off, not at once.
+                retry = time.monotonic() + _spec_retry_delay(self._get.attempts - 1)
+                self._get.resend_at = min(self._get.resend_at, retry)
             log.info("%s refused: %s %s", channel, rejected.code, rejected.message)
 
     # -- certificate renewal -----------------------------------------------------------------------

@@ -120,7 +120,7 @@ async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess
     def start(*options: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(agent_dir),
-             "--report-interval", "1", *options],
+             "--report-interval", "1", "--functions-port", "0", *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=None if env is None else {**os.environ, **env},
         )  # fmt: skip
@@ -128,14 +128,14 @@ async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess
         return proc
 
     yield start
-    for proc in running:
+    for proc in running:  # waited for in a thread: the cloud, in this loop, must keep answering
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=10)
+            await asyncio.to_thread(proc.communicate, timeout=10)
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            await asyncio.to_thread(proc.communicate)
 
 
 async def test_agent_runs_the_nodes_apps_end_to_end(
@@ -208,6 +208,7 @@ class Partition:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.frozen = False  # connections stay open but carry nothing (a cloud gone silent)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
@@ -233,8 +234,9 @@ class Partition:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
+                    if not self.frozen:
+                        dst.write(data)
+                        await dst.drain()
             dst.transport.abort()
 
         try:
@@ -320,10 +322,11 @@ async def _partition_scenario(
 
 def test_the_agent_forgets_specs_no_applied_app_uses(tmp_path: Path) -> None:
     """After a config change, the old config's data (a secret's, likewise) leaves agent.json."""
-    from edge.agent import Agent, AgentConfig
+    from edge.agent import Agent, AgentConfig, NodeIdentity
 
-    agent = Agent.__new__(Agent)  # only the spec bookkeeping is exercised: no identity needed
+    agent = Agent.__new__(Agent)  # only the spec bookkeeping is exercised: no connection
     agent.config = AgentConfig(tmp_path)
+    agent.identity = NodeIdentity("default.gw", "127.0.0.1", 1, tmp_path, tmp_path, tmp_path)
     agent._specs = {
         "app/web/2": {"volumes": [{"name": "s", "secret": {"name": "pw", "version": "2"}}]},
         "app/web/1": {"volumes": [{"name": "s", "secret": {"name": "pw", "version": "1"}}]},
@@ -531,7 +534,7 @@ async def test_a_device_activated_again_as_another_node_follows_that_nodes_desir
     gw1 = (await cloud.context.shadow.get("default.gw-1")).desired.version
     await until(lambda: asyncio.sleep(0, held_version() == gw1), what="gw-1's state held")
     agent.send_signal(signal.SIGTERM)
-    agent.wait(20)
+    assert await asyncio.to_thread(agent.wait, 20) == 0
 
     await activate_node(api, "gw-2", {"site": "y"}, agent_dir)
     out = tmp_path / "app-out.txt"
@@ -544,3 +547,31 @@ async def test_a_device_activated_again_as_another_node_follows_that_nodes_desir
     await until(lambda: asyncio.sleep(0, out.exists()), what="gw-2's app to start")
     state = json.loads((agent_dir / "agent.json").read_text())
     assert "round" not in json.dumps(state["desired"])  # nothing of gw-1's desired state kept
+
+
+async def test_a_stopped_agent_exits_at_once_though_the_cloud_went_silent(
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[..., subprocess.Popen[str]],
+) -> None:
+    """SIGTERM while the connection is up but nothing comes back (reports unacknowledged):
+    the agent exits within seconds, not when keepalive finds the connection dead (45 s)."""
+    partition = Partition(cloud.mqtt_port)
+    await partition.start()
+    try:
+        point_agent_at(agent_dir, partition.port)
+        agent = start_agent()
+
+        async def online() -> bool:
+            return bool((await api.call("GET", "/nodes/gw-1"))[1]["online"])
+
+        await until(online, what="the node to be online")
+        partition.frozen = True
+        await asyncio.sleep(2.5)  # a report or two (one a second) now wait for their PUBACK
+        agent.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert await asyncio.to_thread(agent.wait, 15) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        await partition.cut()

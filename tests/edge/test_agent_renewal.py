@@ -8,51 +8,30 @@ keeps running; desired changes still reach the node afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from certs import CertificateRecord, Identity, Status
-from tests.edge.test_agent_e2e import APP, agent_dir, alive, running_apps, until  # noqa: F401
+from tests.edge.test_agent_e2e import (  # noqa: F401 # fixtures reused
+    APP,
+    agent_dir,
+    alive,
+    running_apps,
+    start_agent,
+    until,
+)
 from tests.management.conftest import Api, RunningCloud
-from tests.support.up import BAETYL
 
 NODE_ID = "default.gw-1"
 
 StartAgent = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-async def start_agent(agent_dir: Path) -> AsyncIterator[StartAgent]:  # noqa: F811
-    """Start `baetyl edge run` with extra options on the activated node; stopped after."""
-    running: list[subprocess.Popen[str]] = []
-
-    def start(*options: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(agent_dir),
-             "--report-interval", "1", "--functions-port", "0", *options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        running.append(proc)
-        return proc
-
-    yield start
-    for proc in running:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def certificate_in(path: Path) -> x509.Certificate:
@@ -70,7 +49,7 @@ async def test_the_agent_renews_its_certificate_while_the_app_keeps_running(
     cloud: RunningCloud,
     api: Api,
     agent_dir: Path,  # noqa: F811
-    start_agent: StartAgent,
+    start_agent: StartAgent,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """Renewed once with a new key, old certificate retired, app untouched, changes still arrive."""

@@ -1,0 +1,155 @@
+"""The agent's side of the protocol, message by message: what it asks again, and when.
+
+The agent is real (its state directory, its native engine); only what it publishes is caught
+instead of going to a broker, and its clock is moved instead of waited for. The end-to-end runs
+are in ``test_agent_e2e.py``; these are the cases a broker cannot easily be made to produce.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs import CertificateAuthority
+from edge.agent import ANSWER_TIMEOUT, Agent, AgentConfig
+from edge.engines.native import NativeEngine
+from shadow import Channel, Encoding, encode
+from tests.broker.helpers import issue_node
+
+NODE = "default.gw"
+
+
+class Clock:
+    """time.monotonic for the agent, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, agent: Agent, clock: Clock) -> None:
+        self.agent = agent
+        self.clock = clock
+        self.sent: list[tuple[Channel, dict[str, Any]]] = []
+
+    def gets(self) -> list[str]:
+        """The tokens of the desire/get requests sent so far."""
+        return [str(body["clientToken"]) for ch, body in self.sent if ch is Channel.DESIRE_GET]
+
+    async def receive(self, channel: Channel, body: dict[str, Any]) -> None:
+        payload = encode(body, Encoding.JSON)
+        await self.agent._handle(f"$baetyl/node/{NODE}/{channel.value}", payload)
+
+    async def desire(self, version: int, props: dict[str, Any], token: str | None = None) -> None:
+        body: dict[str, Any] = {
+            "version": version,
+            "desired": {"apps": [], "nodeprops": props},
+            "timestamp": 1,
+        }
+        if token is not None:
+            body["clientToken"] = token
+        await self.receive(Channel.DESIRE, body)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    creds = issue_node(ca, tmp_path / "issued", "default", "gw")
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(creds.cert, state / "node.crt")
+    shutil.copy(creds.key, state / "node.key")
+    shutil.copy(ca.ca_path, state / "ca.crt")
+    node = {"nodeId": NODE, "broker": {"host": "127.0.0.1", "port": 1}, "activationId": "a1"}
+    (state / "node.json").write_text(json.dumps(node))
+    clock = Clock()
+    monkeypatch.setattr("edge.agent.time.monotonic", clock)
+    async with NativeEngine(tmp_path / "native") as engine:
+        agent = Agent(AgentConfig(state), engine)
+        harness = Harness(agent, clock)
+        monkeypatch.setattr(agent, "_publish", lambda ch, body: harness.sent.append((ch, body)))
+        agent._online()  # as on a connection: asks for the desired state
+        yield harness
+
+
+async def test_an_unanswered_desire_get_is_sent_again(harness: Harness) -> None:
+    """No answer within the timeout: asked again, with a new token; an answer ends it."""
+    assert len(harness.gets()) == 1
+    harness.clock.now += ANSWER_TIMEOUT - 1
+    await harness.agent._step()
+    assert len(harness.gets()) == 1
+    harness.clock.now += 2
+    await harness.agent._step()
+    first, second = harness.gets()
+    assert first != second
+    await harness.desire(3, {"a": "1"}, token=second)
+    harness.clock.now += 10 * ANSWER_TIMEOUT
+    await harness.agent._step()
+    assert len(harness.gets()) == 2
+    assert harness.agent._follower.version == 3
+
+
+async def test_a_refused_desire_get_is_sent_again_after_a_back_off(harness: Harness) -> None:
+    """A 500 (the store away; no token, as the cloud cannot always read one) or a 429: asked
+    again within 5 to 7.5 s, not at once and not only after the answer timeout."""
+    await harness.receive(Channel.DESIRE_REJECTED, {"code": 500, "message": "x", "timestamp": 1})
+    await harness.agent._step()
+    assert len(harness.gets()) == 1
+    harness.clock.now += 7.6
+    await harness.agent._step()
+    assert len(harness.gets()) == 2
+    # The second refusal waits longer: 10 to 15 s.
+    await harness.receive(Channel.DESIRE_REJECTED, {"code": 429, "message": "x", "timestamp": 1})
+    harness.clock.now += 9.9
+    await harness.agent._step()
+    assert len(harness.gets()) == 2
+    harness.clock.now += 5.2
+    await harness.agent._step()
+    assert len(harness.gets()) == 3
+
+
+async def test_stale_pushes_are_ignored_but_an_older_answer_to_our_get_is_followed(
+    harness: Harness,
+) -> None:
+    """A push at or below the applied version is stale; the answer to the agent's own get,
+    older than what the agent had when it asked, means the cloud's store went back."""
+    (token,) = harness.gets()
+    await harness.desire(9, {"round": "9"})  # a push
+    await harness.desire(8, {"round": "8"})  # a redelivery of an older one: ignored
+    assert harness.agent._desired["nodeprops"] == {"round": "9"}
+    # The get crossed the push (asked at version 0): its answer, at 8, is stale, not a reset.
+    await harness.desire(8, {"round": "8"}, token=token)
+    assert (harness.agent._follower.version, harness.agent._desired["nodeprops"]) == (
+        9,
+        {"round": "9"},
+    )
+    harness.agent._online()  # a reconnect, asking at version 9
+    await harness.desire(2, {"round": "restored"}, token=harness.gets()[-1])
+    assert harness.agent._follower.version == 2
+    assert harness.agent._desired["nodeprops"] == {"round": "restored"}
+    await harness.desire(3, {"round": "next"})  # and the pushes after it
+    assert harness.agent._desired["nodeprops"] == {"round": "next"}
+
+
+async def test_a_state_file_that_cannot_be_written_does_not_stop_the_agent(
+    harness: Harness,
+) -> None:
+    """A full disk, say: the desired state is taken and applied from memory, and written once
+    the disk is back."""
+    blocker = harness.agent.config.state_dir / "agent.tmp"
+    blocker.mkdir()  # where the agent writes its next state file: it cannot
+    await harness.desire(4, {"a": "4"}, token=harness.gets()[-1])
+    assert harness.agent._desired["nodeprops"] == {"a": "4"}
+    assert not (harness.agent.config.state_dir / "agent.json").exists()
+    blocker.rmdir()
+    await harness.desire(5, {"a": "5"})
+    saved = json.loads((harness.agent.config.state_dir / "agent.json").read_text())
+    assert (saved["version"], saved["desired"]["nodeprops"]) == (5, {"a": "5"})
