@@ -170,6 +170,8 @@ class Agent:
         self._incomplete = False  # the desired apps wait for specs: ask again until they come
         self._next_resync = 0.0  # monotonic; when to apply the desired apps again, unchanged
         self._get: _Get | None = None  # the desire/get awaiting its answer
+        # What the engine was last given, by (name, version); None: not known (an agent.json
+        # from before it was kept), so nothing is applied while specs are missing.
         self._applied: list[tuple[str, str]] | None = None
         self._last_status: list[dict[str, Any]] | None = None
         settings = ReportSettings(heartbeat=config.report_interval)
@@ -204,6 +206,7 @@ class Agent:
         try:
             data = json.loads(self._state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            self._applied = []  # a new node: nothing applied yet
             return True
         except ValueError:
             log.warning("%s is damaged; starting from the cloud's state", self._state_file)
@@ -215,10 +218,14 @@ class Agent:
                 "unsent reports are dropped; starting from the cloud's",
                 self._state_file,
             )
+            self._applied = []  # what the engine runs for the earlier activation is not wanted
             return False
         self._follower = DesiredFollower(int(data.get("version", 0)))
         self._desired = dict(data.get("desired", {}))
         self._specs = dict(data.get("specs", {}))
+        applied = data.get("applied")
+        if isinstance(applied, list):
+            self._applied = [(str(name), str(version)) for name, version in applied]
         return True
 
     def _save_state(self) -> None:
@@ -235,6 +242,7 @@ class Agent:
             "version": self._follower.version,
             "desired": self._desired,
             "specs": self._specs,
+            "applied": self._applied,
         }
         temp = self._state_file.with_suffix(".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -378,10 +386,11 @@ class Agent:
         """What the loop does between messages: ask again, resync, report, renew."""
         if self._desired_get_due():
             self._ask_desired()
-        if self._incomplete and self._connected.is_set():
+        if self._desired and time.monotonic() >= self._next_resync:
+            self._next_resync = time.monotonic() + self.config.resync_interval
+            await self._reconcile(resync=True)  # retries what failed, restores what drifted
+        elif self._incomplete and self._connected.is_set():
             await self._reconcile()  # asks again for specs whose answer never came
-        elif self._desired and time.monotonic() >= self._next_resync:
-            await self._reconcile()  # retries what failed, restores what drifted
         await self._report_if_due()
         await self._renew_if_due()
 
@@ -497,57 +506,92 @@ class Agent:
 
     # -- reconcile ---------------------------------------------------------------------------------
 
-    async def _reconcile(self) -> None:
-        self._next_resync = time.monotonic() + self.config.resync_interval
+    async def _reconcile(self, *, resync: bool = False) -> None:
+        """Apply the desired apps whose specs are all here; ask for the specs that are not.
+
+        An app waiting for a spec keeps running at the version applied before (its specs are
+        kept), and one never applied waits; the other apps go on. Nothing is applied while
+        waiting if that would change nothing, unless ``resync``; nor when the agent does not
+        know what it applied (a first start with specs missing: the engine runs what it adopted).
+        """
         refs = [
             (str(a.get("name")), str(a.get("version")))
             for a in self._desired.get("apps", []) or []
             if isinstance(a, dict)
         ]
+        previous = dict(self._applied or [])
         missing: list[tuple[str, str, str]] = []
         apps: list[AppSpec] = []
+        chosen: list[tuple[str, str]] = []
         for name, version in refs:
-            spec = self._specs.get(f"app/{name}/{version}")
-            if spec is None:
-                missing.append(("app", name, version))
+            app, lacking = self._app_spec(name, version)
+            if app is None:
+                missing.extend(lacking)
+                old = previous.get(name)
+                kept = None if old is None or old == version else self._app_spec(name, old)[0]
+                if kept is not None:
+                    apps.append(kept)
+                    chosen.append((kept.name, kept.version))
                 continue
-            configs: dict[str, dict[str, str]] = {}
-            secrets: dict[str, dict[str, str]] = {}
-            for volume in spec.get("volumes", []) or []:
-                for kind, into in (("config", configs), ("secret", secrets)):
-                    source = volume.get(kind) if isinstance(volume, dict) else None
-                    if not isinstance(source, dict):
-                        continue
-                    key = f"{kind}/{source.get('name')}/{source.get('version')}"
-                    data = self._specs.get(key)
-                    if data is None:
-                        missing.append((kind, str(source.get("name")), str(source.get("version"))))
-                    else:
-                        into[str(source.get("name"))] = dict(data.get("data", {}))
-            apps.append(AppSpec(name, version, spec, configs, secrets))
+            apps.append(app)
+            chosen.append((name, version))
         self._incomplete = bool(missing)
         if missing:
-            now = time.monotonic()
-            for kind, name, version in missing:
-                key = f"{kind}/{name}/{version}"
-                attempts, not_before = self._requested.get(key, (0, 0.0))
-                if now >= not_before and self._connected.is_set():
-                    self._requested[key] = (attempts + 1, now + _spec_retry_delay(attempts))
-                    self._publish(
-                        Channel.RESOURCE_GET,
-                        {"clientToken": f"res-{uuid.uuid4().hex[:12]}", "kind": kind,
-                         "name": name, "version": version},
-                    )  # fmt: skip
-            return
-        self._requested.clear()
+            self._ask_for(missing)
+            if self._applied is None or (chosen == self._applied and not resync):
+                return
+        else:
+            self._requested.clear()
+        self._next_resync = time.monotonic() + self.config.resync_interval
         try:
             await self.engine.apply(apps)
         except EdgeError as exc:  # the Kubernetes API away, say: the apps that run keep running
             log.warning("the engine could not apply the desired apps; trying again in %.0f s: %s",
                         self.config.resync_interval, exc)  # fmt: skip
             return
-        self._applied = refs
-        self._prune_specs(refs)
+        self._applied = chosen
+        self._prune_specs(chosen + [ref for ref in refs if ref not in chosen])
+
+    def _app_spec(
+        self, name: str, version: str
+    ) -> tuple[AppSpec | None, list[tuple[str, str, str]]]:
+        """The app at ``version`` with its configs and secrets, or None and what it lacks."""
+        spec = self._specs.get(f"app/{name}/{version}")
+        if spec is None:
+            return None, [("app", name, version)]
+        lacking: list[tuple[str, str, str]] = []
+        configs: dict[str, dict[str, str]] = {}
+        secrets: dict[str, dict[str, str]] = {}
+        for volume in spec.get("volumes", []) or []:
+            for kind, into in (("config", configs), ("secret", secrets)):
+                source = volume.get(kind) if isinstance(volume, dict) else None
+                if not isinstance(source, dict):
+                    continue
+                key = f"{kind}/{source.get('name')}/{source.get('version')}"
+                data = self._specs.get(key)
+                if data is None:
+                    lacking.append((kind, str(source.get("name")), str(source.get("version"))))
+                else:
+                    into[str(source.get("name"))] = dict(data.get("data", {}))
+        if lacking:
+            return None, lacking
+        return AppSpec(name, version, spec, configs, secrets), []
+
+    def _ask_for(self, missing: list[tuple[str, str, str]]) -> None:
+        """Send ``resource/get`` for each missing spec not asked for too recently."""
+        if not self._connected.is_set():
+            return
+        now = time.monotonic()
+        for kind, name, version in missing:
+            key = f"{kind}/{name}/{version}"
+            attempts, not_before = self._requested.get(key, (0, 0.0))
+            if now >= not_before:
+                self._requested[key] = (attempts + 1, now + _spec_retry_delay(attempts))
+                self._publish(
+                    Channel.RESOURCE_GET,
+                    {"clientToken": f"res-{uuid.uuid4().hex[:12]}", "kind": kind,
+                     "name": name, "version": version},
+                )  # fmt: skip
 
     def _prune_specs(self, refs: list[tuple[str, str]]) -> None:
         """Forget every spec the applied apps no longer use (old secrets included)."""

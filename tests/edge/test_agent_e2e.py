@@ -335,6 +335,7 @@ def test_the_agent_forgets_specs_no_applied_app_uses(tmp_path: Path) -> None:
     }
     agent._follower = DesiredFollower(2)
     agent._desired = {}
+    agent._applied = [("web", "2")]
     agent._prune_specs([("web", "2")])
     assert set(agent._specs) == {"app/web/2", "secret/pw/2"}
     assert "old" not in (tmp_path / "agent.json").read_text()
@@ -347,11 +348,12 @@ class FailingSpecs:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.failing = True
+        self.only: str | None = None  # "<kind>/<name>": fail only that one's answers
         self.failed = 0
         self.served = 0
 
     async def resource(self, node_id: str, kind: Any, name: str, version: str) -> Any:
-        if self.failing:
+        if self.failing and self.only in (None, f"{kind}/{name}"):
             self.failed += 1
             raise RuntimeError("injected: the spec store is unavailable")
         self.served += 1
@@ -575,3 +577,48 @@ async def test_a_stopped_agent_exits_at_once_though_the_cloud_went_silent(
         assert time.monotonic() - started < 10
     finally:
         await partition.cut()
+
+
+async def test_an_app_waiting_for_a_spec_keeps_running_and_the_others_go_on(
+    api: Api,
+    failing_specs: FailingSpecs,
+    start_agent: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """web's new config cannot be fetched: web keeps running at its old version, while the new
+    version of another app starts; once the config comes, web moves to it."""
+    failing_specs.failing = False
+    web_out, other_out = tmp_path / "web.txt", tmp_path / "other.txt"
+    start_agent()
+    config = await post_site_app(api, web_out)
+    env = [{"name": "OUT", "value": str(other_out)}]
+    other = {"name": "other", "type": "native", "selector": "site=x",
+             "services": [{"name": "main", "command": [sys.executable, "-c", APP_NO_CONFIG],
+                           "env": env}]}  # fmt: skip
+    assert (await api.call("POST", "/apps", other))[0] == 201
+
+    def pid_in(path: Path) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text().partition(" ")[0])
+        return None
+
+    web = await until(lambda: asyncio.sleep(0, pid_in(web_out)), what="web to start")
+    first_other = await until(lambda: asyncio.sleep(0, pid_in(other_out)), what="other to start")
+
+    failing_specs.only, failing_specs.failing = "config/site", True
+    config["data"] = {"msg.txt": "two"}
+    assert (await api.call("PUT", "/configs/site", config))[0] == 200  # web: a new version
+    await until(lambda: asyncio.sleep(0, failing_specs.failed >= 1), what="web's config to fail")
+    env.append({"name": "ROUND", "value": "2"})
+    assert (await api.call("PUT", "/apps/other", other))[0] == 200
+
+    async def other_restarted() -> bool:
+        return pid_in(other_out) not in (None, first_other)
+
+    await until(other_restarted, what="other's new version to start while web waits")
+    assert alive(web)
+    assert web_out.read_text().endswith(" one")
+
+    failing_specs.failing = False
+    await until(lambda: asyncio.sleep(0, web_out.read_text().endswith(" two")), limit=40,
+                what="web's new version once its config comes")  # fmt: skip
