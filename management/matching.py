@@ -221,12 +221,15 @@ class Matcher:
         leaves nodes' desired state behind what the store says, and nothing later would notice.
         The cloud runs this when it starts, before its API serves: one listing per namespace,
         one read of the stored shadows, and one push of the nodes whose desired state differs.
+        Shadows of deleted nodes that still hold a desired state have it emptied.
         A node's push that is refused (its desired state over the limits) is logged and left.
         """
         async with self._lock:
             moved = 0
+            known: set[str] = set()
             for namespace in await self.store.namespaces():
                 nodes = await self.store.list(namespace, Kind.NODE)
+                known.update(node_id(namespace, n.name) for n in nodes)
                 if not nodes:
                     continue
                 apps = await self.store.list(namespace, Kind.APP)
@@ -250,7 +253,32 @@ class Matcher:
                     moved += await self.push(stale, apps)
                 except RequestError as exc:
                     log.warning("reconciling namespace %s: %s", namespace, exc)
-            return moved
+            return moved + await self._empty_orphans(known)
+
+    async def _empty_orphans(self, known: set[str]) -> int:
+        """Empty the desired state of shadows whose node is gone: a delete cut between the
+        node's row and its shadow (certificates revoked first) left it; how many."""
+        orphans = [i for i in await self.shadow.node_ids() if i not in known]
+        stored = await self.shadow.stored(orphans) if orphans else {}
+        left = []
+        for orphan in orphans:
+            record = stored.get(orphan)
+            namespace, _, name = orphan.partition(".")
+            # Looked up again: a node created since the listing is not an orphan.
+            if (
+                record
+                and record.desired.state
+                and not await self.store.find(namespace, Kind.NODE, name)
+            ):
+                left.append(orphan)
+        if left:
+            log.info("%d deleted nodes still had a desired state; emptying it", len(left))
+        results = await self.shadow.write_desired_many([DesiredWrite(i, {}, True) for i in left])
+        refused = [r for r in results if isinstance(r, RequestError)]
+        if refused:
+            log.warning("emptying the desired state of %d deleted nodes: %s", len(refused),
+                        refused[0])  # fmt: skip
+        return len(left) - len(refused)
 
     async def users_of(self, namespace: str, kind: Kind, name: str) -> list[str]:
         """Names of the apps whose volumes reference this config or secret."""

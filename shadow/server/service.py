@@ -322,6 +322,11 @@ class ShadowService:
                 raise BadRequest(f"{node_id!r} is not a node id.")
         return await self._store.load(node_ids)
 
+    async def node_ids(self) -> list[str]:
+        """Every node id with a stored shadow, sorted (straight from the store, like
+        ``stored``)."""
+        return await self._store.node_ids()
+
     @property
     def bus_connected(self) -> bool:
         """Whether the bus carries messages now (False while an external broker is away)."""

@@ -22,6 +22,7 @@ import pymysql
 import pytest
 
 import certs
+from tests.faults.cloud import read_shadows
 from tests.faults.world import Profile, World, until
 from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
 
@@ -222,3 +223,50 @@ async def test_a_node_delete_cut_short_never_leaves_a_deleted_node_able_to_conne
         assert (await world.rest.call("DELETE", "/nodes/n0"))[0] == 204
         assert (await world.rest.call("GET", "/nodes/n0"))[0] == 404
         assert not await asyncio.to_thread(node_exists, database, "n0")
+
+
+@pytest.mark.slow
+async def test_a_node_delete_cut_before_its_shadow_is_emptied_is_finished_at_start(
+    tmp_path: Path, database: Database, profile: Profile
+) -> None:
+    """Killed once a node's row is deleted but while emptying its desired state waits (its
+    shadow's row held from the side), the restarted cloud empties it: a deleted node's shadow
+    names no app, as after a delete that ran to the end.
+
+    Before the start-up reconciliation looked at shadows without a node, it kept them as they
+    were for good."""
+    profile = dataclasses.replace(profile, nodes=5, agents=0)
+    async with World(tmp_path / "run", database, profile) as world:
+        assert (await read_shadows(database))["default.n0"].desired.get("apps")
+        lock = await asyncio.to_thread(RowLock, database, "default.n0")
+        try:
+            delete = asyncio.create_task(world.rest.call("DELETE", "/nodes/n0"))
+
+            async def row_gone_and_push_waiting() -> bool:
+                if delete.done() or await asyncio.to_thread(node_exists, database, "n0"):
+                    return delete.done()
+                return await asyncio.to_thread(lock_waits, database, "%shadows%") > 0
+
+            await until(row_gone_and_push_waiting, 30, "the delete to wait on n0's shadow",
+                        every=0.02)  # fmt: skip
+            await asyncio.sleep(0.2)
+            if delete.done():
+                pytest.fail(f"the delete did not wait on n0's shadow: {delete.result()}")
+            await world.up.kill()
+        finally:
+            await asyncio.to_thread(lock.release)
+        with contextlib.suppress(aiohttp.ClientError):
+            await delete
+        assert not await asyncio.to_thread(node_exists, database, "n0")
+        assert (await read_shadows(database))["default.n0"].desired.get("apps"), "not cut"
+
+        await world.up.start()
+
+        async def emptied() -> bool:
+            return not (await read_shadows(database))["default.n0"].desired
+
+        await until(emptied, 20, "the deleted node's desired state to be emptied")
+        assert (await world.rest.call("GET", "/nodes/n0"))[0] == 404
+        others = {k: v for k, v in (await read_shadows(database)).items() if k != "default.n0"}
+        assert others
+        assert all(shadow.desired.get("apps") for shadow in others.values())

@@ -56,6 +56,32 @@ async def test_reconcile_gives_a_node_never_pushed_its_first_desired_state(
     assert desired.state == {"apps": [], "nodeprops": {"site": "lab"}}
 
 
+async def test_reconcile_empties_the_desired_state_of_a_deleted_node(
+    cloud: RunningCloud,
+) -> None:
+    """A node's row deleted, its shadow left naming apps (a delete cut short): emptied once,
+    and a node that exists is not taken for one."""
+    await cloud.cloud.reconciled()
+    ctx = cloud.context
+    await ctx.store.ensure_namespace("acme")
+    labels = {"site": "x"}
+    kept = await ctx.store.create(Resource("acme", Kind.NODE, "kept", labels=labels))
+    await ctx.store.create(Resource("acme", Kind.APP, "web", body={"selector": "site=x"}))
+    gone = await ctx.store.create(Resource("acme", Kind.NODE, "gone", labels=labels))
+    await ctx.matcher.after_node_change(kept)
+    await ctx.matcher.after_node_change(gone)
+    await ctx.store.delete("acme", Kind.NODE, "gone")  # behind the matcher's back
+    before = await ctx.shadow.get(node_id("acme", "gone"))
+    assert before.desired.state["apps"]
+    kept_before = await ctx.shadow.get(node_id("acme", "kept"))
+
+    assert await ctx.matcher.reconcile() == 1
+    after = await ctx.shadow.get(node_id("acme", "gone"))
+    assert (after.desired.state, after.desired.version) == ({}, before.desired.version + 1)
+    assert await ctx.shadow.get(node_id("acme", "kept")) == kept_before
+    assert await ctx.matcher.reconcile() == 0  # empty already: not written again
+
+
 async def test_the_cloud_reconciles_in_the_background_once_it_serves(cloud: RunningCloud) -> None:
     """A node stored while no cloud ran (as after a crash before its push) has its desired state
     once the next cloud has started, without any API write."""
