@@ -10,7 +10,8 @@ names the node the *token* names, whatever the CSR says; the node's private key 
 the node. The answer holds the certificate, the CA and the broker's address.
 
 Refused (with ``{code, message, requestId}``): a malformed, forged or expired token (401), a
-token already used (401), a token for a node that no longer exists (404), a bad CSR (400).
+token already used (401), a token revoked with ``DELETE /v1/nodes/{name}/init`` (401), a token
+for a node that no longer exists (404), a bad CSR (400).
 
 ``POST /v1/activate/batch`` (``batches.py``) is the other way in: a device of a batch trades the
 batch's secret, its own fingerprint and a CSR for the certificate of a node made for it.
@@ -58,6 +59,7 @@ from management import batches
 from management.api.app import CONTEXT, ApiContext, errors, json_body
 from management.api.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from management.api.schemas import validate
+from management.api.views import INSTALL_NOT_BEFORE
 from management.matching import node_id
 from management.store import Kind
 from management.tokens import ActivationKind, TokenError
@@ -83,6 +85,11 @@ async def activate(request: web.Request) -> web.Response:
         raise NotFound(
             f"The node {claims.node!r} this token was made for no longer exists; create it and "
             "get a new install command."
+        )
+    if claims.issued_at < int(node.body.get(INSTALL_NOT_BEFORE, 0)):
+        raise Unauthorized(
+            "This install command was revoked (DELETE /v1/nodes/{name}/init); get a new one "
+            f"(GET /v1/nodes/{claims.node}/init)."
         )
     identity = Identity.node(claims.namespace, claims.node)
     csr = str(body["csr"]).encode()

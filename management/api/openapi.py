@@ -207,6 +207,15 @@ def document() -> dict[str, Any]:
             "responses": {"200": _json("InstallCommand", "The command to run on the node."),
                           **_error_responses(401, 404, 503)},
         },
+        "delete": {
+            "tags": ["nodes"], "operationId": "revoke_node_init",
+            "summary": "Revoke the install commands issued so far",
+            "description": "Every install command of the node issued before this call stops "
+                           "working (activation answers 401); the node's certificates and the "
+                           "commands issued after are not touched.",
+            "responses": {"204": {"description": "Revoked."},
+                          **_error_responses(401, 404, 409, 503)},
+        },
     }  # fmt: skip
     for collection in ("configs", "secrets"):
         paths[f"/v1/{collection}/{{name}}/apps"] = {

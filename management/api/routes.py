@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -21,16 +22,18 @@ from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
 from management.api.errors import BadRequest, Conflict
 from management.api.schemas import COMPONENTS, ValidationFailed, validate
-from management.api.views import stored_body, view
+from management.api.views import INSTALL_NOT_BEFORE, stored_body, view
 from management.matching import app_matches, desired_apps, mounts, node_id
 from management.selectors import Selector, SelectorError, validate_labels
-from management.store import Kind, Resource
+from management.store import Kind, Resource, ResourceConflict
 from management.tokens import ActivationClaims, ActivationKind
 from shadow import Limits, RequestError
 from shadow import validate as validate_section
 from shadow.server import ShadowRecord
 
 __all__ = ["COLLECTIONS", "add_routes"]
+
+log = logging.getLogger(__name__)
 
 # URL collection -> (kind, write schema)
 COLLECTIONS: dict[str, tuple[Kind, str]] = {
@@ -42,6 +45,7 @@ COLLECTIONS: dict[str, tuple[Kind, str]] = {
     "certificates": (Kind.CERTIFICATE, "CertificateWrite"),
 }
 MAX_PAGE_SIZE = 200
+_MAX_RACE_ATTEMPTS = 5  # conditional writes read again after a conflict at most this often
 _MAX_PROPERTIES: int = COMPONENTS["NodeWrite"]["properties"]["properties"]["maxProperties"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a label key shown as labels.<key>
 
@@ -244,12 +248,37 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
                 users=lambda app: (kind, name) in mounts(app),
             )
             await ctx.matcher.after_mounted_change(updated.namespace, bumped)
+        elif kind is Kind.NODE:
+            before, updated = await _update_node(ctx, resource, before, _expected_version(request))
+            await _after_write(ctx, before, updated)
         else:
             updated = await ctx.store.update(resource, expected_version=_expected_version(request))
             await _after_write(ctx, before, updated)
         return web.json_response(await _view(ctx, updated))
 
     return handle
+
+
+async def _update_node(
+    ctx: ApiContext, resource: Resource, before: Resource, expected: int | None
+) -> tuple[Resource, Resource]:
+    """Write a node's new body, keeping what the server keeps in it (its install commands'
+    revocation); ``(before, updated)``. Conditional on the version read, so a revocation
+    committed meanwhile is never written over: read again and retried, unless the client named
+    the version itself (409 then, as for any other write)."""
+    for _ in range(_MAX_RACE_ATTEMPTS):
+        if INSTALL_NOT_BEFORE in before.body:
+            resource.body[INSTALL_NOT_BEFORE] = before.body[INSTALL_NOT_BEFORE]
+        else:
+            resource.body.pop(INSTALL_NOT_BEFORE, None)
+        try:
+            version = expected if expected is not None else before.version
+            return before, await ctx.store.update(resource, expected_version=version)
+        except ResourceConflict:
+            if expected is not None:
+                raise
+            before = await ctx.store.get(resource.namespace, Kind.NODE, resource.name)
+    raise Conflict(f"The node {resource.name!r} kept changing while it was written; retry.")
 
 
 def _delete_handler(kind: Kind) -> Callable[[web.Request], Any]:
@@ -381,7 +410,8 @@ async def node_init(request: web.Request) -> web.Response:
     """The one-line install command with a signed, expiring, single-use activation token."""
     ctx = _ctx(request)
     node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    now = int(time.time())
+    # Never issued before a revocation's cut-off (a revocation in this very second).
+    now = max(int(time.time()), int(node.body.get(INSTALL_NOT_BEFORE, 0)))
     claims = ActivationClaims.new(
         ActivationKind.NODE, node.namespace, node.name, now=now, lifetime=ctx.install_token_ttl
     )
@@ -391,6 +421,28 @@ async def node_init(request: web.Request) -> web.Response:
     cmd = f"baetyl edge activate --url {url} --ca-sha256 {fingerprint} --token {token}"
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))
     return web.json_response({"cmd": cmd, "token": token, "expiresAt": expires})
+
+
+async def revoke_node_init(request: web.Request) -> web.Response:
+    """Revoke every install command issued for the node so far (a leaked one, say); the node's
+    certificates and the commands issued after are not touched."""
+    ctx = _ctx(request)
+    name = request.match_info["name"]
+    for _ in range(_MAX_RACE_ATTEMPTS):  # an update racing ours: read it again
+        node = await ctx.store.get(_ns(request), Kind.NODE, name)
+        cut = int(time.time()) + 1  # tokens carry whole seconds: this second's too
+        kept = int(node.body.get(INSTALL_NOT_BEFORE, 0))
+        body = {**node.body, INSTALL_NOT_BEFORE: max(cut, kept)}
+        try:
+            await ctx.store.update(
+                Resource(node.namespace, Kind.NODE, name, labels=node.labels, body=body),
+                expected_version=node.version,
+            )
+        except ResourceConflict:
+            continue
+        log.info("revoked the install commands of node %s/%s", node.namespace, name)
+        return web.Response(status=204)
+    raise Conflict(f"The node {name!r} kept changing; revoke its install commands again.")
 
 
 async def config_users(request: web.Request) -> web.Response:
@@ -431,6 +483,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/nodes/{name}/properties", node_properties)
     app.router.add_put("/v1/nodes/{name}/properties", put_node_properties)
     app.router.add_get("/v1/nodes/{name}/init", node_init)
+    app.router.add_delete("/v1/nodes/{name}/init", revoke_node_init)
     app.router.add_get("/v1/configs/{name}/apps", config_users)
     app.router.add_get("/v1/secrets/{name}/apps", config_users)
     app.router.add_get("/v1/apps/{name}/configs", app_mounts)

@@ -18,10 +18,14 @@ from management.api.errors import BadRequest
 from management.crypto import SecretBox
 from management.store import Kind, Resource
 
-__all__ = ["decrypt_data", "stored_body", "view"]
+__all__ = ["INSTALL_NOT_BEFORE", "decrypt_data", "stored_body", "view"]
 
 # Fields every kind keeps in its body besides the common ones.
 _COMMON = ("name", "labels", "description")
+
+INSTALL_NOT_BEFORE = "installTokensNotBefore"
+"""A node's body field kept by the server (never written by clients, never shown): install
+tokens issued before this unix time were revoked (``DELETE /v1/nodes/{name}/init``)."""
 
 
 def _time(ms: int) -> str:
@@ -136,6 +140,6 @@ def view(resource: Resource, *, box: SecretBox | None = None, full: bool = True)
         out.update(body.get("info", {}))
     else:
         for key, value in body.items():
-            if key not in _COMMON:
+            if key not in _COMMON and key != INSTALL_NOT_BEFORE:
                 out[key] = value
     return out

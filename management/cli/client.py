@@ -8,6 +8,7 @@ kubectl-like commands over the management REST API, synchronous, on ``urllib``::
     baetyl app apply -f FILE         # POST, or PUT if it exists (nothing if it is the same)
     baetyl app delete NAME [NAME...]
     baetyl node init NAME            # the install command for the device
+    baetyl node revoke-init NAME     # the install commands issued so far stop working
     baetyl apply -f FILE             # objects of any kind, each with kind: App, Config, ...
 
 The API address and token come from ``--api-url``/``--token``, else ``BAETYL_API_URL`` /
@@ -367,6 +368,12 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                 output, kind=kind,
             )  # fmt: skip
             init.add_argument("name", metavar="NAME")
+            revoke = leaf(
+                commands, "revoke-init", _revoke_init,
+                "revoke the install commands of a node issued so far (a leaked one, say)",
+                kind=kind,
+            )  # fmt: skip
+            revoke.add_argument("name", metavar="NAME")
     leaf(
         groups,
         "apply",
@@ -431,6 +438,13 @@ def _init(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(answer["cmd"])
+    return 0
+
+
+def _revoke_init(args: argparse.Namespace) -> int:
+    _client(args).request("DELETE", f"/nodes/{_quote(args.name)}/init")
+    print(f"revoked the install commands of node {args.name}; 'baetyl node init "
+          f"{args.name}' makes a new one")  # fmt: skip
     return 0
 
 

@@ -297,6 +297,43 @@ async def test_a_token_of_a_deleted_node_is_refused(
     assert answer["code"] == "NotFound"
 
 
+async def test_revoked_install_commands_are_refused_and_new_ones_work(
+    cloud: RunningCloud, api: Api, https: aiohttp.ClientSession
+) -> None:
+    """DELETE .../init: every install command issued before it is refused (401), even after
+    the node is updated; one issued after it (in the same second too) activates."""
+    leaked = await new_node(api, "gw-1")
+    also_old = await install_token(api, "gw-1")
+    status, _ = await api.call("DELETE", "/nodes/gw-1/init")
+    assert status == 204
+    fresh = await install_token(api, "gw-1")  # most likely within the same second
+    status, view = await api.call("PUT", "/nodes/gw-1", {"name": "gw-1", "labels": {"a": "b"}})
+    assert status == 200, view
+    assert "installTokensNotBefore" not in view  # kept by the server, not shown
+    for token in (leaked, also_old):
+        status, answer = await activate(
+            https, cloud.activation_url, {"token": token, "csr": make_csr()}
+        )
+        assert status == 401, answer
+        assert "revoked" in answer["message"]
+        assert "GET /v1/nodes/gw-1/init" in answer["message"]
+    status, answer = await activate(
+        https, cloud.activation_url, {"token": fresh, "csr": make_csr()}
+    )
+    assert status == 201, answer
+    assert (await api.call("DELETE", "/nodes/nope/init"))[0] == 404
+
+
+async def test_a_client_cannot_set_the_revocation_itself(api: Api) -> None:
+    """The field is the server's: a client body carrying it is refused, on create and update."""
+    body = {"name": "gw-1", "installTokensNotBefore": 0}
+    status, answer = await api.call("POST", "/nodes", body)
+    assert status == 400, answer
+    assert (await api.call("POST", "/nodes", {"name": "gw-1"}))[0] == 201
+    status, answer = await api.call("PUT", "/nodes/gw-1", body)
+    assert status == 400, answer
+
+
 # -- bodies refused --------------------------------------------------------------------------------
 
 

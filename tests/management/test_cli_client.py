@@ -19,6 +19,7 @@ import yaml
 
 from management.cli import main
 from management.cli.client import DEFAULT_URL, ClientError, resolve_endpoint
+from management.store import Kind
 from tests.management.api_samples import key_and_certificate, sample
 from tests.management.conftest import RunningCloud
 from tests.shadow.conftest import Database
@@ -343,6 +344,23 @@ async def test_node_init_prints_the_install_command(run: Cli, token: str, tmp_pa
         "token",
         "expiresAt",
     }
+
+
+async def test_node_revoke_init_makes_earlier_install_commands_fail(
+    cloud: RunningCloud, run: Cli, token: str, tmp_path: Path
+) -> None:
+    """node revoke-init revokes (what that does: test_activation.py); a missing node fails."""
+    assert (
+        await run("node", "create", "-f", write(tmp_path / "n.yaml", [sample("nodes", "gw")]))
+    ).code == 0
+    result = await run("node", "revoke-init", "gw")
+    assert result.code == 0
+    assert "revoked the install commands of node gw" in result.out
+    node = await cloud.context.store.get("default", Kind.NODE, "gw")
+    assert node.body["installTokensNotBefore"] > 0
+    missing = await run("node", "revoke-init", "nope")
+    assert missing.code == 1
+    assert missing.err.startswith("error: ")
 
 
 async def test_server_down_says_what_to_check(run: Cli) -> None:
