@@ -118,7 +118,9 @@ class NodeIdentity:
 
 
 ANSWER_TIMEOUT = 30.0
-"""Seconds without an answer after which a ``desire/get`` is sent again."""
+"""Seconds without an answer after which a ``desire/get`` is sent again: the first wait, then
+doubling to 8 times as long, each jittered by up to half again (a fleet that reconnected
+together does not ask again together)."""
 PRESENCE_TIMEOUT = 2.0
 """Seconds a stopping agent waits for the broker to take its offline presence."""
 
@@ -173,6 +175,7 @@ class Agent:
         # What the engine was last given, by (name, version); None: not known (an agent.json
         # from before it was kept), so nothing is applied while specs are missing.
         self._applied: list[tuple[str, str]] | None = None
+        self._attempted: list[tuple[str, str]] | None = None  # what the last apply was given
         self._last_status: list[dict[str, Any]] | None = None
         settings = ReportSettings(heartbeat=config.report_interval)
         if self._load_state():
@@ -184,7 +187,6 @@ class Agent:
         self._next_renewal_check = 0.0  # monotonic; 0: at start
         self._retire_due = True  # a certificate renewed before a restart may await retiring
         self._client_serial = 0
-        self._session = ""  # the presence session of the current connection (_new_session)
         self._client = self._make_client()
 
     # -- local state -------------------------------------------------------------------------------
@@ -286,8 +288,11 @@ class Agent:
         Cloud replicas on an external broker learn presence from these retained messages; a
         session id lets them ignore a will that arrives after the next connection came up.
         """
-        self._session = uuid.uuid4().hex[:16]
-        offline = json.dumps({"online": False, "session": self._session}).encode()
+        session = uuid.uuid4().hex[:16]
+        # Kept with its client (paho's user data): a replaced client's callbacks, which may still
+        # run on its thread, can never change the session of the one that replaced it.
+        client.user_data_set(session)
+        offline = json.dumps({"online": False, "session": session}).encode()
         client.will_set(self._presence_topic, offline, qos=1, retain=True)
 
     def _call(self, fn: Callable[[], None]) -> None:
@@ -295,12 +300,14 @@ class Agent:
             self._loop.call_soon_threadsafe(fn)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if client is not self._client:
+            return  # a client a renewal replaced
         if reason.is_failure:
             log.warning("the cloud refused the connection: %s", reason)
             return
         prefix = f"$baetyl/node/{self.identity.node_id}/"
         client.subscribe([(prefix + channel.value, 1) for channel in SUBSCRIBE])
-        online = json.dumps({"online": True, "session": self._session}).encode()
+        online = json.dumps({"online": True, "session": client.user_data_get()}).encode()
         client.publish(self._presence_topic, online, qos=1, retain=True)
         self._call(self._online)
         log.info("connected to %s:%d as %s", self.identity.host, self.identity.port,
@@ -319,7 +326,8 @@ class Agent:
         attempts = self._get.attempts if self._get is not None else 0
         token = f"get-{uuid.uuid4().hex[:12]}"
         now = time.monotonic()
-        self._get = _Get(token, self._follower.version, attempts + 1, now + ANSWER_TIMEOUT)
+        wait = ANSWER_TIMEOUT * min(2**attempts, 8) * (1.0 + random.random() / 2)  # noqa: S311
+        self._get = _Get(token, self._follower.version, attempts + 1, now + wait)
         self._publish(Channel.DESIRE_GET, {"clientToken": token})
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -375,7 +383,8 @@ class Agent:
         the agent's exit past any grace period. A report still in flight is saved as waiting.
         """
         if self._connected.is_set():
-            offline = json.dumps({"online": False, "session": self._session}).encode()
+            session = self._client.user_data_get()
+            offline = json.dumps({"online": False, "session": session}).encode()
             info = self._client.publish(self._presence_topic, offline, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 await asyncio.to_thread(info.wait_for_publish, PRESENCE_TIMEOUT)
@@ -538,11 +547,13 @@ class Agent:
         self._incomplete = bool(missing)
         if missing:
             self._ask_for(missing)
-            if self._applied is None or (chosen == self._applied and not resync):
+            tried = chosen in (self._applied, self._attempted)  # done, or failed: until resync
+            if self._applied is None or (tried and not resync):
                 return
         else:
             self._requested.clear()
         self._next_resync = time.monotonic() + self.config.resync_interval
+        self._attempted = chosen
         try:
             await self.engine.apply(apps)
         except EdgeError as exc:  # the Kubernetes API away, say: the apps that run keep running

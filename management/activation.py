@@ -59,10 +59,10 @@ from management import batches
 from management.api.app import CONTEXT, ApiContext, errors, json_body
 from management.api.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from management.api.schemas import validate
-from management.api.views import INSTALL_NOT_BEFORE
+from management.api.views import INSTALL_GENERATION
 from management.matching import node_id
-from management.store import Kind
-from management.tokens import ActivationKind, TokenError
+from management.store import Kind, Resource
+from management.tokens import ActivationClaims, ActivationKind, TokenError
 
 __all__ = ["create_activation_app"]
 
@@ -86,11 +86,7 @@ async def activate(request: web.Request) -> web.Response:
             f"The node {claims.node!r} this token was made for no longer exists; create it and "
             "get a new install command."
         )
-    if claims.issued_at < int(node.body.get(INSTALL_NOT_BEFORE, 0)):
-        raise Unauthorized(
-            "This install command was revoked (DELETE /v1/nodes/{name}/init); get a new one "
-            f"(GET /v1/nodes/{claims.node}/init)."
-        )
+    _refuse_revoked(claims, node)
     identity = Identity.node(claims.namespace, claims.node)
     csr = str(body["csr"]).encode()
     try:  # before the token is used up: a node whose CSR is refused may send a better one
@@ -104,6 +100,8 @@ async def activate(request: web.Request) -> web.Response:
             "This activation token was used already; get a new install command "
             f"(GET /v1/nodes/{claims.node}/init)."
         )
+    # Again, now that the token is used up: a revocation that committed while this request ran.
+    _refuse_revoked(claims, await ctx.store.find(claims.namespace, Kind.NODE, claims.node))
     issued = await ctx.issue_node_certificate(csr, identity)  # NotFound if deleted meanwhile
     log.info("activated node %s (certificate %s)", identity.common_name, issued.record.serial_hex)
     answer: dict[str, Any] = {
@@ -113,6 +111,15 @@ async def activate(request: web.Request) -> web.Response:
         "nodeId": node_id(claims.namespace, claims.node),
     }
     return web.json_response(answer, status=201)
+
+
+def _refuse_revoked(claims: ActivationClaims, node: Resource | None) -> None:
+    """401 if the node's install commands were revoked since the token was made."""
+    if node is not None and claims.generation < int(node.body.get(INSTALL_GENERATION, 0)):
+        raise Unauthorized(
+            "This install command was revoked (DELETE /v1/nodes/{name}/init); get a new one "
+            f"(GET /v1/nodes/{claims.node}/init)."
+        )
 
 
 def _peer_certificate(request: web.Request) -> x509.Certificate:

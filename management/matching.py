@@ -219,7 +219,7 @@ class Matcher:
 
         A push follows the resource write that caused it, so a cloud killed between the two
         leaves nodes' desired state behind what the store says, and nothing later would notice.
-        The cloud runs this when it starts, before its API serves: one listing per namespace,
+        The cloud runs this in the background once its API serves: one listing per namespace,
         one read of the stored shadows, and one push of the nodes whose desired state differs.
         Shadows of deleted nodes that still hold a desired state have it emptied.
         A node's push that is refused (its desired state over the limits) is logged and left.
@@ -260,7 +260,7 @@ class Matcher:
         node's row and its shadow (certificates revoked first) left it; how many."""
         orphans = [i for i in await self.shadow.node_ids() if i not in known]
         stored = await self.shadow.stored(orphans) if orphans else {}
-        left = []
+        left: list[DesiredWrite] = []
         for orphan in orphans:
             record = stored.get(orphan)
             namespace, _, name = orphan.partition(".")
@@ -270,10 +270,12 @@ class Matcher:
                 and record.desired.state
                 and not await self.store.find(namespace, Kind.NODE, name)
             ):
-                left.append(orphan)
+                # At the version read: a node of that name created meanwhile by another replica
+                # pushes a newer one, and this write then changes nothing (409).
+                left.append(DesiredWrite(orphan, {}, True, version=record.desired.version))
         if left:
             log.info("%d deleted nodes still had a desired state; emptying it", len(left))
-        results = await self.shadow.write_desired_many([DesiredWrite(i, {}, True) for i in left])
+        results = await self.shadow.write_desired_many(left)
         refused = [r for r in results if isinstance(r, RequestError)]
         if refused:
             log.warning("emptying the desired state of %d deleted nodes: %s", len(refused),

@@ -201,9 +201,22 @@ class ActivationClaims:
         *,
         now: int,
         lifetime: int = DEFAULT_ACTIVATION_LIFETIME,
+        generation: int = 0,
     ) -> Self:
-        """Claims issued at `now`, living `lifetime` seconds, with a fresh random jti."""
-        return cls(kind, namespace, node, secrets.token_hex(16), now, now + lifetime)
+        """Claims issued at `now`, living `lifetime` seconds, with a fresh random jti that
+        carries `generation` (see :attr:`generation`)."""
+        jti = secrets.token_hex(16)
+        if generation:
+            jti = f"{generation}_{jti}"
+        return cls(kind, namespace, node, jti, now, now + lifetime)
+
+    @property
+    def generation(self) -> int:
+        """The node's install-command generation the token was issued in: ``<n>_`` before the
+        random part of the jti, 0 without one (and for every token made before generations).
+        Revoking a node's install commands moves its generation on; older tokens are refused."""
+        head, sep, _ = self.jti.partition("_")
+        return int(head) if sep and head.isdigit() and len(head) <= 9 else 0
 
     def to_json(self) -> dict[str, str | int]:
         """The claims as the JSON object signed into the token."""

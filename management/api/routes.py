@@ -22,7 +22,7 @@ from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
 from management.api.errors import BadRequest, Conflict
 from management.api.schemas import COMPONENTS, ValidationFailed, validate
-from management.api.views import INSTALL_NOT_BEFORE, stored_body, view
+from management.api.views import INSTALL_GENERATION, stored_body, view
 from management.matching import app_matches, desired_apps, mounts, node_id
 from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource, ResourceConflict
@@ -249,7 +249,9 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
             )
             await ctx.matcher.after_mounted_change(updated.namespace, bumped)
         elif kind is Kind.NODE:
-            before, updated = await _update_node(ctx, resource, before, _expected_version(request))
+            before, updated = await _write_node(
+                ctx, before, lambda _current: resource, _expected_version(request)
+            )
             await _after_write(ctx, before, updated)
         else:
             updated = await ctx.store.update(resource, expected_version=_expected_version(request))
@@ -259,26 +261,30 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
     return handle
 
 
-async def _update_node(
-    ctx: ApiContext, resource: Resource, before: Resource, expected: int | None
+async def _write_node(
+    ctx: ApiContext,
+    before: Resource,
+    change: Callable[[Resource], Resource],
+    expected: int | None,
 ) -> tuple[Resource, Resource]:
-    """Write a node's new body, keeping what the server keeps in it (its install commands'
-    revocation); ``(before, updated)``. Conditional on the version read, so a revocation
-    committed meanwhile is never written over: read again and retried, unless the client named
-    the version itself (409 then, as for any other write)."""
+    """Write ``change(current)`` over a node, keeping what the server keeps in its body (its
+    install commands' generation); ``(current, updated)``. Conditional on the version read, so a
+    revocation committed meanwhile is never written over: read again and retried, unless the
+    client named the version itself (409 then, as for any other write)."""
+    current = before
     for _ in range(_MAX_RACE_ATTEMPTS):
-        if INSTALL_NOT_BEFORE in before.body:
-            resource.body[INSTALL_NOT_BEFORE] = before.body[INSTALL_NOT_BEFORE]
-        else:
-            resource.body.pop(INSTALL_NOT_BEFORE, None)
+        resource = change(current)
+        resource.body.pop(INSTALL_GENERATION, None)
+        if INSTALL_GENERATION in current.body:
+            resource.body[INSTALL_GENERATION] = current.body[INSTALL_GENERATION]
         try:
-            version = expected if expected is not None else before.version
-            return before, await ctx.store.update(resource, expected_version=version)
+            version = expected if expected is not None else current.version
+            return current, await ctx.store.update(resource, expected_version=version)
         except ResourceConflict:
             if expected is not None:
                 raise
-            before = await ctx.store.get(resource.namespace, Kind.NODE, resource.name)
-    raise Conflict(f"The node {resource.name!r} kept changing while it was written; retry.")
+            current = await ctx.store.get(current.namespace, Kind.NODE, current.name)
+    raise Conflict(f"The node {current.name!r} kept changing while it was written; retry.")
 
 
 def _delete_handler(kind: Kind) -> Callable[[web.Request], Any]:
@@ -397,10 +403,13 @@ async def put_node_properties(request: web.Request) -> web.Response:
             field="desire",
         )
     node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    updated = await ctx.store.update(
-        Resource(node.namespace, Kind.NODE, node.name, labels=node.labels,
-                 body={**node.body, "properties": desire}),
-        expected_version=_expected_version(request),
+    _, updated = await _write_node(
+        ctx,
+        node,
+        lambda current: Resource(current.namespace, Kind.NODE, current.name,
+                                 labels=current.labels,
+                                 body={**current.body, "properties": desire}),
+        _expected_version(request),
     )  # fmt: skip
     await ctx.matcher.after_node_change(updated)
     return await node_properties(request)
@@ -410,11 +419,11 @@ async def node_init(request: web.Request) -> web.Response:
     """The one-line install command with a signed, expiring, single-use activation token."""
     ctx = _ctx(request)
     node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    # Never issued before a revocation's cut-off (a revocation in this very second).
-    now = max(int(time.time()), int(node.body.get(INSTALL_NOT_BEFORE, 0)))
+    now = int(time.time())
     claims = ActivationClaims.new(
-        ActivationKind.NODE, node.namespace, node.name, now=now, lifetime=ctx.install_token_ttl
-    )
+        ActivationKind.NODE, node.namespace, node.name, now=now, lifetime=ctx.install_token_ttl,
+        generation=int(node.body.get(INSTALL_GENERATION, 0)),
+    )  # fmt: skip
     token = ctx.signer.sign(claims)
     fingerprint = ctx.ca.certificate.fingerprint(hashes.SHA256()).hex()
     url = f"https://{ctx.public_host}:{ctx.activation_port}"
@@ -427,22 +436,23 @@ async def revoke_node_init(request: web.Request) -> web.Response:
     """Revoke every install command issued for the node so far (a leaked one, say); the node's
     certificates and the commands issued after are not touched."""
     ctx = _ctx(request)
-    name = request.match_info["name"]
-    for _ in range(_MAX_RACE_ATTEMPTS):  # an update racing ours: read it again
-        node = await ctx.store.get(_ns(request), Kind.NODE, name)
-        cut = int(time.time()) + 1  # tokens carry whole seconds: this second's too
-        kept = int(node.body.get(INSTALL_NOT_BEFORE, 0))
-        body = {**node.body, INSTALL_NOT_BEFORE: max(cut, kept)}
+    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
+
+    def next_generation(current: Resource) -> Resource:
+        generation = int(current.body.get(INSTALL_GENERATION, 0)) + 1
+        return Resource(current.namespace, Kind.NODE, current.name, labels=current.labels,
+                        body={**current.body, INSTALL_GENERATION: generation})  # fmt: skip
+
+    # Not through _write_node, which keeps the stored generation: this write moves it on.
+    for _ in range(_MAX_RACE_ATTEMPTS):
         try:
-            await ctx.store.update(
-                Resource(node.namespace, Kind.NODE, name, labels=node.labels, body=body),
-                expected_version=node.version,
-            )
+            await ctx.store.update(next_generation(node), expected_version=node.version)
         except ResourceConflict:
+            node = await ctx.store.get(node.namespace, Kind.NODE, node.name)
             continue
-        log.info("revoked the install commands of node %s/%s", node.namespace, name)
+        log.info("revoked the install commands of node %s/%s", node.namespace, node.name)
         return web.Response(status=204)
-    raise Conflict(f"The node {name!r} kept changing; revoke its install commands again.")
+    raise Conflict(f"The node {node.name!r} kept changing; revoke its install commands again.")
 
 
 async def config_users(request: web.Request) -> web.Response:

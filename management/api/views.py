@@ -18,14 +18,15 @@ from management.api.errors import BadRequest
 from management.crypto import SecretBox
 from management.store import Kind, Resource
 
-__all__ = ["INSTALL_NOT_BEFORE", "decrypt_data", "stored_body", "view"]
+__all__ = ["INSTALL_GENERATION", "decrypt_data", "stored_body", "view"]
 
 # Fields every kind keeps in its body besides the common ones.
 _COMMON = ("name", "labels", "description")
 
-INSTALL_NOT_BEFORE = "installTokensNotBefore"
-"""A node's body field kept by the server (never written by clients, never shown): install
-tokens issued before this unix time were revoked (``DELETE /v1/nodes/{name}/init``)."""
+INSTALL_GENERATION = "installGeneration"
+"""A node's body field kept by the server (never written by clients, never shown): its install
+commands' generation, moved on by ``DELETE /v1/nodes/{name}/init``; tokens of an earlier one are
+refused (``ActivationClaims.generation``). A counter, not a time: cloud replicas' clocks differ."""
 
 
 def _time(ms: int) -> str:
@@ -140,6 +141,6 @@ def view(resource: Resource, *, box: SecretBox | None = None, full: bool = True)
         out.update(body.get("info", {}))
     else:
         for key, value in body.items():
-            if key not in _COMMON and key != INSTALL_NOT_BEFORE:
+            if key not in _COMMON and key != INSTALL_GENERATION:
                 out[key] = value
     return out

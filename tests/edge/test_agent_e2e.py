@@ -57,6 +57,14 @@ async def until(
     raise AssertionError(f"timed out after {limit} s waiting for {what}")
 
 
+def written(path: Path) -> str:
+    """What an app wrote to ``path`` so far ("" before it exists: it may be empty a moment)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -404,8 +412,9 @@ async def test_the_agent_asks_again_for_a_spec_whose_answer_failed(
     await post_site_app(api, out)
     await until(lambda: asyncio.sleep(0, failing_specs.failed >= 1), what="a spec to fail")
     failing_specs.failing = False
-    await until(lambda: asyncio.sleep(0, out.exists()), limit=30, what="the app to start")
-    assert out.read_text().endswith(" one")
+    await until(
+        lambda: asyncio.sleep(0, written(out).endswith(" one")), limit=30, what="the app to start"
+    )
     assert failing_specs.served >= 2  # the app's spec and its config's, asked again
 
 
@@ -433,8 +442,10 @@ async def test_a_restarted_agent_fetches_the_specs_it_still_lacks(
     agent.wait(10)
     failing_specs.failing = False
     start_agent()
-    await until(lambda: asyncio.sleep(0, out.exists()), what="the app to start after the restart")
-    assert out.read_text().endswith(" one")
+    await until(
+        lambda: asyncio.sleep(0, written(out).endswith(" one")),
+        what="the app to start after the restart",
+    )
 
 
 def test_specs_are_asked_again_with_a_jittered_growing_delay() -> None:
@@ -470,8 +481,9 @@ async def test_an_app_that_could_not_start_is_tried_again_unchanged(
     assert "could not be written" in await until(cause, what="the app's failure reported")
     version = (await cloud.context.shadow.get("default.gw-1")).desired.version
     blocker.unlink()
-    await until(lambda: asyncio.sleep(0, out.exists()), what="the app to start on a resync")
-    assert out.read_text().endswith(" one")
+    await until(
+        lambda: asyncio.sleep(0, written(out).endswith(" one")), what="the app to start on a resync"
+    )
     assert (await cloud.context.shadow.get("default.gw-1")).desired.version == version
 
 
@@ -537,6 +549,12 @@ async def test_a_device_activated_again_as_another_node_follows_that_nodes_desir
     await until(lambda: asyncio.sleep(0, held_version() == gw1), what="gw-1's state held")
     agent.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(agent.wait, 20) == 0
+    # What gw-1's agent could have left besides: a spec, and a report it had not sent yet.
+    kept = json.loads((agent_dir / "agent.json").read_text())
+    kept["specs"]["app/gw1-only/1"] = {"services": []}
+    (agent_dir / "agent.json").write_text(json.dumps(kept))
+    unsent = {"format": 1, "pending": [{"gw1-only": "unsent"}]}
+    (agent_dir / "reports.json").write_text(json.dumps(unsent))
 
     await activate_node(api, "gw-2", {"site": "y"}, agent_dir)
     out = tmp_path / "app-out.txt"
@@ -546,9 +564,13 @@ async def test_a_device_activated_again_as_another_node_follows_that_nodes_desir
     assert (await api.call("POST", "/apps", app))[0] == 201
     assert (await cloud.context.shadow.get("default.gw-2")).desired.version < gw1
     start_agent()
-    await until(lambda: asyncio.sleep(0, out.exists()), what="gw-2's app to start")
+    await until(lambda: asyncio.sleep(0, written(out)), what="gw-2's app to start")
     state = json.loads((agent_dir / "agent.json").read_text())
     assert "round" not in json.dumps(state["desired"])  # nothing of gw-1's desired state kept
+    assert "app/gw1-only/1" not in state["specs"]
+    assert state["activation"] != kept["activation"]
+    reported = (await cloud.context.shadow.get("default.gw-2")).reported.state
+    assert "gw1-only" not in reported  # gw-1's unsent report did not go out as gw-2's
 
 
 async def test_a_stopped_agent_exits_at_once_though_the_cloud_went_silent(

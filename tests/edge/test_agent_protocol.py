@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     node = {"nodeId": NODE, "broker": {"host": "127.0.0.1", "port": 1}, "activationId": "a1"}
     (state / "node.json").write_text(json.dumps(node))
     clock = Clock()
-    monkeypatch.setattr("edge.agent.time.monotonic", clock)
+    # The agent's module sees this clock; asyncio and the engine keep the real one.
+    monkeypatch.setattr("edge.agent.time", types.SimpleNamespace(monotonic=clock))
     async with NativeEngine(tmp_path / "native") as engine:
         agent = Agent(AgentConfig(state), engine)
         harness = Harness(agent, clock)
@@ -81,14 +83,18 @@ async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 async def test_an_unanswered_desire_get_is_sent_again(harness: Harness) -> None:
-    """No answer within the timeout: asked again, with a new token; an answer ends it."""
+    """No answer within the timeout (30 to 45 s, jittered): asked again, with a new token, then
+    after twice as long; an answer ends it."""
     assert len(harness.gets()) == 1
     harness.clock.now += ANSWER_TIMEOUT - 1
     await harness.agent._step()
     assert len(harness.gets()) == 1
-    harness.clock.now += 2
+    harness.clock.now += ANSWER_TIMEOUT * 0.5 + 2
     await harness.agent._step()
     first, second = harness.gets()
+    harness.clock.now += 2 * ANSWER_TIMEOUT - 1
+    await harness.agent._step()
+    assert len(harness.gets()) == 2  # the second wait is 60 to 90 s
     assert first != second
     await harness.desire(3, {"a": "1"}, token=second)
     harness.clock.now += 10 * ANSWER_TIMEOUT

@@ -301,15 +301,18 @@ async def test_revoked_install_commands_are_refused_and_new_ones_work(
     cloud: RunningCloud, api: Api, https: aiohttp.ClientSession
 ) -> None:
     """DELETE .../init: every install command issued before it is refused (401), even after
-    the node is updated; one issued after it (in the same second too) activates."""
+    the node and its properties are updated; one issued after it (in the same second too)
+    activates."""
     leaked = await new_node(api, "gw-1")
     also_old = await install_token(api, "gw-1")
     status, _ = await api.call("DELETE", "/nodes/gw-1/init")
     assert status == 204
-    fresh = await install_token(api, "gw-1")  # most likely within the same second
+    fresh = await install_token(api, "gw-1")  # within the same second, most likely
     status, view = await api.call("PUT", "/nodes/gw-1", {"name": "gw-1", "labels": {"a": "b"}})
     assert status == 200, view
-    assert "installTokensNotBefore" not in view  # kept by the server, not shown
+    assert "installGeneration" not in view  # kept by the server, not shown
+    body = {"desire": {"k": "v"}}
+    assert (await api.call("PUT", "/nodes/gw-1/properties", body))[0] == 200
     for token in (leaked, also_old):
         status, answer = await activate(
             https, cloud.activation_url, {"token": token, "csr": make_csr()}
@@ -326,7 +329,7 @@ async def test_revoked_install_commands_are_refused_and_new_ones_work(
 
 async def test_a_client_cannot_set_the_revocation_itself(api: Api) -> None:
     """The field is the server's: a client body carrying it is refused, on create and update."""
-    body = {"name": "gw-1", "installTokensNotBefore": 0}
+    body = {"name": "gw-1", "installGeneration": 0}
     status, answer = await api.call("POST", "/nodes", body)
     assert status == 400, answer
     assert (await api.call("POST", "/nodes", {"name": "gw-1"}))[0] == 201

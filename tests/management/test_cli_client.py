@@ -357,7 +357,7 @@ async def test_node_revoke_init_makes_earlier_install_commands_fail(
     assert result.code == 0
     assert "revoked the install commands of node gw" in result.out
     node = await cloud.context.store.get("default", Kind.NODE, "gw")
-    assert node.body["installTokensNotBefore"] > 0
+    assert node.body["installGeneration"] == 1
     missing = await run("node", "revoke-init", "nope")
     assert missing.code == 1
     assert missing.err.startswith("error: ")

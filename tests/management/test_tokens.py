@@ -376,3 +376,20 @@ def test_malformed_key_file_is_refused_and_kept(tmp_path: Path, content: bytes) 
     with pytest.raises(TokenKeyError, match="left unchanged"):
         TokenSigner.open_or_create(path)
     assert path.read_bytes() == content
+
+
+def test_activation_claims_carry_the_install_generation() -> None:
+    """The generation rides in the jti (``<n>_<random>``); tokens made without one, or before
+    generations existed (a plain random jti), are generation 0; a jti that merely looks like
+    one past 9 digits is not taken for one."""
+    kind = ActivationKind.NODE
+    assert ActivationClaims.new(kind, "default", "gw", now=1000).generation == 0
+    claims = ActivationClaims.new(kind, "default", "gw", now=1000, generation=7)
+    assert claims.generation == 7
+    assert claims.jti.startswith("7_")
+    assert len(claims.jti) <= 64
+    assert ActivationClaims.from_json(claims.to_json()).generation == 7
+    legacy = ActivationClaims(kind, "default", "gw", "0123456789abcdef0123", 1000, 2000)
+    assert legacy.generation == 0
+    huge = ActivationClaims(kind, "default", "gw", "12345678901_abcdef", 1000, 2000)
+    assert huge.generation == 0
