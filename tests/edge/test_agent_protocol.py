@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
 import pytest
 
 from certs import CertificateAuthority
 from edge.agent import ANSWER_TIMEOUT, Agent, AgentConfig
+from edge.engines.kube import KubeEngine
 from edge.engines.native import NativeEngine
 from shadow import Channel, Encoding, encode
 from tests.broker.helpers import issue_node
+from tests.edge.kube_standin import KubeStandIn
 
 NODE = "default.gw"
 
@@ -60,8 +63,8 @@ class Harness:
         await self.receive(Channel.DESIRE, body)
 
 
-@pytest.fixture
-async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+def _state_dir(tmp_path: Path) -> Path:
+    """An activated node's state directory (the node's certificate and key, the CA, node.json)."""
     ca = CertificateAuthority.init(tmp_path / "ca")
     creds = issue_node(ca, tmp_path / "issued", "default", "gw")
     state = tmp_path / "state"
@@ -71,15 +74,24 @@ async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     shutil.copy(ca.ca_path, state / "ca.crt")
     node = {"nodeId": NODE, "broker": {"host": "127.0.0.1", "port": 1}, "activationId": "a1"}
     (state / "node.json").write_text(json.dumps(node))
+    return state
+
+
+def _harness(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Harness:
     clock = Clock()
     # The agent's module sees this clock; asyncio and the engine keep the real one.
     monkeypatch.setattr("edge.agent.time", types.SimpleNamespace(monotonic=clock))
+    harness = Harness(agent, clock)
+    monkeypatch.setattr(agent, "_publish", lambda ch, body: harness.sent.append((ch, body)))
+    agent._online()  # as on a connection: asks for the desired state
+    return harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    """The agent on the native engine."""
     async with NativeEngine(tmp_path / "native") as engine:
-        agent = Agent(AgentConfig(state), engine)
-        harness = Harness(agent, clock)
-        monkeypatch.setattr(agent, "_publish", lambda ch, body: harness.sent.append((ch, body)))
-        agent._online()  # as on a connection: asks for the desired state
-        yield harness
+        yield _harness(Agent(AgentConfig(_state_dir(tmp_path)), engine), monkeypatch)
 
 
 async def test_an_unanswered_desire_get_is_sent_again(harness: Harness) -> None:
@@ -159,3 +171,38 @@ async def test_a_state_file_that_cannot_be_written_does_not_stop_the_agent(
     await harness.desire(5, {"a": "5"})
     saved = json.loads((harness.agent.config.state_dir / "agent.json").read_text())
     assert (saved["version"], saved["desired"]["nodeprops"]) == (5, {"a": "5"})
+
+
+async def test_a_failed_apply_waits_for_the_resync_while_a_spec_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kube engine against a stand-in API server whose namespace reads all fail: app a is
+    complete, b lacks its spec. The apply of a fails once; the loop, asking for b's spec every
+    turn, does not apply again until the resync."""
+    async with KubeStandIn() as standin:
+        standin.fail("GET", "/api/v1/namespaces/baetyl-edge", times=10**6)
+        client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=standin.host))
+        engine = KubeEngine("baetyl-edge", api_client=client, backoff=0.01, poll_interval=60.0)
+        try:
+            async with engine:
+                agent = Agent(AgentConfig(_state_dir(tmp_path), resync_interval=60.0), engine)
+                harness = _harness(agent, monkeypatch)
+                agent._specs["app/a/1"] = {"services": [{"name": "main", "image": "nginx:1.27"}]}
+                apps = [{"name": "a", "version": "1"}, {"name": "b", "version": "1"}]
+                body = {"version": 1, "desired": {"apps": apps}, "timestamp": 1}
+                await harness.receive(Channel.DESIRE, body)
+
+                def reads() -> int:
+                    return standin.requests.count(("GET", "/api/v1/namespaces/baetyl-edge"))
+
+                once = reads()
+                assert once == 4  # the engine's call and its 3 retries
+                for _ in range(10):
+                    harness.clock.now += 1
+                    await agent._step()
+                assert reads() == once
+                harness.clock.now += 60
+                await agent._step()
+                assert reads() == 2 * once
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
