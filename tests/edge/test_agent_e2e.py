@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -55,6 +56,17 @@ async def until(
             return value
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {limit} s waiting for {what}")
+
+
+async def node_online(api: Api, name: str = "gw-1") -> bool:
+    """Whether the API shows the node online."""
+    return bool((await api.call("GET", f"/nodes/{name}"))[1]["online"])
+
+
+async def app_wrote(out: Path, text: str) -> int | None:
+    """The pid of the app that wrote ``text`` to ``out`` (as ``<pid> <text>``), else None."""
+    pid, _, content = written(out).partition(" ")
+    return int(pid) if content == text else None
 
 
 def written(path: Path) -> str:
@@ -157,20 +169,13 @@ async def test_agent_runs_the_nodes_apps_end_to_end(
     out = tmp_path / "app-out.txt"
     agent = start_agent()
 
-    async def online() -> bool:
-        node = (await api.call("GET", "/nodes/gw-1"))[1]
-        return bool(node["online"])
+    online = functools.partial(node_online, api)
 
     await until(online, what="the node to be online")
 
     config = await post_site_app(api, out)
 
-    async def wrote(text: str) -> int | None:
-        if out.exists():
-            pid, _, content = out.read_text().partition(" ")
-            if content == text:
-                return int(pid)
-        return None
+    wrote = functools.partial(app_wrote, out)
 
     first = await until(lambda: wrote("one"), what="the app to start with the config")
     assert alive(first)
@@ -292,18 +297,12 @@ async def _partition_scenario(
     out = tmp_path / "app-out.txt"
     start_agent()
 
-    async def online() -> bool:
-        return bool((await api.call("GET", "/nodes/gw-1"))[1]["online"])
+    online = functools.partial(node_online, api)
 
     await until(online, what="the node to be online")
     config = await post_site_app(api, out)
 
-    async def wrote(text: str) -> int | None:
-        if out.exists():
-            pid, _, content = out.read_text().partition(" ")
-            if content == text:
-                return int(pid)
-        return None
+    wrote = functools.partial(app_wrote, out)
 
     first = await until(lambda: wrote("one"), what="the app to start")
 
@@ -587,8 +586,7 @@ async def test_a_stopped_agent_exits_at_once_though_the_cloud_went_silent(
         point_agent_at(agent_dir, partition.port)
         agent = start_agent()
 
-        async def online() -> bool:
-            return bool((await api.call("GET", "/nodes/gw-1"))[1]["online"])
+        online = functools.partial(node_online, api)
 
         await until(online, what="the node to be online")
         partition.frozen = True

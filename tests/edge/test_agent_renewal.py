@@ -8,9 +8,9 @@ keeps running; desired changes still reach the node afterwards.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +20,11 @@ from cryptography.x509.oid import NameOID
 
 from certs import CertificateRecord, Identity, Status
 from tests.edge.test_agent_e2e import (  # noqa: F401 # fixtures reused
-    APP,
     agent_dir,
     alive,
+    app_wrote,
+    node_online,
+    post_site_app,
     running_apps,
     start_agent,
     until,
@@ -56,33 +58,12 @@ async def test_the_agent_renews_its_certificate_while_the_app_keeps_running(
     out = tmp_path / "app-out.txt"
     first_agent = start_agent()
 
-    async def online() -> bool:
-        return bool((await api.call("GET", "/nodes/gw-1"))[1]["online"])
+    online = functools.partial(node_online, api)
 
-    async def wrote(text: str) -> int | None:
-        if out.exists():
-            pid, _, content = out.read_text().partition(" ")
-            if content == text:
-                return int(pid)
-        return None
+    wrote = functools.partial(app_wrote, out)
 
     await until(online, what="the node to be online")
-    config = {"name": "site", "data": {"msg.txt": "one"}}
-    assert (await api.call("POST", "/configs", config))[0] == 201
-    app = {
-        "name": "web",
-        "type": "native",
-        "selector": "site=x",
-        "services": [
-            {
-                "name": "web",
-                "command": [sys.executable, "-c", APP],
-                "env": [{"name": "OUT", "value": str(out)}],
-            }
-        ],
-        "volumes": [{"name": "site", "config": {"name": "site"}}],
-    }
-    assert (await api.call("POST", "/apps", app))[0] == 201
+    config = await post_site_app(api, out)
     pid = await until(lambda: wrote("one"), what="the app to start")
 
     old_cert = certificate_in(agent_dir / "node.crt")

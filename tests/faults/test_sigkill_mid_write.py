@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,24 +67,33 @@ def app_version(database: Database, name: str, kind: str = "app") -> int:
 async def kill_while_blocked(
     world: World,
     database: Database,
-    row: tuple[str, str],
+    row: tuple[str | None, str],
     method: str,
     path: str,
     body: Any = None,
+    *,
+    ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Hold the resource ``row`` (kind, name) from the side, send the request, wait until it
-    blocks on a resources row (it must not finish first), SIGKILL the cloud, let the row go."""
+    """Hold ``row`` from the side — a resource (kind, name), or a node's shadow (None, node id)
+    — send the request, wait until ``ready`` (if given) and until it blocks on that table (it
+    must not finish first), SIGKILL the cloud, let the row go."""
     kind, name = row
     lock = await asyncio.to_thread(RowLock, database, name, kind=kind)
+    table = "%resources%" if kind is not None else "%shadows%"
+    what = f"the {kind} {name}" if kind is not None else f"the shadow of {name}"
     try:
         write = asyncio.create_task(world.rest.call(method, path, body))
 
         async def waiting() -> bool:  # (or done early: said below)
-            return write.done() or await asyncio.to_thread(lock_waits, database, "%resources%") > 0
+            if write.done():
+                return True
+            if ready is not None and not await ready():
+                return False
+            return await asyncio.to_thread(lock_waits, database, table) > 0
 
-        await until(waiting, 30, f"{method} {path} to wait on the {kind} {name}", every=0.02)
+        await until(waiting, 30, f"{method} {path} to wait on {what}", every=0.02)
         if write.done():
-            pytest.fail(f"{method} {path} did not wait on the locked {kind}: {write.result()}")
+            pytest.fail(f"{method} {path} did not wait on {what}: {write.result()}")
         await world.up.kill()
     finally:
         await asyncio.to_thread(lock.release)
@@ -238,25 +248,13 @@ async def test_a_node_delete_cut_before_its_shadow_is_emptied_is_finished_at_sta
     profile = dataclasses.replace(profile, nodes=5, agents=0)
     async with World(tmp_path / "run", database, profile) as world:
         assert (await read_shadows(database))["default.n0"].desired.get("apps")
-        lock = await asyncio.to_thread(RowLock, database, "default.n0")
-        try:
-            delete = asyncio.create_task(world.rest.call("DELETE", "/nodes/n0"))
 
-            async def row_gone_and_push_waiting() -> bool:
-                if delete.done() or await asyncio.to_thread(node_exists, database, "n0"):
-                    return delete.done()
-                return await asyncio.to_thread(lock_waits, database, "%shadows%") > 0
+        async def row_gone() -> bool:  # the delete's own row first: then the push is the one held
+            return not await asyncio.to_thread(node_exists, database, "n0")
 
-            await until(row_gone_and_push_waiting, 30, "the delete to wait on n0's shadow",
-                        every=0.02)  # fmt: skip
-            await asyncio.sleep(0.2)
-            if delete.done():
-                pytest.fail(f"the delete did not wait on n0's shadow: {delete.result()}")
-            await world.up.kill()
-        finally:
-            await asyncio.to_thread(lock.release)
-        with contextlib.suppress(aiohttp.ClientError):
-            await delete
+        await kill_while_blocked(
+            world, database, (None, "default.n0"), "DELETE", "/nodes/n0", ready=row_gone
+        )
         assert not await asyncio.to_thread(node_exists, database, "n0")
         assert (await read_shadows(database))["default.n0"].desired.get("apps"), "not cut"
 
