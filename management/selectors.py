@@ -5,13 +5,19 @@ The semantics are those of ``k8s.io/apimachinery/pkg/labels``:
 * ``a=b`` / ``a==b`` and ``a in (b,c)`` need the key to be present with one of the values;
 * ``a!=b`` and ``a notin (b,c)`` also match when the key is absent;
 * ``a`` needs the key present, ``!a`` needs it absent;
+* ``a>N`` / ``a<N`` need the key present with a value that is a decimal integer (a 64-bit
+  signed one, as Go's ``strconv.ParseInt`` reads it) greater / less than ``N``; a label value
+  that is not such an integer does not match, and ``N`` itself must be one (``a>-1`` is refused
+  because ``-1`` is not a valid label value, as in Kubernetes);
 * requirements are joined by ``,`` and all must match; the empty selector matches everything.
 
 Keys are qualified names (an optional lowercase DNS-subdomain prefix and ``/``, then a name of at
 most 63 characters); values are at most 63 characters and may be empty (``a=`` means ``a`` equals
 the empty string). Everything the parser accepts, Kubernetes accepts with the same meaning. One
 deliberate difference: Kubernetes reads ``a in ()`` as ``a in ("")``; here an empty list is an
-error (write ``a in (,)`` for the empty value). ``<`` and ``>`` comparisons are not supported.
+error (write ``a in (,)`` for the empty value). As in Kubernetes' ``metav1.LabelSelector``, the
+structured ``matchExpressions`` form knows only ``In``, ``NotIn``, ``Exists`` and ``DoesNotExist``:
+``Gt``/``Lt`` exist only in the string form.
 
 Error tree: :class:`SelectorError` (a :class:`ValueError`) for every invalid selector or label set.
 """
@@ -62,11 +68,27 @@ class Operator(StrEnum):
     NOT_IN = "notin"
     EXISTS = "exists"
     NOT_EXISTS = "!"
+    GREATER_THAN = ">"
+    LESS_THAN = "<"
 
 
 _SET_OPERATORS = frozenset({Operator.IN, Operator.NOT_IN})
 _ONE_VALUE_OPERATORS = frozenset({Operator.EQUALS, Operator.NOT_EQUALS})
 _NO_VALUE_OPERATORS = frozenset({Operator.EXISTS, Operator.NOT_EXISTS})
+_COMPARISONS = frozenset({Operator.GREATER_THAN, Operator.LESS_THAN})
+_SINGLE_VALUE_OPERATORS = _ONE_VALUE_OPERATORS | _COMPARISONS
+# Go's strconv.ParseInt(s, 10, 64): an optional sign, ASCII digits, within int64. Python's int()
+# is wider (underscores, surrounding spaces, other scripts' digits), so the form is checked first.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(text: str) -> int | None:
+    """Read text as Go's ``strconv.ParseInt(text, 10, 64)`` does; None when it would fail."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    number = int(text)
+    return number if _INT64_MIN <= number <= _INT64_MAX else None
 
 
 def _key_problem(key: str) -> str | None:
@@ -135,15 +157,21 @@ class Requirement:
                     f"requirement '{self.key} {operator}' needs at least one value; {_LIST_EXAMPLE}"
                 )
             values = tuple(sorted(set(values)))
-        elif operator in _ONE_VALUE_OPERATORS and len(values) != 1:
+        elif operator in _SINGLE_VALUE_OPERATORS and len(values) != 1:
             raise SelectorError(
                 f"requirement '{self.key}{operator}' needs exactly one value, not {len(values)}; "
-                f"write e.g. 'env{operator}prod'"
+                f"write e.g. 'env{operator}{'3' if operator in _COMPARISONS else 'prod'}'"
             )
         elif operator in _NO_VALUE_OPERATORS and values:
             raise SelectorError(
                 f"requirement {operator.name} on {self.key!r} takes no values, "
                 f"but {len(values)} were given; drop the values"
+            )
+        if operator in _COMPARISONS and _int64(values[0]) is None:
+            raise SelectorError(
+                f"requirement '{self.key}{operator}{values[0]}' compares with {values[0]!r}, "
+                "which is not an integer; write a whole number of at most 19 digits, "
+                f"e.g. '{self.key}{operator}3'"
             )
         object.__setattr__(self, "operator", operator)
         object.__setattr__(self, "values", values)
@@ -159,6 +187,14 @@ class Requirement:
                 return self.key in labels and labels[self.key] in self.values
             case Operator.NOT_EQUALS | Operator.NOT_IN:
                 return self.key not in labels or labels[self.key] not in self.values
+            case Operator.GREATER_THAN | Operator.LESS_THAN:
+                # Kubernetes: an absent key or a value that is not an integer does not match.
+                present = labels.get(self.key)
+                number = None if present is None else _int64(present)
+                if number is None:
+                    return False
+                bound = int(self.values[0])
+                return number > bound if self.operator is Operator.GREATER_THAN else number < bound
 
     def __str__(self) -> str:
         match self.operator:
@@ -166,7 +202,7 @@ class Requirement:
                 return self.key
             case Operator.NOT_EXISTS:
                 return f"!{self.key}"
-            case Operator.EQUALS | Operator.NOT_EQUALS:
+            case Operator.EQUALS | Operator.NOT_EQUALS | Operator.GREATER_THAN | Operator.LESS_THAN:
                 return f"{self.key}{self.operator}{self.values[0]}"
             case Operator.IN | Operator.NOT_IN:
                 # The lone empty value is '(,)': Kubernetes reads '()' as ("") but we refuse it.
@@ -483,17 +519,13 @@ class _Parser:
                 values = self._value_list(key, operator)
                 return Requirement(key, Operator(operator.text), values)
             case _Kind.LESS | _Kind.GREATER:
-                raise self._fail(
-                    operator,
-                    f"the comparison {operator.text!r} is not supported",
-                    f"list the accepted values instead, e.g. '{key} in (1,2,3)'",
-                )
+                return Requirement(key, Operator(operator.text), (self._number(key, operator),))
             case _:
                 raise self._fail(
                     operator,
-                    f"expected an operator ('=', '==', '!=', 'in' or 'notin'), ',' or the end "
-                    f"of the selector after key {key!r} but found {operator.describe()}",
-                    f"write e.g. '{key}=value' or '{key} in (x,y)'",
+                    "expected an operator ('=', '==', '!=', 'in', 'notin', '>' or '<'), ',' or "
+                    f"the end of the selector after key {key!r} but found {operator.describe()}",
+                    f"write e.g. '{key}=value', '{key} in (x,y)' or '{key}>3'",
                 )
 
     def _exact_value(self, key: str, operator: _Token) -> str:
@@ -508,6 +540,25 @@ class _Parser:
                 "for the empty value",
             )
         return self._value(self._next())
+
+    def _number(self, key: str, operator: _Token) -> str:
+        """The integer after '>' or '<' (Kubernetes reads a missing one as '' and refuses it)."""
+        hint = f"write a whole number of at most 19 digits, e.g. '{key}{operator.text}3'"
+        token = self._peek()
+        if token.kind is not _Kind.WORD:
+            raise self._fail(
+                token,
+                f"expected an integer after {operator.text!r} but found {token.describe()}",
+                hint,
+            )
+        value = self._value(self._next())
+        if _int64(value) is None:
+            raise self._fail(
+                token,
+                f"{operator.text!r} compares with integers but found {value!r}",
+                hint,
+            )
+        return value
 
     def _value(self, token: _Token) -> str:
         problem = _value_problem(token.text)

@@ -19,13 +19,15 @@ from management.selectors import (
 )
 
 R = Requirement
-EQ, NE, IN, NOTIN, EXISTS, ABSENT = (
+EQ, NE, IN, NOTIN, EXISTS, ABSENT, GT, LT = (
     Operator.EQUALS,
     Operator.NOT_EQUALS,
     Operator.IN,
     Operator.NOT_IN,
     Operator.EXISTS,
     Operator.NOT_EXISTS,
+    Operator.GREATER_THAN,
+    Operator.LESS_THAN,
 )
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -68,6 +70,13 @@ VALID: list[tuple[str, str, tuple[Requirement, ...] | None]] = [
     ("k" * 63 + "=" + "v" * 63, "k" * 63 + "=" + "v" * 63, None),
     ("a" * 253 + "/b", "a" * 253 + "/b", None),
     ("env in (prod,staging),tier!=db,!canary", "!canary,env in (prod,staging),tier!=db", None),
+    ("a>1", "a>1", (R("a", GT, ("1",)),)),
+    ("a<1", "a<1", (R("a", LT, ("1",)),)),
+    (" a > 10 ", "a>10", (R("a", GT, ("10",)),)),
+    ("a>007", "a>007", (R("a", GT, ("007",)),)),
+    ("a>0,a<9", "a<9,a>0", (R("a", LT, ("9",)), R("a", GT, ("0",)))),
+    ("x.io/cores>3,env=prod", "env=prod,x.io/cores>3", None),
+    ("a<9223372036854775807", "a<9223372036854775807", None),
 ]
 
 
@@ -98,8 +107,17 @@ INVALID: list[tuple[str, int, str]] = [
     ("in (a)", 4, "expected an operator"),
     ("a ! b", 3, "expected an operator"),
     ("a)", 2, "expected an operator"),
-    ("a>1", 2, "the comparison '>' is not supported"),
-    ("a<1", 2, "the comparison '<' is not supported"),
+    ("a>", 3, "expected an integer after '>' but found the end of the selector"),
+    ("a<,b", 3, "expected an integer after '<' but found ','"),
+    ("a>(1)", 3, "expected an integer after '>' but found '('"),
+    ("a>=1", 3, "expected an integer after '>' but found '='"),
+    ("a>x", 3, "'>' compares with integers but found 'x'"),
+    ("a<1.5", 3, "'<' compares with integers but found '1.5'"),
+    ("a>1e3", 3, "'>' compares with integers but found '1e3'"),
+    ("a>9223372036854775808", 3, "compares with integers but found '9223372036854775808'"),
+    ("a>-1", 3, "invalid label value '-1'"),
+    ("a>1 2", 5, "expected ',' or the end of the selector but found '2'"),
+    ("!a>1", 3, "'!a' means the label is absent"),
     ("a gt 1", 3, "expected an operator"),
     ("a=(", 3, "expected a value after '=' but found '('"),
     ("a!=!", 4, "expected a value after '!=' but found '!'"),
@@ -206,6 +224,21 @@ MATCHING: list[tuple[str, Mapping[str, str], bool]] = [
     ("a=b,!other", {"a": "b", "other": "x"}, False),
     ("a in (b,c),a!=c", C, False),
     ("a in (b,c),a!=c", B, True),
+    ("a>1", {"a": "2"}, True),
+    ("a>1", {"a": "1"}, False),
+    ("a>1", {"a": "0"}, False),
+    ("a<1", {"a": "0"}, True),
+    ("a<1", {"a": "1"}, False),
+    ("a>1", {"a": "010"}, True),
+    ("a>1", ABSENT_LABELS, False),
+    ("a<1", ABSENT_LABELS, False),
+    ("a>1", EMPTY, False),
+    ("a<1", B, False),
+    ("a<10", {"a": "1.5"}, False),
+    ("a<10", {"a": "1_0"}, False),
+    ("a>0", {"a": "99999999999999999999"}, False),
+    ("a>0,a<3", {"a": "2"}, True),
+    ("a>0,a<3", {"a": "3"}, False),
 ]
 
 
@@ -241,6 +274,11 @@ REQUIREMENT_ERRORS: list[tuple[str, Operator, tuple[str, ...], str]] = [
     ("a", NOTIN, (), "needs at least one value"),
     ("a", EXISTS, ("x",), "takes no values"),
     ("a", ABSENT, ("x",), "takes no values"),
+    ("a", GT, (), "requirement 'a>' needs exactly one value, not 0; write e.g. 'env>3'"),
+    ("a", LT, ("1", "2"), "needs exactly one value, not 2"),
+    ("a", GT, ("x",), "compares with 'x', which is not an integer"),
+    ("a", LT, ("1_000",), "compares with '1_000', which is not an integer"),
+    ("a", GT, ("٣",), "invalid value"),
     ("a", IN, ("ok", "not ok"), "invalid value 'not ok' for label key 'a'"),
 ]
 
@@ -303,7 +341,9 @@ FROM_MATCH_ERRORS: list[tuple[Any, Any, str]] = [
     (None, [{"key": "a", "operator": "Exists", "values": ["x"]}], "'Exists' takes no values"),
     (None, [{"key": "a", "operator": "DoesNotExist", "values": ["x"]}], "takes no values"),
     (None, [{"key": "a", "operator": "in", "values": ["x"]}], "operator 'in' is not one of"),
+    # Gt/Lt are string-form only, as in metav1.LabelSelector (LabelSelectorAsSelector refuses them).
     (None, [{"key": "a", "operator": "Gt", "values": ["1"]}], "operator 'Gt' is not one of"),
+    (None, [{"key": "a", "operator": "Lt", "values": ["1"]}], "operator 'Lt' is not one of"),
     (None, [{"key": "a"}], "operator None is not one of"),
     (None, [{"operator": "Exists"}], "matchExpressions[0].key must be a string"),
     (
@@ -396,7 +436,14 @@ _KEYS = st.one_of(
     st.builds(lambda prefix, name: f"{prefix}/{name}", _PREFIXES, _NAMES),
     st.sampled_from(["in", "notin", "a", "b"]),
 )
-_VALUES = st.one_of(st.just(""), _NAMES, st.sampled_from(["in", "notin", "x", "y"]))
+_INTEGERS = st.one_of(
+    st.integers(min_value=0, max_value=2**63 - 1).map(str),
+    st.integers(min_value=0, max_value=99).map(lambda n: f"0{n}"),
+)
+_VALUES = st.one_of(
+    st.just(""), _NAMES, st.sampled_from(["in", "notin", "x", "y", "1.5", "9" * 20])
+)
+_LABEL_VALUES = st.one_of(_VALUES, _INTEGERS)
 
 
 @st.composite
@@ -407,6 +454,8 @@ def _requirements(draw: st.DrawFn) -> Requirement:
         values = tuple(draw(st.lists(_VALUES, min_size=1, max_size=4)))
     elif operator in (Operator.EQUALS, Operator.NOT_EQUALS):
         values = (draw(_VALUES),)
+    elif operator in (Operator.GREATER_THAN, Operator.LESS_THAN):
+        values = (draw(_INTEGERS),)
     else:
         values = ()
     return Requirement(key, operator, values)
@@ -415,7 +464,7 @@ def _requirements(draw: st.DrawFn) -> Requirement:
 _SELECTORS = st.builds(Selector, st.lists(_requirements(), max_size=5).map(tuple))
 # Fewer examples than the default keeps this module under three seconds on a loaded machine.
 _FAST = settings(max_examples=50)
-_LABELS = st.dictionaries(st.sampled_from(["a", "b", "in", "x.io/a"]), _VALUES, max_size=4)
+_LABELS = st.dictionaries(st.sampled_from(["a", "b", "in", "x.io/a"]), _LABEL_VALUES, max_size=4)
 
 
 @_FAST
@@ -460,6 +509,8 @@ def test_negated_operators_are_complements(
     requirement: Requirement, labels: dict[str, str]
 ) -> None:
     """!= / notin / ! match exactly when = / in / exists on the same key and values do not."""
+    if requirement.operator in (Operator.GREATER_THAN, Operator.LESS_THAN):
+        return  # no complement in the syntax; test_comparisons_read_integers covers these
     opposite = {
         Operator.EQUALS: Operator.NOT_EQUALS,
         Operator.NOT_EQUALS: Operator.EQUALS,
@@ -470,3 +521,34 @@ def test_negated_operators_are_complements(
     }[requirement.operator]
     negated = Requirement(requirement.key, opposite, requirement.values)
     assert negated.matches(labels) is not requirement.matches(labels)
+
+
+@_FAST
+@given(_KEYS, st.sampled_from([Operator.GREATER_THAN, Operator.LESS_THAN]), _INTEGERS, _LABELS)
+def test_comparisons_read_integers(
+    key: str, operator: Operator, bound: str, labels: dict[str, str]
+) -> None:
+    """k>N / k<N match exactly when k holds a decimal int64 on that side of N (Kubernetes)."""
+    requirement = Requirement(key, operator, (bound,))
+    value = labels.get(key)
+    number = int(value) if value is not None and value.isascii() and value.isdigit() else None
+    if number is not None and number > 2**63 - 1:
+        number = None  # strconv.ParseInt fails on overflow, so such a value never matches
+    if number is None:
+        expected = False
+    elif operator is Operator.GREATER_THAN:
+        expected = number > int(bound)
+    else:
+        expected = number < int(bound)
+    assert requirement.matches(labels) is expected
+    assert Selector.parse(str(requirement)).matches(labels) is expected
+
+
+@_FAST
+@given(st.integers(min_value=0, max_value=2**63 - 2), _INTEGERS)
+def test_greater_and_less_split_the_integers(bound: int, value: str) -> None:
+    """For an integer label, exactly one of k>N, k<N and k=N holds (numerically, so '07' = 7)."""
+    labels = {"k": value}
+    above = Selector.parse(f"k>{bound}").matches(labels)
+    below = Selector.parse(f"k<{bound}").matches(labels)
+    assert above + below + (int(value) == bound) == 1
