@@ -13,8 +13,9 @@ through the shadow service in one batch (``write_desired_many``):
 
 * an app created, updated or deleted: the nodes its old or new selector matches;
 * a node's labels or properties changed: that node;
-* a config or secret updated: each app mounting it gets a new version in the same transaction
-  as the update (``ResourceStore.update_used``), then as above.
+* a config, secret or certificate updated: each app mounting it gets a new version in the same
+  transaction as the update (``ResourceStore.update_used``), then as above; so does each app
+  pulling its images with an updated registry (the app's ``registries: [{name}]``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shadow import JSONObject, RequestError, ResourceKind
 from shadow.server import DesiredWrite, ShadowService
 
 __all__ = [
+    "MOUNTED_KINDS",
     "NODE_NAME_LABEL",
     "Matcher",
     "NodeResources",
@@ -38,6 +40,8 @@ __all__ = [
     "desired_apps",
     "mounts",
     "node_id",
+    "references",
+    "registries",
 ]
 
 NODE_NAME_LABEL = "baetyl-node-name"
@@ -83,17 +87,35 @@ def desired_apps(node: Resource, apps: Iterable[Resource]) -> list[dict[str, str
     ]
 
 
+# The kinds a volume can mount, under the field of the volume that names one.
+MOUNTED_KINDS = (Kind.CONFIG, Kind.SECRET, Kind.CERTIFICATE)
+
+
 def mounts(app: Resource) -> set[tuple[Kind, str]]:
-    """The (kind, name) of every config and secret the app's volumes reference."""
+    """The (kind, name) of every config, secret and certificate the app's volumes reference."""
     found: set[tuple[Kind, str]] = set()
     for volume in app.body.get("volumes", []) or []:
         if not isinstance(volume, dict):
             continue
-        for kind in (Kind.CONFIG, Kind.SECRET):
+        for kind in MOUNTED_KINDS:
             source = volume.get(kind.value)
             if isinstance(source, dict) and isinstance(source.get("name"), str):
                 found.add((kind, source["name"]))
     return found
+
+
+def registries(app: Resource) -> set[str]:
+    """The names of the registries the app pulls its images with (``registries: [{name}]``)."""
+    return {
+        entry["name"]
+        for entry in app.body.get("registries", []) or []
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+    }
+
+
+def references(app: Resource) -> set[tuple[Kind, str]]:
+    """Everything the app uses: what it mounts and the registries it pulls with."""
+    return mounts(app) | {(Kind.REGISTRY, name) for name in registries(app)}
 
 
 def desired_of(node: Resource, apps: Iterable[Resource]) -> JSONObject:
@@ -283,17 +305,19 @@ class Matcher:
         return len(left) - len(refused)
 
     async def users_of(self, namespace: str, kind: Kind, name: str) -> list[str]:
-        """Names of the apps whose volumes reference this config or secret."""
+        """Names of the apps that mount this config, secret or certificate or use this registry."""
         apps = await self.store.list(namespace, Kind.APP)
-        return [app.name for app in apps if (kind, name) in mounts(app)]
+        return [app.name for app in apps if (kind, name) in references(app)]
 
 
 class NodeResources:
     """What a node may fetch with ``resource/get``: only what its desired state leads to.
 
-    An app must run on the node (its selector matches) and be at the version asked for; a config
-    or secret must be mounted by such an app. Anything else is "not found" (404) — a node
-    cannot learn what exists beyond its own apps, in its own namespace.
+    An app must run on the node (its selector matches) and be at the version asked for; a config,
+    secret or certificate must be mounted by such an app, a registry named in its
+    ``registries``. Anything else is "not found" (404) — a node cannot learn what exists beyond
+    its own apps, in its own namespace. Secret values (a secret's data, a registry's password, a
+    certificate's key) are decrypted only here, for the node that may have them.
     """
 
     def __init__(self, store: ResourceStore, secrets: Any) -> None:
@@ -313,30 +337,36 @@ class NodeResources:
             if app is None or str(app.version) != version:
                 return None
             return await self._app_spec(app)
-        wanted = Kind.CONFIG if kind is ResourceKind.CONFIG else Kind.SECRET
-        if not any((wanted, name) in mounts(app) for app in apps):
+        wanted = Kind(kind.value)
+        if not any((wanted, name) in references(app) for app in apps):
             return None
         found = await self.store.find(namespace, wanted, name)
         if found is None or str(found.version) != version:
             return None
-        if wanted is Kind.SECRET:
-            from management.api.views import decrypt_data  # api imports this module
+        from management.api.views import node_data  # api imports this module
 
-            return {"data": decrypt_data(found, self.secrets)}
-        return {"data": found.body.get("data", {})}
+        return {"data": node_data(found, self.secrets)}
 
     async def _app_spec(self, app: Resource) -> JSONObject:
-        """The app as the node runs it, each volume naming the version of what it mounts."""
+        """The app as the node runs it, each volume naming the version of what it mounts and each
+        registry its version."""
         spec = {k: v for k, v in app.body.items() if k != "description"}
         volumes = []
         for volume in spec.get("volumes", []) or []:
             volume = dict(volume)
-            for kind in (Kind.CONFIG, Kind.SECRET):
+            for kind in MOUNTED_KINDS:
                 source = volume.get(kind.value)
                 if isinstance(source, dict):
-                    mounted = await self.store.find(app.namespace, kind, str(source.get("name")))
-                    version = "" if mounted is None else str(mounted.version)
-                    volume[kind.value] = {**source, "version": version}
+                    volume[kind.value] = await self._versioned(app, kind, source)
             volumes.append(volume)
         spec["volumes"] = volumes
+        if spec.get("registries"):
+            spec["registries"] = [
+                await self._versioned(app, Kind.REGISTRY, entry) for entry in spec["registries"]
+            ]
         return spec
+
+    async def _versioned(self, app: Resource, kind: Kind, ref: dict[str, Any]) -> dict[str, Any]:
+        """``ref`` with the version of what it names (empty if it is gone)."""
+        found = await self.store.find(app.namespace, kind, str(ref.get("name")))
+        return {**ref, "version": "" if found is None else str(found.version)}

@@ -54,6 +54,8 @@ class ResourceKind(StrEnum):
     APP = "app"
     CONFIG = "config"
     SECRET = "secret"  # noqa: S105 # a resource kind, not a password
+    REGISTRY = "registry"
+    CERTIFICATE = "certificate"
 
 
 # -- field helpers -------------------------------------------------------------------------------

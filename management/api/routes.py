@@ -23,7 +23,14 @@ from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
 from management.api.errors import BadRequest, Conflict
 from management.api.schemas import COMPONENTS, ValidationFailed, validate
 from management.api.views import INSTALL_GENERATION, stored_body, view
-from management.matching import app_matches, desired_apps, mounts, node_id
+from management.matching import (
+    MOUNTED_KINDS,
+    app_matches,
+    desired_apps,
+    mounts,
+    node_id,
+    references,
+)
 from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource, ResourceConflict
 from management.tokens import ActivationClaims, ActivationKind
@@ -48,6 +55,8 @@ MAX_PAGE_SIZE = 200
 _MAX_RACE_ATTEMPTS = 5  # conditional writes read again after a conflict at most this often
 _MAX_PROPERTIES: int = COMPONENTS["NodeWrite"]["properties"]["properties"]["maxProperties"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a label key shown as labels.<key>
+# The kinds apps use: an update bumps the apps using one, a delete is refused while one does.
+_USED_KINDS = (*MOUNTED_KINDS, Kind.REGISTRY)
 
 
 def _ctx(request: web.Request) -> ApiContext:
@@ -118,7 +127,7 @@ async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, An
         text = str(body.get("selector", ""))
         Selector.parse(text)  # SelectorError -> 400 naming the position
         for index, volume in enumerate(body.get("volumes") or []):
-            for source in (Kind.CONFIG, Kind.SECRET):
+            for source in MOUNTED_KINDS:
                 ref = volume.get(source.value)
                 if (
                     isinstance(ref, dict)
@@ -129,6 +138,14 @@ async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, An
                         f"{ref.get('name')!r}; create it first.",
                         field=f"volumes[{index}].{source.value}.name",
                     )
+        for index, entry in enumerate(body.get("registries") or []):
+            name = str(entry.get("name"))
+            if await ctx.store.find(namespace, Kind.REGISTRY, name) is None:
+                raise BadRequest(
+                    f"registries[{index}].name: there is no registry named {name!r}; "
+                    "create it first.",
+                    field=f"registries[{index}].name",
+                )
 
 
 # -- generic collection handlers -------------------------------------------------------------------
@@ -240,12 +257,12 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
         if kind is Kind.REGISTRY and "password" not in body and "password" in before.body:
             # Write-only, so a client cannot send it back: a PUT without one keeps the stored one.
             resource.body["password"] = before.body["password"]
-        if kind in (Kind.CONFIG, Kind.SECRET):
+        if kind in _USED_KINDS:
             # Its users get new versions in the same transaction: a crash cannot split them.
             updated, bumped = await ctx.store.update_used(
                 resource,
                 expected_version=_expected_version(request),
-                users=lambda app: (kind, name) in mounts(app),
+                users=lambda app: (kind, name) in references(app),
             )
             await ctx.matcher.after_mounted_change(updated.namespace, bumped)
         elif kind is Kind.NODE:
@@ -292,12 +309,13 @@ def _delete_handler(kind: Kind) -> Callable[[web.Request], Any]:
         ctx = _ctx(request)
         name = request.match_info["name"]
         namespace = _ns(request)
-        if kind in (Kind.CONFIG, Kind.SECRET):
+        if kind in _USED_KINDS:
             users = await ctx.matcher.users_of(namespace, kind, name)
             if users:
+                where = "registries" if kind is Kind.REGISTRY else "volumes"
                 raise Conflict(
-                    f"The {kind} {name!r} is mounted by app(s) {', '.join(users)}; remove it "
-                    "from their volumes first."
+                    f"The {kind} {name!r} is used by app(s) {', '.join(users)}; remove it "
+                    f"from their {where} first."
                 )
         if kind is Kind.NODE:
             # Its certificates are revoked before its row goes: a cloud killed in between leaves
@@ -322,8 +340,8 @@ async def _after_write(ctx: ApiContext, before: Resource | None, after: Resource
             await ctx.matcher.after_node_change(after)
         else:
             await _forget_node(ctx, resource)
-    # A config or secret update bumps its users with it (the update handler); creating or deleting
-    # one changes no app (a mounted one cannot be deleted).
+    # A config, secret, registry or certificate update bumps its users with it (the update
+    # handler); creating or deleting one changes no app (one in use cannot be deleted).
 
 
 async def _revoke_node(ctx: ApiContext, node: Resource) -> None:

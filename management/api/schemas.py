@@ -365,11 +365,25 @@ _VOLUME = _closed(
         "name": _LABEL_NAME,
         "config": _closed({"name": _NAME}, ["name"]),
         "secret": _closed({"name": _NAME}, ["name"]),
+        "certificate": _closed(
+            {"name": _NAME},
+            ["name"],
+            description="A stored certificate, mounted as the files tls.crt, tls.key (0600 on a "
+            "native node) and ca.crt (when the certificate has a CA).",
+        ),
         "hostPath": _closed({"path": _ABSOLUTE_PATH}, ["path"]),
     },
     ["name"],
-    oneOf=[{"required": ["config"]}, {"required": ["secret"]}, {"required": ["hostPath"]}],
-    **{"x-hint": "give the volume exactly one source: config, secret or hostPath"},
+    oneOf=[
+        {"required": ["config"]},
+        {"required": ["secret"]},
+        {"required": ["certificate"]},
+        {"required": ["hostPath"]},
+    ],
+    **{"x-hint": "give the volume exactly one source: config, secret, certificate or hostPath"},
+)
+_REGISTRY_REF = _closed(
+    {"name": {**_NAME, "description": "The name of a stored registry."}}, ["name"]
 )
 _APP_TYPES: Final = {
     "container": "ContainerService",
@@ -393,6 +407,12 @@ _APP_WRITE = _resource_write(
         "hostNetwork": {"type": "boolean", "default": False},
         "services": _unique({"type": "object"}, min_items=1, max_items=32),
         "volumes": _unique(ref("Volume"), max_items=64),
+        "registries": {
+            **_unique(ref("RegistryRef"), max_items=16),
+            "description": "The registries a container app pulls its images with: on a "
+            "Kubernetes node they become the pod's image pull secret. Native and function "
+            "apps pull nothing and ignore them.",
+        },
     },
     ["services"],
 )
@@ -439,7 +459,15 @@ _REGISTRY_WRITE = _resource_write(
 _CERTIFICATE_WRITE = _resource_write(
     {
         "data": _closed(
-            {"certificate": _PEM_CERTIFICATE, "key": {**_PEM_KEY, "writeOnly": True}},
+            {
+                "certificate": _PEM_CERTIFICATE,
+                "key": {**_PEM_KEY, "writeOnly": True},
+                "ca": {
+                    **_PEM_CERTIFICATE,
+                    "description": "The issuing CA (one or more PEM certificates), mounted as "
+                    "ca.crt beside tls.crt and tls.key.",
+                },
+            },
             ["certificate", "key"],
         )
     },
@@ -447,7 +475,9 @@ _CERTIFICATE_WRITE = _resource_write(
 )
 _CERTIFICATE = _resource_read(
     _CERTIFICATE_WRITE,
-    replace={"data": _open({"certificate": _PEM_CERTIFICATE}, ["certificate"])},
+    replace={
+        "data": _open({"certificate": _PEM_CERTIFICATE, "ca": _PEM_CERTIFICATE}, ["certificate"])
+    },
     add={
         "fingerprint": {
             "type": "string",
@@ -564,6 +594,7 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     "Resources": _RESOURCES,
     "ResourceList": _RESOURCE_LIST,
     "Volume": _VOLUME,
+    "RegistryRef": _REGISTRY_REF,
     "ConfigWrite": _CONFIG_WRITE,
     "Config": _resource_read(_CONFIG_WRITE),
     "SecretWrite": _SECRET_WRITE,
@@ -727,6 +758,7 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
                 "volumeMounts": [
                     {"name": "bridge-conf", "mountPath": "/etc/bridge", "readOnly": True},
                     {"name": "plc-cert", "mountPath": "/var/lib/bridge/pki", "readOnly": True},
+                    {"name": "plc-ca", "mountPath": "/var/lib/bridge/ca", "readOnly": True},
                 ],
                 "resources": {
                     "limits": {"cpu": "500m", "memory": "128Mi"},
@@ -737,7 +769,9 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
         "volumes": [
             {"name": "bridge-conf", "config": {"name": "opcua-bridge-conf"}},
             {"name": "plc-cert", "secret": {"name": "plc-client-cert"}},
+            {"name": "plc-ca", "certificate": {"name": "plc-server-ca"}},
         ],
+        "registries": [{"name": "company-registry"}],
     },
     "ConfigWrite": {
         "name": "opcua-bridge-conf",

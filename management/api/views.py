@@ -2,7 +2,8 @@
 
 Secret values (secret data, registry passwords, certificate keys) are encrypted before they are
 stored, bound to their record (``SecretBox`` context ``<kind>/<namespace>/<name>/<key>``), and
-never shown by a read except a secret's own data on ``GET /v1/secrets/<name>``.
+never shown by a read except a secret's own data on ``GET /v1/secrets/<name>``; a node gets them
+in clear (``node_data``) only for what its own apps use (``NodeResources``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from management.api.errors import BadRequest
 from management.crypto import SecretBox
 from management.store import Kind, Resource
 
-__all__ = ["INSTALL_GENERATION", "decrypt_data", "stored_body", "view"]
+__all__ = ["INSTALL_GENERATION", "decrypt_data", "node_data", "stored_body", "view"]
 
 # Fields every kind keeps in its body besides the common ones.
 _COMMON = ("name", "labels", "description")
@@ -62,8 +63,22 @@ def stored_body(kind: Kind, namespace: str, body: dict[str, Any], box: SecretBox
             "certificate": data["certificate"],
             "key": box.encrypt(str(data["key"]).encode(), context=_context(resource, "key")),
         }
+        if "ca" in data:
+            _check_ca(str(data["ca"]))
+            kept["data"]["ca"] = data["ca"]
         kept["info"] = _certificate_info(str(data["certificate"]), str(data["key"]))
     return resource
+
+
+def _check_ca(ca_pem: str) -> None:
+    try:
+        x509.load_pem_x509_certificates(ca_pem.encode())
+    except ValueError:
+        raise BadRequest(
+            "data.ca is not a PEM certificate bundle; paste one or more "
+            "'-----BEGIN CERTIFICATE-----' blocks of the issuing CA.",
+            field="data.ca",
+        ) from None
 
 
 def _certificate_info(certificate_pem: str, key_pem: str) -> dict[str, Any]:
@@ -114,6 +129,38 @@ def decrypt_data(resource: Resource, box: SecretBox) -> dict[str, str]:
     }
 
 
+def node_data(resource: Resource, box: SecretBox) -> dict[str, str]:
+    """What a node gets on ``resource/get`` for a config, secret, registry or certificate: the
+    files of a volume (file name -> content), or a registry's address and credentials; secret
+    values decrypted. A certificate is ``tls.crt``, ``tls.key`` and, when it has one, ``ca.crt``.
+    """
+    body = resource.body
+    if resource.kind is Kind.SECRET:
+        return decrypt_data(resource, box)
+    if resource.kind is Kind.REGISTRY:
+        sealed = body.get("password")
+        password = (
+            ""
+            if sealed is None
+            else box.decrypt(sealed, context=_context(resource, "password")).decode()
+        )
+        return {
+            "address": str(body.get("address", "")),
+            "username": str(body.get("username", "")),
+            "password": password,
+        }
+    if resource.kind is Kind.CERTIFICATE:
+        data = body.get("data", {})
+        files = {
+            "tls.crt": str(data.get("certificate", "")),
+            "tls.key": box.decrypt(data["key"], context=_context(resource, "key")).decode(),
+        }
+        if data.get("ca"):
+            files["ca.crt"] = str(data["ca"])
+        return files
+    return dict(body.get("data", {}))
+
+
 def view(resource: Resource, *, box: SecretBox | None = None, full: bool = True) -> dict[str, Any]:
     """The API's JSON for a stored resource.
 
@@ -137,7 +184,10 @@ def view(resource: Resource, *, box: SecretBox | None = None, full: bool = True)
         out["address"] = body.get("address", "")
         out["username"] = body.get("username", "")
     elif resource.kind is Kind.CERTIFICATE:
-        out["data"] = {"certificate": body.get("data", {}).get("certificate", "")}
+        data = body.get("data", {})
+        out["data"] = {"certificate": data.get("certificate", "")}
+        if "ca" in data:
+            out["data"]["ca"] = data["ca"]
         out.update(body.get("info", {}))
     else:
         for key, value in body.items():

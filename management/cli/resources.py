@@ -197,7 +197,8 @@ KINDS: dict[str, ResourceKind] = {
     )
 }
 
-# What a mixed file creates first: apps mount configs and secrets, so those go before them.
+# What a mixed file creates first: apps mount configs, secrets and certificates and pull with
+# registries, so those go before them.
 APPLY_ORDER: tuple[str, ...] = ("config", "secret", "registry", "certificate", "node", "app")
 
 
