@@ -1,8 +1,9 @@
 """The edge agent: one mTLS session to the cloud, desired state applied, reports sent.
 
 After every (re)connect the agent subscribes to its own downstream topics, asks for the full
-desired document (``desire/get``) and reconciles: it fetches the app, config and secret specs it
-lacks by (kind, name, version), hands the complete set to its engine, and reports what runs.
+desired document (``desire/get``) and reconciles: it fetches the app, config, secret,
+certificate and registry specs it lacks by (kind, name, version) (``edge.engines.references``:
+what each app uses), hands the complete set to its engine, and reports what runs.
 The engine gets the set again every ``resync_interval`` although nothing changed: what could not
 start is tried again, and what drifted (a Kubernetes object deleted by hand) is put back.
 A spec whose answer does not come (refused 500, lost with a session or a cloud restart) is asked
@@ -42,7 +43,7 @@ import paho.mqtt.client as mqtt
 from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.engines import AppSpec, Engine
+from edge.engines import AppSpec, Engine, references
 from edge.errors import EdgeError
 from edge.node import node_info, node_stats
 from edge.renewal import (
@@ -566,27 +567,25 @@ class Agent:
     def _app_spec(
         self, name: str, version: str
     ) -> tuple[AppSpec | None, list[tuple[str, str, str]]]:
-        """The app at ``version`` with its configs and secrets, or None and what it lacks."""
+        """The app at ``version`` with what it uses (configs, secrets, certificates, registries),
+        or None and what it lacks."""
         spec = self._specs.get(f"app/{name}/{version}")
         if spec is None:
             return None, [("app", name, version)]
         lacking: list[tuple[str, str, str]] = []
-        configs: dict[str, dict[str, str]] = {}
-        secrets: dict[str, dict[str, str]] = {}
-        for volume in spec.get("volumes", []) or []:
-            for kind, into in (("config", configs), ("secret", secrets)):
-                source = volume.get(kind) if isinstance(volume, dict) else None
-                if not isinstance(source, dict):
-                    continue
-                key = f"{kind}/{source.get('name')}/{source.get('version')}"
-                data = self._specs.get(key)
-                if data is None:
-                    lacking.append((kind, str(source.get("name")), str(source.get("version"))))
-                else:
-                    into[str(source.get("name"))] = dict(data.get("data", {}))
+        used: dict[str, dict[str, dict[str, str]]] = {
+            "config": {}, "secret": {}, "certificate": {}, "registry": {}
+        }  # fmt: skip
+        for ref in references(spec):
+            data = self._specs.get(ref.key)
+            if data is None:
+                lacking.append((ref.kind, ref.name, ref.version))
+            else:
+                used[ref.kind][ref.name] = dict(data.get("data", {}))
         if lacking:
             return None, lacking
-        return AppSpec(name, version, spec, configs, secrets), []
+        return AppSpec(name, version, spec, used["config"], used["secret"],
+                       used["certificate"], used["registry"]), []  # fmt: skip
 
     def _ask_for(self, missing: list[tuple[str, str, str]]) -> None:
         """Send ``resource/get`` for each missing spec not asked for too recently."""
@@ -608,11 +607,7 @@ class Agent:
         """Forget every spec the applied apps no longer use (old secrets included)."""
         keep = {f"app/{n}/{v}" for n, v in refs}
         for key in list(keep):
-            for volume in (self._specs.get(key) or {}).get("volumes", []) or []:
-                for kind in ("config", "secret"):
-                    source = volume.get(kind) if isinstance(volume, dict) else None
-                    if isinstance(source, dict):
-                        keep.add(f"{kind}/{source.get('name')}/{source.get('version')}")
+            keep.update(ref.key for ref in references(self._specs.get(key) or {}))
         for key in list(self._specs):
             if key not in keep:
                 del self._specs[key]

@@ -5,6 +5,22 @@ imported from their modules: the kube engine loads the Kubernetes client, which 
 running only processes does not need.
 """
 
-from edge.engines.base import AppSpec, AppStatus, Engine, InstanceState, InstanceStatus
+from edge.engines.base import (
+    AppSpec,
+    AppStatus,
+    Engine,
+    InstanceState,
+    InstanceStatus,
+    Reference,
+    references,
+)
 
-__all__ = ["AppSpec", "AppStatus", "Engine", "InstanceState", "InstanceStatus"]
+__all__ = [
+    "AppSpec",
+    "AppStatus",
+    "Engine",
+    "InstanceState",
+    "InstanceStatus",
+    "Reference",
+    "references",
+]

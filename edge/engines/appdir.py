@@ -4,7 +4,8 @@
 
     <root>/apps/<app>/<version>/
         volumes/<volume>/<key>    config data (0644), secret data (0600 in a 0700 directory);
-                                  a hostPath volume is a symlink to its path
+                                  a certificate: tls.crt and ca.crt (0644), tls.key (0600),
+                                  in a 0700 directory; a hostPath volume is a symlink to its path
         logs/<service>.log        stdout and stderr of every replica, appended;
         logs/<service>.log.1..N   older output (copy-truncate rotation)
         state.json                the instances: pid, process start time, restarts (0600)
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, TypedDict
 
 from edge.engines.plan import Plan, SpecError, VolumeKind, check_file_name
@@ -38,6 +40,8 @@ __all__ = [
 
 STATE_FILE: Final = "state.json"
 _FORMAT: Final = 1
+_NONE: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType({})
+_PRIVATE_KEY_FILE: Final = "tls.key"  # of a certificate volume: the only file that is secret
 
 
 class InstanceRecord(TypedDict):
@@ -81,11 +85,12 @@ def materialise(
     plan: Plan,
     configs: Mapping[str, Mapping[str, str]],
     secrets: Mapping[str, Mapping[str, str]],
+    certificates: Mapping[str, Mapping[str, str]] = _NONE,
 ) -> None:
     """Create the app version directory with its volume files and log directory.
 
-    Raises :class:`SpecError` when a config or secret's data was not given or a key cannot be a
-    file name, ``OSError`` when the files cannot be written.
+    Raises :class:`SpecError` when a config, secret or certificate's data was not given or a key
+    cannot be a file name, ``OSError`` when the files cannot be written.
     """
     if app_dir.exists():
         shutil.rmtree(app_dir)  # a half-made directory of an earlier attempt
@@ -99,7 +104,8 @@ def materialise(
             target.symlink_to(volume.source, target_is_directory=True)
             continue
         secret = volume.kind is VolumeKind.SECRET
-        store = secrets if secret else configs
+        certificate = volume.kind is VolumeKind.CERTIFICATE
+        store = secrets if secret else certificates if certificate else configs
         data = store.get(volume.source)
         if data is None:
             raise SpecError(
@@ -107,10 +113,11 @@ def materialise(
                 "delivered with the app; publish it on the cloud, or remove the volume."
             )
         target.mkdir()
-        target.chmod(0o700 if secret else 0o755)
+        target.chmod(0o700 if secret or certificate else 0o755)
         for key, content in data.items():
             check_file_name(f"key of {volume.kind.value} {volume.source!r}", key)
-            _write_file(target / key, content.encode(), 0o600 if secret else 0o644)
+            private = secret or (certificate and key == _PRIVATE_KEY_FILE)
+            _write_file(target / key, content.encode(), 0o600 if private else 0o644)
 
 
 def write_state(app_dir: Path, record: StateRecord) -> None:

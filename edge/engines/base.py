@@ -9,13 +9,23 @@ supervising but leaves the apps running (they keep working while the agent is do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-__all__ = ["AppSpec", "AppStatus", "Engine", "InstanceState", "InstanceStatus"]
+__all__ = [
+    "AppSpec",
+    "AppStatus",
+    "Engine",
+    "InstanceState",
+    "InstanceStatus",
+    "Reference",
+    "references",
+]
+
+_MOUNTED_KINDS = ("config", "secret", "certificate")  # the volume fields naming what is mounted
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +33,11 @@ class AppSpec:
     """One app as the node should run it, with the data of every volume it mounts.
 
     ``spec`` is the app spec served by ``resource/get`` (type, services, volumes with the
-    version of each config/secret, replicas, workload, ...). ``configs``/``secrets`` map a
-    config/secret name to its data (file name -> content).
+    version of each config/secret/certificate, registries, replicas, workload, ...).
+    ``configs``/``secrets``/``certificates`` map a config/secret/certificate name to its data
+    (file name -> content; a certificate's files are ``tls.crt``, ``tls.key`` and maybe
+    ``ca.crt``). ``registries`` maps a registry name to its ``address``, ``username`` and
+    ``password``; only a container app's are fetched (a native engine pulls no images).
     """
 
     name: str
@@ -32,6 +45,41 @@ class AppSpec:
     spec: dict[str, Any]
     configs: dict[str, dict[str, str]] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    certificates: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    registries: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Something an app spec names by version, fetched with ``resource/get``."""
+
+    kind: str  # config, secret, certificate or registry
+    name: str
+    version: str
+
+    @property
+    def key(self) -> str:
+        """``<kind>/<name>/<version>``, how the agent files the fetched spec."""
+        return f"{self.kind}/{self.name}/{self.version}"
+
+
+def references(spec: Mapping[str, Any]) -> list[Reference]:
+    """What an app spec needs besides itself: each volume's config, secret or certificate, and,
+    for a container app only, its registries (native and function apps pull no images, so a
+    node never fetches credentials it has no use for)."""
+    found: list[Reference] = []
+    for volume in spec.get("volumes", []) or []:
+        for kind in _MOUNTED_KINDS:
+            source = volume.get(kind) if isinstance(volume, Mapping) else None
+            if isinstance(source, Mapping):
+                found.append(Reference(kind, str(source.get("name")), str(source.get("version"))))
+    if spec.get("type", "container") == "container":
+        for entry in spec.get("registries", []) or []:
+            if isinstance(entry, Mapping):
+                found.append(
+                    Reference("registry", str(entry.get("name")), str(entry.get("version")))
+                )
+    return found
 
 
 class InstanceState(StrEnum):

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Final, Self
 
 import kubernetes.client
@@ -53,7 +53,6 @@ from edge.engines.manifests import (
     LABEL_VERSION,
     MANAGER,
     ManifestError,
-    Registry,
     render,
 )
 from edge.errors import EdgeError
@@ -65,7 +64,6 @@ log = logging.getLogger(__name__)
 ANNOTATION_SPEC_HASH: Final = "pybaetyl.io/spec-hash"
 _SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGER}"
 _TRANSIENT_STATUS: Final = frozenset({0, 429, 500, 502, 503, 504})
-_NO_REGISTRIES: Final[Mapping[str, Registry]] = MappingProxyType({})
 # Container waiting reasons that mean the container will not start without a change.
 _FAILING_REASONS: Final = frozenset(
     {
@@ -138,7 +136,6 @@ class KubeEngine:
         *,
         api_client: kubernetes.client.ApiClient | None = None,
         kubeconfig: Path | None = None,
-        registries: Mapping[str, Registry] = _NO_REGISTRIES,
         poll_interval: float = 5.0,
         retries: int = 3,
         backoff: float = 0.5,
@@ -147,7 +144,6 @@ class KubeEngine:
         if api_client is not None and kubeconfig is not None:
             raise ValueError("Give either api_client or kubeconfig, not both.")
         self.namespace = namespace
-        self.registries = registries
         self._client = api_client
         self._owns_client = api_client is None
         self._kubeconfig = kubeconfig
@@ -308,7 +304,7 @@ class KubeEngine:
         desired: dict[tuple[str, str], str],
     ) -> None:
         try:
-            objects = render(app, namespace=self.namespace, registries=self.registries)
+            objects = render(app, namespace=self.namespace)
         except ManifestError as exc:
             raise _AppFailed(str(exc)) from exc
         keys = [(obj["kind"], obj["metadata"]["name"]) for obj in objects]

@@ -6,14 +6,19 @@
   pod has one container per service, the app's volumes, ``hostNetwork`` and image pull secret;
 * a ``ConfigMap`` named ``<app>-<config>`` per config volume and an ``Opaque`` ``Secret`` named
   ``<app>-<secret>`` per secret volume, holding the data the agent fetched;
-* an image pull ``Secret`` (``kubernetes.io/dockerconfigjson``) named ``<app>-image-pull`` when
-  registries are given;
+* a ``kubernetes.io/tls`` ``Secret`` named ``<app>-cert-<certificate>`` per certificate volume,
+  with ``tls.crt``, ``tls.key`` and, when the certificate has a CA, ``ca.crt`` (the keys
+  cert-manager uses; Kubernetes allows extra keys beside the two a TLS Secret needs), so the
+  container sees the same three files as a native app;
+* an image pull ``Secret`` (``kubernetes.io/dockerconfigjson``) named ``<app>-image-pull`` with
+  the app's registries (``AppSpec.registries``, the app's ``registries: [{name}]`` as fetched),
+  named in the pod's ``imagePullSecrets``;
 * a ``ClusterIP`` ``Service`` named ``<app>-<service>`` per service that exposes ports.
 
 Every object carries the labels :data:`LABEL_APP`, :data:`LABEL_VERSION` and
 :data:`LABEL_MANAGED_BY`, which the kube engine selects on to find what it runs and what is
-garbage. The pod template also carries a hash of the mounted configs and secrets, so a change of
-their data rolls the pods even when the app version stays the same.
+garbage. The pod template also carries a hash of the mounted configs, secrets and certificates,
+so a change of their data rolls the pods even when the app version stays the same.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Final
 
 from edge.engines.base import AppSpec
@@ -51,7 +55,6 @@ ANNOTATION_DATA_HASH: Final = "pybaetyl.io/data-hash"
 _DNS_LABEL: Final = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN: Final = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-_NO_REGISTRIES: Final[Mapping[str, Registry]] = MappingProxyType({})
 
 
 class ManifestError(EdgeError):
@@ -74,13 +77,12 @@ class Registry:
             )
 
 
-def render(
-    app: AppSpec, *, namespace: str, registries: Mapping[str, Registry] = _NO_REGISTRIES
-) -> list[dict[str, Any]]:
+def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
     """Return the Kubernetes objects that run ``app`` in ``namespace``, workload first.
 
     Raises :class:`ManifestError` when the app cannot run on Kubernetes (not a container app,
-    a name Kubernetes cannot hold, a mounted config or secret whose data is missing).
+    a name Kubernetes cannot hold, a mounted config, secret or certificate whose data is missing,
+    a registry named by the app whose credentials are missing or malformed).
     """
     spec = app.spec
     kind = spec.get("type", "container")
@@ -135,6 +137,21 @@ def render(
             )
             pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
             mounted[f"secret/{secret}"] = data
+        elif "certificate" in volume:
+            certificate = volume["certificate"]["name"]
+            data = _volume_data(app, app.certificates, certificate, "certificate")
+            object_name = f"{app.name}-cert-{certificate}"
+            data_objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": meta(object_name, "certificate Secret"),
+                    "type": "kubernetes.io/tls",
+                    "data": {key: _b64(value) for key, value in data.items()},
+                }
+            )
+            pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
+            mounted[f"certificate/{certificate}"] = data
         else:
             pod_volumes.append({"name": name, "hostPath": {"path": volume["hostPath"]["path"]}})
 
@@ -144,6 +161,7 @@ def render(
     if spec.get("hostNetwork", False):
         pod["hostNetwork"] = True
         pod["dnsPolicy"] = "ClusterFirstWithHostNet"
+    registries = _registries(app)
     if registries:
         pull_secret = f"{app.name}-image-pull"
         data_objects.append(
@@ -195,6 +213,28 @@ def _volume_data(
             f"fetch the {what} before applying the app."
         )
     return given[name]
+
+
+def _registries(app: AppSpec) -> dict[str, Registry]:
+    """The credentials of every registry the app names, checked; a registry without a username
+    or password (a public one) has nothing to authenticate and is left out."""
+    found: dict[str, Registry] = {}
+    for entry in app.spec.get("registries", ()) or ():
+        name = entry["name"]
+        data = app.registries.get(name)
+        if data is None:
+            raise ManifestError(
+                f"App {app.name!r} pulls its images with the registry {name!r}, but its "
+                "credentials were not given; fetch the registry before applying the app."
+            )
+        registry = Registry(
+            str(data.get("address", "")),
+            str(data.get("username", "")),
+            str(data.get("password", "")),
+        )
+        if registry.username or registry.password:
+            found[name] = registry
+    return found
 
 
 def _b64(text: str) -> str:

@@ -13,7 +13,9 @@ A supervisor task polls the processes: one that exits is started again after a b
 doubles with each consecutive failure (from ``backoff[0]`` up to ``backoff[1]`` seconds, reset
 once a process has run for ``backoff[1]``); a ``job`` that exits with code 0 has Succeeded and
 stays so. A program that cannot be started is Failed, and retried with the same back-off.
-Container apps (the kube engine's) are reported Failed, never run.
+Container apps (the kube engine's) are reported Failed, never run; an app's registries (image
+pull credentials) concern only them, so this engine ignores them (the agent does not even fetch
+them for a native or function app).
 
 A function app's services run the function runtime (see :mod:`edge.engines.plan`); each
 instance writes the port it listens on to ``run/<instance>.port`` in the app version directory,
@@ -301,7 +303,9 @@ class NativeEngine:
             check_file_name("app name", spec.name)
             check_file_name("app version", spec.version)
             app_dir = self._apps_root / spec.name / spec.version
-            await asyncio.to_thread(materialise, app_dir, plan, spec.configs, spec.secrets)
+            await asyncio.to_thread(
+                materialise, app_dir, plan, spec.configs, spec.secrets, spec.certificates
+            )
         except SpecError as exc:
             app.cause, app.retry = str(exc), True
             return app

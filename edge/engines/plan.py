@@ -58,16 +58,18 @@ class Workload(StrEnum):
 class VolumeKind(StrEnum):
     CONFIG = "config"
     SECRET = "secret"  # noqa: S105 - a kind of volume, not a password
+    CERTIFICATE = "certificate"
     HOST_PATH = "hostPath"
 
 
 @dataclass(frozen=True, slots=True)
 class Volume:
-    """A volume of the app: the config or secret whose data it holds, or a host path."""
+    """A volume of the app: the config, secret or certificate whose data it holds, or a host
+    path."""
 
     name: str
     kind: VolumeKind
-    source: str  # the config or secret name, or the host path
+    source: str  # the config, secret or certificate name, or the host path
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,8 @@ def _volume(item: Mapping[str, Any]) -> Volume:
     sources = [k for k in VolumeKind if k.value in item]
     if len(sources) != 1:
         raise SpecError(
-            f"The volume {name!r} needs exactly one source: config, secret or hostPath."
+            f"The volume {name!r} needs exactly one source: config, secret, certificate or "
+            "hostPath."
         )
     kind = sources[0]
     source = item[kind.value]

@@ -471,6 +471,8 @@ class KubeStandIn:
                         base64.b64decode(value, validate=True)
                     except binascii.Error as exc:
                         raise _Invalid(f"data[{key}]", "illegal base64 data") from exc
+            if resource.plural == "secrets":
+                _check_secret_type(body)
         elif resource.plural == "services":
             ports = spec.get("ports", [])
             if not ports:
@@ -673,3 +675,20 @@ def _check_pod(spec: Json, field: str, *, job: bool) -> None:
         for j, env in enumerate(container.get("env", [])):
             if not re.fullmatch(r"[-._a-zA-Z][-._a-zA-Z0-9]*", env["name"]):
                 raise _Invalid(f"{where}.env[{j}].name", "Invalid value")
+
+
+def _check_secret_type(body: dict[str, Any]) -> None:
+    """The keys the API server requires of a typed Secret (pkg/apis/core/validation)."""
+    data = body.get("data", {})
+    kind = body.get("type", "Opaque")
+    if kind == "kubernetes.io/tls":
+        for key in ("tls.crt", "tls.key"):
+            if key not in data:
+                raise _Invalid(f"data[{key}]", "Required value")
+    elif kind == "kubernetes.io/dockerconfigjson":
+        if ".dockerconfigjson" not in data:
+            raise _Invalid("data[.dockerconfigjson]", "Required value")
+        try:
+            json.loads(base64.b64decode(data[".dockerconfigjson"]))
+        except ValueError as exc:
+            raise _Invalid("data[.dockerconfigjson]", f"Invalid value: {exc}") from exc

@@ -190,17 +190,67 @@ def test_service_names_are_dns_labels_even_for_odd_app_names() -> None:
 
 
 def test_registries_become_an_image_pull_secret() -> None:
-    """Registry credentials become a dockerconfigjson Secret that the pod pulls with."""
-    registries = {"company": Registry("registry.example.com:5000", "robot", "pa55")}
-    objects = _by_kind(render(_app(), namespace="edge", registries=registries))
+    """The app's registries become a dockerconfigjson Secret that the pod pulls with; one
+    without credentials (a public registry) is left out."""
+    base = _app(registries=[{"name": "company", "version": "2"}, {"name": "hub", "version": "1"}])
+    app = AppSpec(
+        base.name,
+        base.version,
+        base.spec,
+        base.configs,
+        base.secrets,
+        registries={
+            "company": {
+                "address": "registry.example.com:5000",
+                "username": "robot",
+                "password": "pa55",
+            },
+            "hub": {"address": "docker.io", "username": "", "password": ""},
+        },
+    )
+    objects = _by_kind(render(app, namespace="edge"))
     pull = objects[("Secret", "web-image-pull")]
     _validated(pull)
     assert pull["type"] == "kubernetes.io/dockerconfigjson"
     config = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))
+    assert set(config["auths"]) == {"registry.example.com:5000"}
     entry = config["auths"]["registry.example.com:5000"]
     assert base64.b64decode(entry["auth"]) == b"robot:pa55"
     pod = objects[("Deployment", "web")]["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "web-image-pull"}]
+    assert "pa55" not in repr(app)  # credentials stay out of logs of the spec
+
+
+def test_registry_whose_credentials_are_missing_is_refused() -> None:
+    """An app naming a registry the agent has not fetched cannot render half a pull secret."""
+    with pytest.raises(ManifestError, match="registry 'company', but its credentials were not"):
+        render(_app(registries=[{"name": "company", "version": "1"}]), namespace="edge")
+
+
+def test_certificate_volume_becomes_a_tls_secret() -> None:
+    """A certificate volume is a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) mounted in
+    the pod; new certificate data changes the template hash, so pods roll."""
+    base = _app()
+    spec = {**base.spec, "volumes": [{"name": "tls", "certificate": {"name": "plc"}}]}
+    mount = {"name": "tls", "mountPath": "/tls"}
+    spec["services"] = [{**spec["services"][0], "volumeMounts": [mount]}]
+    files = {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}
+    app = AppSpec(base.name, base.version, spec, certificates={"plc": files})
+    objects = _by_kind(render(app, namespace="edge"))
+    secret = objects[("Secret", "web-cert-plc")]
+    _validated(secret)
+    assert secret["type"] == "kubernetes.io/tls"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == files
+    pod = objects[("Deployment", "web")]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "tls", "secret": {"secretName": "web-cert-plc"}}]
+    renewed = AppSpec(app.name, app.version, spec, certificates={"plc": {**files, "tls.crt": "N"}})
+    before, after = render(app, namespace="edge")[0], render(renewed, namespace="edge")[0]
+    assert (
+        before["spec"]["template"]["metadata"]["annotations"]
+        != after["spec"]["template"]["metadata"]["annotations"]
+    )
+    with pytest.raises(ManifestError, match="mounts the certificate 'plc', but its data was not"):
+        render(AppSpec(app.name, app.version, spec), namespace="edge")
 
 
 def test_changed_config_data_changes_the_pod_template() -> None:

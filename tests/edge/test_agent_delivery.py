@@ -1,0 +1,166 @@
+"""Registries and certificates delivered end to end: the real cloud, a real agent subprocess,
+the native engine writing a certificate's files, the kube engine (against the stand-in) making
+the image pull secret and the certificate's TLS Secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.edge.kube_standin import KubeStandIn
+from tests.edge.test_agent_e2e import (  # noqa: F401 # agent_dir and start_agent are fixtures
+    agent_dir,
+    node_online,
+    start_agent,
+    until,
+    written,
+)
+from tests.management.api_samples import key_and_certificate
+from tests.management.conftest import Api
+
+NS = "baetyl-edge"
+PASSWORD = "pull-pw-in-clear"
+
+# Writes the directory of its certificate volume to OUT, then stays up.
+APP = (
+    "import os, pathlib, time\n"
+    "pathlib.Path(os.environ['OUT']).write_text(os.environ['BAETYL_VOLUME_TLS'])\n"
+    "while True: time.sleep(1)\n"
+)
+
+
+def certificate(common_name: str) -> dict[str, Any]:
+    key, cert = key_and_certificate(common_name, (common_name,))
+    _, ca = key_and_certificate("ca.example.com", ())
+    return {"name": "plc", "data": {"certificate": cert, "key": key, "ca": ca}}
+
+
+def registry(password: str) -> dict[str, Any]:
+    return {"name": "company", "address": "registry.example.com:5000", "username": "robot",
+            "password": password}  # fmt: skip
+
+
+async def call(api: Api, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+    status, answer = await api.call(method, path, body)
+    assert status in (200, 201), answer
+
+
+def expect_files(directory: Path, body: dict[str, Any]) -> None:
+    """The certificate volume holds exactly tls.crt, tls.key (0600) and ca.crt."""
+    data = body["data"]
+    assert {p.name for p in directory.iterdir()} == {"tls.crt", "tls.key", "ca.crt"}
+    assert (directory / "tls.crt").read_text() == data["certificate"]
+    assert (directory / "tls.key").read_text() == data["key"]
+    assert (directory / "ca.crt").read_text() == data["ca"]
+    assert (directory / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert (directory / "tls.crt").stat().st_mode & 0o777 == 0o644
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_native_app_gets_its_certificate_files_and_no_registry(
+    api: Api,
+    agent_dir: Path,  # noqa: F811
+    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The native app finds tls.crt, tls.key (0600) and ca.crt through BAETYL_VOLUME_TLS; an
+    updated certificate bumps the app, which restarts with the new files. The app's registry is
+    never fetched: a native node has no use for its password."""
+    out = tmp_path / "volume-dir.txt"
+    first = certificate("plc.example.com")
+    await call(api, "POST", "/certificates", first)
+    await call(api, "POST", "/registries", registry(PASSWORD))
+    app = {
+        "name": "web", "type": "native", "selector": "site=x",
+        "services": [{"name": "web", "command": [sys.executable, "-c", APP],
+                      "env": [{"name": "OUT", "value": str(out)}]}],
+        "volumes": [{"name": "tls", "certificate": {"name": "plc"}}],
+        "registries": [{"name": "company"}],
+    }  # fmt: skip
+    await call(api, "POST", "/apps", app)
+    start_agent()
+    await until(lambda: node_online(api), what="the node to be online")
+    old_dir = Path(await until(lambda: asyncio.sleep(0, written(out)), what="the app to start"))
+    assert old_dir.parent.parent.name == "1"  # <apps>/web/<version>/volumes/tls
+    expect_files(old_dir, first)
+
+    renewed = certificate("renewed.example.com")
+    out.unlink()
+    await call(api, "PUT", "/certificates/plc", renewed)
+    new_dir = Path(await until(lambda: asyncio.sleep(0, written(out)), what="the app restarted"))
+    assert new_dir.parent.parent.name == "2"
+    expect_files(new_dir, renewed)
+    assert renewed["data"]["key"] != first["data"]["key"]
+
+    state = (agent_dir / "agent.json").read_text()
+    assert PASSWORD not in state
+    assert '"registry/' not in state
+
+
+async def test_the_kube_engine_gets_the_pull_secret_and_the_certificate_secret(
+    api: Api,
+    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Through the agent's own path: the app's registry becomes a dockerconfigjson Secret named
+    in the pod's imagePullSecrets, its certificate a kubernetes.io/tls Secret mounted as a
+    volume; a new registry password reaches the pull secret."""
+    cert = certificate("plc.example.com")
+    await call(api, "POST", "/certificates", cert)
+    await call(api, "POST", "/registries", registry(PASSWORD))
+    async with KubeStandIn() as standin:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "s", "cluster": {"server": standin.host}}],
+            "users": [{"name": "u", "user": {"token": "stand-in"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
+        }))  # fmt: skip
+        agent = start_agent("--engine", "kube", env={"KUBECONFIG": str(kubeconfig)})
+        app = {
+            "name": "web", "type": "container", "selector": "site=x",
+            "services": [{"name": "main", "image": "registry.example.com:5000/ot/web:1",
+                          "volumeMounts": [{"name": "tls", "mountPath": "/etc/tls"}]}],
+            "volumes": [{"name": "tls", "certificate": {"name": "plc"}}],
+            "registries": [{"name": "company"}],
+        }  # fmt: skip
+        await call(api, "POST", "/apps", app)
+
+        def pull_password() -> str | None:
+            secret = standin.stored("secrets", NS).get("web-image-pull")
+            if secret is None:
+                return None
+            assert secret["type"] == "kubernetes.io/dockerconfigjson"
+            config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+            password: str = config["auths"]["registry.example.com:5000"]["password"]
+            return password
+
+        def deployed(version: str) -> bool:
+            deployment = standin.stored("deployments", NS).get("web")
+            labels = (deployment or {}).get("metadata", {}).get("labels", {})
+            return bool(labels.get("baetyl-app-version") == version)
+
+        await until(lambda: asyncio.sleep(0, deployed("1")), what="the Deployment")
+        assert pull_password() == PASSWORD
+        pod = standin.stored("deployments", NS)["web"]["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "web-image-pull"}]
+        assert {"name": "tls", "secret": {"secretName": "web-cert-plc"}} in pod["volumes"]
+        tls = standin.stored("secrets", NS)["web-cert-plc"]
+        assert tls["type"] == "kubernetes.io/tls"
+        files = {k: base64.b64decode(v).decode() for k, v in tls["data"].items()}
+        data = cert["data"]
+        assert files == {"tls.crt": data["certificate"], "tls.key": data["key"],
+                         "ca.crt": data["ca"]}  # fmt: skip
+
+        await call(api, "PUT", "/registries/company", registry("rotated-pw"))
+        await until(lambda: asyncio.sleep(0, deployed("2")), what="the app at version 2")
+        await until(lambda: asyncio.sleep(0, pull_password() == "rotated-pw"),
+                    what="the new password in the pull secret")  # fmt: skip
+        assert agent.poll() is None
