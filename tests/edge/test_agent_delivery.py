@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.agent import Agent, AgentConfig, NodeIdentity
+from edge.engines import references
+from shadow import DesiredFollower
 from tests.edge.kube_standin import KubeStandIn
 from tests.edge.test_agent_e2e import (  # noqa: F401 # agent_dir and start_agent are fixtures
     agent_dir,
@@ -164,3 +167,50 @@ async def test_the_kube_engine_gets_the_pull_secret_and_the_certificate_secret(
         await until(lambda: asyncio.sleep(0, pull_password() == "rotated-pw"),
                     what="the new password in the pull secret")  # fmt: skip
         assert agent.poll() is None
+
+
+def test_only_a_container_apps_registries_are_references() -> None:
+    """A native or function app's registries are never fetched; a container app's (the type's
+    default) are, beside every mounted config, secret and certificate."""
+    volumes = [{"name": "t", "certificate": {"name": "plc", "version": "3"}},
+               {"name": "h", "hostPath": {"path": "/x"}}]  # fmt: skip
+    registries = [{"name": "company", "version": "2"}]
+    container = references({"volumes": volumes, "registries": registries})
+    assert [ref.key for ref in container] == ["certificate/plc/3", "registry/company/2"]
+    for kind in ("native", "function"):
+        spec = {"type": kind, "volumes": volumes, "registries": registries}
+        assert [ref.key for ref in references(spec)] == ["certificate/plc/3"]
+
+
+def test_the_agent_forgets_old_registry_passwords_and_certificate_keys(tmp_path: Path) -> None:
+    """After a registry and a certificate change, their old versions leave agent.json; the
+    ones the applied app uses stay."""
+    agent = Agent.__new__(Agent)  # only the spec bookkeeping is exercised: no connection
+    agent.config = AgentConfig(tmp_path)
+    agent.identity = NodeIdentity("default.gw", "127.0.0.1", 1, tmp_path, tmp_path, tmp_path)
+
+    def app(version: str) -> dict[str, Any]:
+        return {"volumes": [{"name": "t", "certificate": {"name": "plc", "version": version}}],
+                "registries": [{"name": "company", "version": version}]}  # fmt: skip
+
+    agent._specs = {
+        "app/web/1": app("1"),
+        "app/web/2": app("2"),
+        "certificate/plc/1": {"data": {"tls.key": "old-key"}},
+        "certificate/plc/2": {"data": {"tls.key": "new-key"}},
+        "registry/company/1": {"data": {"password": "old-pw"}},
+        "registry/company/2": {"data": {"password": "new-pw"}},
+    }
+    agent._follower = DesiredFollower(2)
+    agent._desired = {}
+    agent._applied = [("web", "2")]
+    agent._prune_specs([("web", "2")])
+    assert set(agent._specs) == {"app/web/2", "certificate/plc/2", "registry/company/2"}
+    state = (tmp_path / "agent.json").read_text()
+    assert "old-key" not in state
+    assert "old-pw" not in state
+    spec, lacking = agent._app_spec("web", "2")
+    assert lacking == []
+    assert spec is not None
+    assert spec.certificates == {"plc": {"tls.key": "new-key"}}
+    assert spec.registries == {"company": {"password": "new-pw"}}
