@@ -208,8 +208,9 @@ class Matcher:
         return await self.push([node], apps)
 
     async def _after_mounted_change(self, namespace: str, bumped: Sequence[Resource]) -> int:
-        """A config or secret changed and the apps mounting it got new versions (in the same
-        transaction, ``ResourceStore.update_used``): push to the nodes that run them."""
+        """A config, secret, certificate or registry changed and the apps using it got new
+        versions (in the same transaction, ``ResourceStore.update_used``): push to the nodes
+        that run them."""
         if not bumped:
             return 0
         apps = await self.store.list(namespace, Kind.APP)
@@ -231,8 +232,8 @@ class Matcher:
             return await self._after_node_change(fresh or node)
 
     async def after_mounted_change(self, namespace: str, bumped: Sequence[Resource]) -> int:
-        """A config or secret changed and ``bumped`` are the apps mounting it, at their new
-        versions: push to their nodes; how many were pushed."""
+        """A config, secret, certificate or registry changed and ``bumped`` are the apps using
+        it, at their new versions: push to their nodes; how many were pushed."""
         async with self._lock:
             return await self._after_mounted_change(namespace, bumped)
 

@@ -350,7 +350,8 @@ class ResourceStore:
         users: Callable[[Resource], bool] | None,
     ) -> tuple[Resource, _Apps]:
         """``update``, and in the same transaction a new version for every app of the namespace
-        that ``users`` selects (the apps mounting a config or secret): both happen or neither.
+        that ``users`` selects (the apps using a config, secret, certificate or registry): both
+        happen or neither.
 
         A node runs an app at a version; only a new version makes it fetch the spec again, with
         what it mounts. Bumped apart, a crash between the two writes left an app at its old

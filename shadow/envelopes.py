@@ -141,7 +141,8 @@ class GetRequest:
 
 @dataclass(frozen=True, slots=True)
 class ResourceRequest:
-    """``resource/get``: ask for one app, config or secret spec by (kind, name, version)."""
+    """``resource/get``: ask for one app, config, secret, registry or certificate spec by
+    (kind, name, version)."""
 
     kind: ResourceKind
     name: str
