@@ -19,6 +19,9 @@ The certificate is renewed before it expires (``edge.renewal``), checked at star
 ``renew_interval``: once the new one is in place (renewed here or by ``baetyl edge renew``) the
 MQTT client is rebuilt with it and reconnects, the apps untouched; connected again, the agent
 has the cloud retire the old certificate.
+
+The node's properties (``edge.properties``) get the desired ``nodeprops`` with every desired
+document; a new ``baetyl.keepalive`` among them makes the agent reconnect with it.
 """
 
 from __future__ import annotations
