@@ -48,7 +48,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.engines import AppSpec, Engine
 from edge.errors import EdgeError
 from edge.node import node_info, node_stats
-from edge.properties import NodeProperties
+from edge.properties import KEEPALIVE_RANGE, NodeProperties
 from edge.renewal import (
     DEFAULT_THRESHOLD,
     finish_interrupted_renewal,
@@ -156,6 +156,10 @@ class AgentConfig:
             raise EdgeError(f"renew_interval must be positive, not {self.renew_interval}.")
         if not 0.0 <= self.renew_threshold <= 1.0:
             raise EdgeError(f"renew_threshold must be between 0 and 1, not {self.renew_threshold}.")
+        low, high = KEEPALIVE_RANGE
+        if type(self.keepalive) is not int or not low <= self.keepalive <= high:
+            raise EdgeError(f"keepalive must be a whole number of seconds from {low} to {high}, "
+                            f"not {self.keepalive!r}.")  # fmt: skip
 
 
 class Agent:

@@ -279,9 +279,12 @@ def _error(status: int, code: str, message: str) -> web.Response:
 def is_loopback(remote: str | None) -> bool:
     """Whether a peer address is this machine's loopback (only such callers are served)."""
     try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
+        address = ipaddress.ip_address(remote or "")
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # a dual-stack socket's IPv4 caller
+    return address.is_loopback
 
 
 def property_routes(properties: NodeProperties) -> list[web.RouteDef]:

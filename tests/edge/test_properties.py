@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from edge.agent import AgentConfig
+from edge.errors import EdgeError
 from edge.functions import FunctionProxy
 from edge.properties import (
     KEEPALIVE,
@@ -25,6 +27,7 @@ from edge.properties import (
     property_routes,
 )
 from edge.reports import ReportQueue
+from management.cli import main
 from shadow import JSONObject, merge
 
 
@@ -175,9 +178,9 @@ def test_an_invalid_update_is_refused_and_changes_nothing(
 
 def test_only_loopback_callers_are_served() -> None:
     """The endpoint answers programs on the node only: loopback addresses, v4 or v6."""
-    for address in ("127.0.0.1", "127.3.2.1", "::1"):
+    for address in ("127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"):
         assert is_loopback(address), address
-    for other in ("10.0.0.7", "192.0.2.10", "fe80::1", None, "x"):
+    for other in ("10.0.0.7", "192.0.2.10", "fe80::1", "::ffff:10.0.0.7", None, "x"):
         assert not is_loopback(other), other
 
 
@@ -240,3 +243,21 @@ async def test_the_local_endpoint_reads_and_reports_properties(tmp_path: Path) -
         async with http.put(url, data=b"{}") as answer:
             assert answer.status == 405
     assert reports.state() == {REPORTED: {"temp": 20}}
+
+
+@pytest.mark.parametrize("value", [4, 601, "30", 30.0, True])
+def test_the_agents_default_keepalive_is_checked(tmp_path: Path, value: Any) -> None:
+    """AgentConfig refuses a default keepalive the agent could not use, naming the range."""
+    with pytest.raises(EdgeError, match="from 5 to 600"):
+        AgentConfig(tmp_path, keepalive=value)
+
+
+@pytest.mark.parametrize("text", ["4", "601", "7.5", "x", "-5"])
+def test_baetyl_edge_run_refuses_a_keepalive_out_of_range(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--keepalive takes whole seconds from 5 to 600; anything else is a usage error."""
+    with pytest.raises(SystemExit) as exited:
+        main(["edge", "run", "--keepalive", text])
+    assert exited.value.code == 2
+    assert "is not a whole number of seconds from 5 to 600" in capsys.readouterr().err
