@@ -11,6 +11,7 @@ under 2 s; a half-open link (the agent frozen) within ceil(1.5 x keepalive) s.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from edge.properties import KEEPALIVE
+from tests.edge.kube_standin import KubeStandIn
 from tests.edge.test_agent_e2e import (  # noqa: F401 # fixtures reused
     Partition,
     agent_dir,
@@ -234,3 +236,36 @@ async def test_a_frozen_agent_shows_offline_within_one_and_a_half_keepalives(
     print(f"SIGSTOP with a keepalive of 5 s: offline after {elapsed:.3f} s")
     # Silent since its last packet (at most a keepalive before the freeze) for 8 s.
     assert 8 - 5 <= elapsed <= 8 + 1.5, f"offline after {elapsed:.2f} s"
+
+
+async def test_apps_report_properties_on_the_kube_engine_too(
+    cloud: RunningCloud,
+    api: Api,
+    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The kube engine has no function apps on the node, but the local endpoint serves the
+    node's properties all the same (a function call there is 404)."""
+    async with KubeStandIn() as standin:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "s", "cluster": {"server": standin.host}}],
+            "users": [{"name": "u", "user": {"token": "stand-in"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
+        }))  # fmt: skip
+        port = free_port()
+        start_agent("--engine", "kube", "--functions-port", str(port),
+                    env={"KUBECONFIG": str(kubeconfig)})  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            local = Local(http, port)
+            await until(local.get, what="the local endpoint")
+            await local.patch({"gpu": "ok"})
+
+            async def arrived() -> bool:
+                return bool((await cloud_properties(api))["report"].get("gpu") == "ok")
+
+            await until(arrived, what="the report in the cloud")
+            async with http.post(f"http://127.0.0.1:{port}/web/hello", data=b"{}") as answer:
+                assert answer.status == 404
+                assert (await answer.json())["code"] == "UnknownFunction"
