@@ -20,6 +20,9 @@ The certificate is renewed before it expires (``edge.renewal``), checked at star
 ``renew_interval``: once the new one is in place (renewed here or by ``baetyl edge renew``) the
 MQTT client is rebuilt with it and reconnects, the apps untouched; connected again, the agent
 has the cloud retire the old certificate.
+
+The node's properties (``edge.properties``) get the desired ``nodeprops`` with every desired
+document; a new ``baetyl.keepalive`` among them makes the agent reconnect with it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.engines import AppSpec, Engine, references
 from edge.errors import EdgeError
 from edge.node import node_info, node_stats
+from edge.properties import KEEPALIVE_RANGE, NodeProperties
 from edge.renewal import (
     DEFAULT_THRESHOLD,
     finish_interrupted_renewal,
@@ -153,6 +157,10 @@ class AgentConfig:
             raise EdgeError(f"renew_interval must be positive, not {self.renew_interval}.")
         if not 0.0 <= self.renew_threshold <= 1.0:
             raise EdgeError(f"renew_threshold must be between 0 and 1, not {self.renew_threshold}.")
+        low, high = KEEPALIVE_RANGE
+        if type(self.keepalive) is not int or not low <= self.keepalive <= high:
+            raise EdgeError(f"keepalive must be a whole number of seconds from {low} to {high}, "
+                            f"not {self.keepalive!r}.")  # fmt: skip
 
 
 class Agent:
@@ -184,6 +192,15 @@ class Agent:
         else:  # they were for the earlier activation: another node id, maybe another cloud
             self._reports = ReportQueue(settings)
             self._reports_file.unlink(missing_ok=True)
+        # The node's properties: the agent's own applied (the keepalive), the apps' kept.
+        self.properties = NodeProperties(
+            config.state_dir / "properties.json",
+            activation=self.identity.activation,
+            default_keepalive=config.keepalive,
+            report=self._reports.put,
+        )
+        self.properties.desire(self._desired.get("nodeprops"))
+        self._keepalive = self.properties.keepalive  # the one the current client connects with
         finish_interrupted_renewal(config.state_dir)
         self._next_renewal_check = 0.0  # monotonic; 0: at start
         self._retire_due = True  # a certificate renewed before a restart may await retiring
@@ -355,7 +372,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, reconcile and report until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self.identity.host, self.identity.port, self.config.keepalive)
+        self._keepalive = self.properties.keepalive
+        self._client.connect_async(self.identity.host, self.identity.port, self._keepalive)
         self._client.loop_start()
         try:
             if self._desired:
@@ -439,6 +457,7 @@ class Agent:
             if self._follower.offer(desire):
                 self._desired = desire.desired
                 self._save_state()
+                self._apply_properties()
                 await self._reconcile()
         elif channel is Channel.RESOURCE:
             resource = parse_resource(body)
@@ -482,7 +501,7 @@ class Agent:
             except EdgeError as exc:
                 log.warning("could not renew the certificate; keeping the current one: %s", exc)
             if _serial(self.identity.cert) != self._client_serial:
-                self._reconnect()
+                self._reconnect("with the renewed certificate")
         # Only over a session made with the certificate on disk: retiring the one the session
         # uses (renewed meanwhile by 'baetyl edge renew') would have the broker cut it.
         if (
@@ -497,22 +516,34 @@ class Agent:
             except EdgeError as exc:
                 log.warning("could not retire the previous certificate (retrying later): %s", exc)
 
-    def _reconnect(self) -> None:
-        """Replace the MQTT client with one using the certificate now on disk; apps keep running."""
+    def _reconnect(self, why: str) -> None:
+        """Replace the MQTT client with one using the certificate now on disk and the keepalive
+        in effect; apps keep running."""
         try:  # before the old one is dropped: a key and certificate that do not load keep it
             client = self._make_client()
         except (ssl.SSLError, OSError) as exc:
             log.warning("cannot load the renewed certificate and key (%s); keeping the current "
                         "session and trying again at the next renewal check", exc)  # fmt: skip
             return
-        log.info("reconnecting with the renewed certificate")
+        log.info("reconnecting %s", why)
         old, self._client = self._client, client
         old.disconnect()
         old.loop_stop()
         self._connected.clear()
         self._reports.on_disconnect()
-        self._client.connect_async(self.identity.host, self.identity.port, self.config.keepalive)
+        self._keepalive = self.properties.keepalive
+        self._client.connect_async(self.identity.host, self.identity.port, self._keepalive)
         self._client.loop_start()
+
+    # -- node properties ---------------------------------------------------------------------------
+
+    def _apply_properties(self) -> None:
+        """Hand the desired properties over; a new keepalive takes a new connection (MQTT sets
+        it at CONNECT), so the broker's half-open bound follows it. The report of the value in
+        effect, queued now, goes out over that connection."""
+        self.properties.desire(self._desired.get("nodeprops"))
+        if self.properties.keepalive != self._keepalive:
+            self._reconnect(f"with a keepalive of {self.properties.keepalive} s")
 
     # -- reconcile ---------------------------------------------------------------------------------
 
@@ -629,6 +660,7 @@ class Agent:
             if self._reports.due(now):
                 patch["node"] = dict(node_info())
                 patch["nodestats"] = dict(node_stats())
+                patch.update(self.properties.full_patch())
                 self._reports.full_reported(now)
             self._reports.put(patch)
         if self._connected.is_set():

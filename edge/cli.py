@@ -98,8 +98,18 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--functions-port",
         type=int,
         default=50080,
-        help="the local port (on 127.0.0.1) of the function proxy, POST /<app>/<function>; "
-        "native engine only; 0 picks a free port (default: 50080)",
+        help="the agent's local port (on 127.0.0.1): POST /<app>/<function> calls a function "
+        "(native engine only), GET and PATCH /node/properties read the node's properties and "
+        "report the apps' own; 0 picks a free port (default: 50080)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=_keepalive_seconds,
+        default=30,
+        metavar="SECONDS",
+        help="the MQTT keepalive when the cloud desires none (node property baetyl.keepalive); "
+        "a half-open link shows the node offline after ceil(1.5 x keepalive) s "
+        "(5 to 600, default: 30)",
     )
     renewal = parser.add_argument_group(
         "certificate renewal (advanced)",
@@ -135,6 +145,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _keepalive_seconds(text: str) -> int:
+    from edge.properties import KEEPALIVE_RANGE
+
+    low, high = KEEPALIVE_RANGE
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of seconds from {low} to {high}"
+        )
+    return int(text)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -154,6 +175,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge.agent import Agent, AgentConfig
     from edge.engines import Engine
     from edge.engines.native import NativeEngine
+    from edge.functions import FunctionLocator, FunctionProxy
+    from edge.properties import property_routes
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -173,26 +196,32 @@ def _run(args: argparse.Namespace) -> int:
             resync_interval=args.resync_interval,
             renew_interval=args.renew_interval,
             renew_threshold=args.renew_threshold,
+            keepalive=args.keepalive,
         )
         agent = Agent(config, engine)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(engine)
-            if isinstance(engine, NativeEngine):
-                from edge.functions import FunctionProxy
-
-                proxy = FunctionProxy(engine, port=args.functions_port)
-                try:
-                    await stack.enter_async_context(proxy)
-                    print(f"function proxy on 127.0.0.1:{proxy.port}", flush=True)
-                except OSError as exc:  # the apps matter more than the proxy: run without it
-                    logging.getLogger(__name__).error(
-                        "the function proxy cannot listen on 127.0.0.1:%d (%s); function apps "
-                        "run, but cannot be called until the agent restarts with a free "
-                        "--functions-port",
-                        args.functions_port, exc,
-                    )  # fmt: skip
+            # Native: the engine knows its function apps; kube: the endpoint serves properties.
+            locator = engine if isinstance(engine, NativeEngine) else _NoFunctions()
+            proxy = FunctionProxy(
+                locator, port=args.functions_port, routes=property_routes(agent.properties)
+            )
+            try:
+                await stack.enter_async_context(proxy)
+                print(f"function proxy on 127.0.0.1:{proxy.port}", flush=True)
+            except OSError as exc:  # the apps matter more than the proxy: run without it
+                logging.getLogger(__name__).error(
+                    "the agent's local endpoint cannot listen on 127.0.0.1:%d (%s); apps run, "
+                    "but cannot call functions or report node properties until the agent "
+                    "restarts with a free --functions-port",
+                    args.functions_port, exc,
+                )  # fmt: skip
             print(f"agent running as {agent.identity.node_id}; Ctrl-C to stop", flush=True)
             await agent.run(stop)
+
+    class _NoFunctions(FunctionLocator):
+        def function_endpoint(self, app: str, function: str) -> tuple[str, int] | None:
+            raise LookupError(app)  # the kube engine's functions run in pods, not here
 
     asyncio.run(main())
     return 0

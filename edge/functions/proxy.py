@@ -7,13 +7,17 @@ type; the runtime's answer comes back as it is. The proxy's own errors are JSON
 ``{"code", "message"}``: 404 ``UnknownFunction`` (no such app or function on this node), 503
 ``FunctionUnavailable`` (its runtime is not listening, e.g. starting or restarting) and 504
 ``FunctionTimeout`` (no answer within the proxy's timeout).
+
+The same address serves the agent's other local routes (``routes``, e.g. the node properties
+of ``edge.properties``), matched before the function route; they use methods other than POST,
+so an app may still have any name.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Final, Protocol, Self
 
@@ -46,7 +50,7 @@ class FunctionProxy:
     """An async context manager serving the proxy on ``host:port`` (0: a free port).
 
     ``timeout`` is how long a call may take end to end; keep it above the runtimes' own (30 s)
-    so that their 504 is the one the caller sees.
+    so that their 504 is the one the caller sees. ``routes`` are the agent's other local routes.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class FunctionProxy:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         timeout: float = 35.0,
+        routes: Iterable[web.RouteDef] = (),
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout}.")
@@ -63,6 +68,7 @@ class FunctionProxy:
         self._host = host
         self._port = port
         self._timeout = timeout
+        self._routes = list(routes)
         self._runner: web.AppRunner | None = None
         self._bound: int | None = None
 
@@ -84,6 +90,7 @@ class FunctionProxy:
                 yield
 
         app.cleanup_ctx.append(session)
+        app.router.add_routes(self._routes)  # before the function route: matched first
         app.router.add_post("/{app}/{function}", _forward)
         return app
 

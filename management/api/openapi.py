@@ -184,7 +184,9 @@ def document() -> dict[str, Any]:
         "get": {
             "tags": ["nodes"], "operationId": "get_node_properties",
             "summary": "Desired and reported node properties",
-            "responses": {"200": {"description": "desire and report.",
+            "responses": {"200": {"description": "desire, report, and refused: the desired "
+                                                 "agent properties (baetyl.*) the agent could "
+                                                 "not apply, each with its cause.",
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           **_error_responses(401, 404, 503)},
         },

@@ -394,14 +394,17 @@ async def node_stats(request: web.Request) -> web.Response:
 
 
 async def node_properties(request: web.Request) -> web.Response:
-    """Desired node properties (ours) and reported ones (the node's)."""
+    """Desired node properties (ours), reported ones (the node's), and the desired ones the
+    agent refused to apply, each with its cause."""
     ctx = _ctx(request)
     node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
     record = await ctx.shadow.get(node_id(node.namespace, node.name))
+    reported = record.reported.state
     return web.json_response(
         {
             "desire": node.body.get("properties") or {},
-            "report": record.reported.state.get("nodeprops", {}),
+            "report": reported.get("nodeprops", {}),
+            "refused": reported.get("nodepropsRefused", {}),
         }
     )
 

@@ -48,6 +48,7 @@ from management.cli.resources import (
     ResourceKind,
     load_manifests,
     render,
+    render_properties,
     render_table,
     server_fields,
 )
@@ -425,6 +426,8 @@ def _get(args: argparse.Namespace) -> int:
     kind: ResourceKind = args.kind
     item = _client(args).request("GET", f"/{kind.collection}/{_quote(args.name)}")
     _show(kind, [item], item, args.output)
+    if kind.word == "node" and args.output == "table" and (properties := render_properties(item)):
+        print(f"\n{properties}")
     return 0
 
 

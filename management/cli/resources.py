@@ -37,6 +37,7 @@ __all__ = [
     "kind_named",
     "load_manifests",
     "render",
+    "render_properties",
     "render_table",
     "server_fields",
 ]
@@ -361,6 +362,34 @@ def render_table(kind: ResourceKind, items: Sequence[Mapping[str, Any]]) -> str:
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _property_cell(values: Mapping[str, Any], key: str) -> str:
+    if key not in values:
+        return NONE
+    text = json.dumps(values[key], ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def render_properties(node: Mapping[str, Any]) -> str:
+    """A node's properties, desired beside reported, and the causes of those the agent refused
+    ("" when it has none)."""
+    desired = node.get("properties") or {}
+    report = node.get("report") or {}
+    reported = report.get("nodeprops") or {}
+    refused = report.get("nodepropsRefused") or {}
+    keys = sorted({*desired, *reported, *refused})
+    if not keys:
+        return ""
+    rows = [["PROPERTY", "DESIRED", "REPORTED"]]
+    rows += [[key, _property_cell(desired, key), _property_cell(reported, key)] for key in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines += [f"refused {key}: {cause}" for key, cause in sorted(refused.items())]
+    return "\n".join(lines)
 
 
 def render(value: Any, output: Literal["json", "yaml"]) -> str:

@@ -462,10 +462,10 @@ async def test_node_properties_read_and_replace(api: Api) -> None:
     await api.call("POST", "/nodes", sample("nodes", "gw"))
     status, body = await api.call("GET", "/nodes/gw/properties")
     assert status == 200, body
-    assert body == {"desire": {"interval": 5}, "report": {}}
+    assert body == {"desire": {"interval": 5}, "report": {}, "refused": {}}
     status, body = await api.call("PUT", "/nodes/gw/properties", {"desire": {"mode": "eco"}})
     assert status == 200, body
-    assert body == {"desire": {"mode": "eco"}, "report": {}}
+    assert body == {"desire": {"mode": "eco"}, "report": {}, "refused": {}}
     status, node = await api.call("GET", "/nodes/gw")
     assert node["version"] == "2"
     assert node["properties"] == {"mode": "eco"}
