@@ -65,10 +65,10 @@ def test_presence_messages_are_parsed_strictly() -> None:
 
 
 def test_mosquitto_2_0_shared_subscriptions_miss_dollar_topics() -> None:
-    """Why ``bus.sharing`` defaults to ``partitioned``: shown on this machine's Mosquitto.
+    """Why the replicas partition the nodes rather than use MQTT 5 shared subscriptions.
 
-    If this fails, the Mosquitto here now delivers ``$``-topics to shared subscriptions, and
-    ``bus.sharing = "shared"`` works on it too.
+    Mosquitto 2.0 never delivers a ``$``-topic to a ``$share/...`` subscription. If this fails,
+    the Mosquitto here now does, and a shared-subscription mode could be tested on it.
     """
     got: list[str] = []
     subscribed = threading.Event()
