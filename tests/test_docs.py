@@ -80,8 +80,8 @@ def test_every_named_repository_path_exists(doc: str) -> None:
 
 
 def test_no_file_cites_a_doc_the_repository_lacks() -> None:
-    """No tracked file names an upper-case Markdown doc (REFERENCE.md, DESIGN.md) that is not in
-    the repository."""
+    """No tracked file names an upper-case Markdown doc (like ARCHITECTURE.md) that is not in
+    the repository: notes kept outside it are not there for its readers."""
     have = {Path(path).name for path in _tracked() if path.endswith(".md")}
     cited: dict[str, list[str]] = {}
     for path in _tracked():
