@@ -6,14 +6,15 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY broker/ broker/
 COPY certs/ certs/
 COPY edge/ edge/
 COPY management/ management/
 COPY shadow/ shadow/
-# Wheels of the project and of every dependency, so the final stage installs without a network.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Wheels of the project and of every dependency, so the final stage installs without a network;
+# the dependencies at the versions the tests ran with (constraints.txt, see scripts/lock.sh).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \

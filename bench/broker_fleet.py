@@ -35,7 +35,7 @@ from bench.brokers import (
 from bench.fleet import Fleet, FleetTimeout
 from bench.loadgen import raise_nofile
 from bench.pki import ensure_pki, node_id
-from bench.report import format_table, plot, write_json
+from bench.report import format_table, plot, publish, write_json
 from bench.service import ServiceClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=3.0, help="idle seconds before reading RSS")
     p.add_argument("--pki-dir", type=Path, default=RESULTS / "pki", help="certificate cache")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="where results are written")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="also write the run's summary to bench/published/ (commit it with RESULTS.md)",
+    )
     p.add_argument(
         "--profile",
         action="store_true",
@@ -334,6 +339,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(pyspy.summarise(out_dir / f"profile-{phase}-{n}.txt"), flush=True)
     write_json(json_path, document)
     log(f"results written to {json_path}")
+    if args.publish:
+        log(f"summary written to {publish(document, json_path.name)}")
     log(plot(out_dir / "broker_fleet.png", runs, args.broker_names))
     return 0
 

@@ -29,7 +29,7 @@ import pymysql
 
 from bench.broker_fleet import machine, source
 from bench.loadgen import CLIENT_SSL_BUFFER, raise_nofile
-from bench.report import write_json
+from bench.report import publish, write_json
 from tests.faults.scenarios import convergence, storm, summary_line
 from tests.faults.world import LONG, Profile, World
 from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
@@ -125,7 +125,7 @@ def markdown(document: dict[str, Any]) -> Iterator[str]:
     yield f"- Command: `{document['command']}` ({document['total_s'] / 60:.1f} min in all)"
     yield (f"- Machine: {host['nproc']} CPUs, {host['memory_gib']} GiB, Python {host['python']}; "
            f"code: commit {document['source']['commit']} plus the working tree")  # fmt: skip
-    yield f"- JSON: `bench/results/{document['file']}`"
+    yield f"- JSON: `bench/published/{document['file']}` (summary; full run in `bench/results/`)"
     for result in document["results"]:
         yield ""
         yield f"#### {result['scenario']}"
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     write_json(Path(args.out_dir) / document["file"], document)
-    if not args.no_md:
+    if not args.no_md:  # the section written to FAULTS.md names the summary: publish it too
+        publish(document, document["file"])
         write_markdown(document)
     failed = [r["scenario"] for r in results if r["problems"] or r.get("messages_lost")]
     print(f"[faults] {'FAILED: ' + ', '.join(failed) if failed else 'all invariants held'}")

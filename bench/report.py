@@ -1,4 +1,10 @@
-"""Side-by-side tables, the JSON file and the plot of a fleet benchmark run."""
+"""Side-by-side tables, the JSON file, its published summary and the plot of a benchmark run.
+
+A run's full JSON goes to ``bench/results/`` (ignored by git: it can hold per-node samples). The
+summary that a figure in bench/RESULTS.md or bench/FAULTS.md is traced to goes to
+``bench/published/<same name>.json``, committed with the figures: the same document with every
+list longer than ``MAX_SAMPLES`` items (bulk samples) replaced by its length.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "plot", "write_json"]
+__all__ = ["MAX_SAMPLES", "PUBLISHED", "format_table", "plot", "publish", "summary", "write_json"]
+
+PUBLISHED = Path(__file__).resolve().parent / "published"
+MAX_SAMPLES = 20  # a longer list is samples, not a figure: the summary keeps only its length
 
 Run = dict[str, Any]
 Cell = float | str | None
@@ -137,6 +146,29 @@ def format_table(nodes: int, runs: Sequence[Run], names: Sequence[str]) -> str:
 def write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def summary(value: Any) -> Any:
+    """``value`` with every list of more than ``MAX_SAMPLES`` items replaced by its length."""
+    if isinstance(value, dict):
+        return {key: summary(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_SAMPLES:
+            return {"omitted_samples": len(value)}
+        return [summary(item) for item in value]
+    return value
+
+
+def publish(document: dict[str, Any], name: str, directory: Path = PUBLISHED) -> Path:
+    """Write the summary of a run's JSON ``name`` to ``directory/name``; returns the path.
+
+    Commit it with the figures taken from it, and name ``bench/published/<name>`` next to them.
+    """
+    if "/" in name or not name.endswith(".json"):
+        raise ValueError(f"{name!r} is not a run's JSON file name (<bench>-<UTC time>.json).")
+    path = directory / name
+    write_json(path, {**summary(document), "raw": f"bench/results/{name} (not in git)"})
+    return path
 
 
 def plot(path: Path, runs: Sequence[Run], names: Sequence[str]) -> str:

@@ -28,7 +28,7 @@ from bench.brokers import CLK_TCK, cpu_seconds, machine_ticks, rss_kib
 from bench.fleet import Fleet, FleetTimeout
 from bench.loadgen import raise_nofile
 from bench.pki import ensure_pki
-from bench.report import write_json
+from bench.report import publish, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DBS = ("sqlite", "mariadb", "memory")
@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--pki-dir", type=Path, default=RESULTS / "pki", help="certificate cache")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="where results are written")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="also write the run's summary to bench/published/ (commit it with RESULTS.md)",
+    )
     p.add_argument(
         "--profile",
         action="store_true",
@@ -667,6 +672,8 @@ async def main_async(args: argparse.Namespace) -> int:
             print(pyspy.summarise(path), flush=True)
     write_json(json_path, document)
     log(f"results written to {json_path}")
+    if args.publish:
+        log(f"summary written to {publish(document, json_path.name)}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """amqtt's Broker with the holes that matter to a fleet closed, and a core that scales.
 
-Security (REFERENCE.md, "amqtt 0.12.1"), each override naming the stock behaviour it replaces:
+Security (broker/README.md lists amqtt 0.12.1's holes with line numbers), each override naming the
+stock behaviour it replaces:
 
 * ``_create_ssl_context``: stock asks for a client certificate but accepts none (CERT_OPTIONAL);
   ours requires one signed by our CA, checks the CRL and reloads without a restart.

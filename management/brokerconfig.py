@@ -12,7 +12,8 @@ broker the identity and topic access they have on the embedded broker:
   ACL, broker/acl.py);
 - the cloud replicas (``service:cloud``) connect on a second listener, meant to be reachable
   from the cloud's network only, where client ids are free (each replica has its own) and
-  ``$baetyl/#`` is theirs, shared subscriptions included;
+  ``$baetyl/#`` is theirs (plain subscriptions: they split the nodes by node id, not with
+  ``$share``);
 - operators (``operator:<name>``) may read ``$baetyl/#``, for debugging with ``mosquitto_sub``,
   except the ``resource`` answers, which carry secret values in clear.
 
@@ -98,7 +99,7 @@ def mosquitto_acl(layout: BrokerLayout) -> str:
     lines += [f"pattern write {root}/node/%u/{channel}" for channel in NODE_UPSTREAM]
     lines += [f"pattern read {root}/node/%u/{channel}" for channel in NODE_DOWNSTREAM]
     lines += ["", "# The cloud replicas: all of $baetyl.", f"user {CLOUD_USER}"]
-    lines += [f"topic readwrite {root}/#", f"topic read $share/+/{root}/#"]
+    lines += [f"topic readwrite {root}/#"]
     for name in layout.operators:
         # Resource answers carry secret values in clear: for the node alone ("deny" wins).
         lines += ["", f"user {Identity.operator(name).common_name}", f"topic read {root}/#"]
@@ -155,7 +156,7 @@ def emqx_acl(layout: BrokerLayout) -> str:
     root = "$baetyl"
     lines = [
         f"%% {_HEADER}",
-        f'{{allow, {{user, "{CLOUD_USER}"}}, all, ["{root}/#", "$share/+/{root}/#"]}}.',
+        f'{{allow, {{user, "{CLOUD_USER}"}}, all, ["{root}/#"]}}.',
         f"{{allow, all, publish, [{topics(NODE_UPSTREAM)}]}}.",
         f"{{allow, all, subscribe, [{topics(NODE_DOWNSTREAM)}]}}.",
     ]

@@ -34,7 +34,7 @@ from certs import CertificateAuthority, Identity
 from management.activation import create_activation_app
 from management.api import ApiContext, create_app
 from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
-from management.config import BusMode, Settings, Sharing
+from management.config import BusMode, Settings
 from management.crypto import SecretBox
 from management.matching import Matcher, NodeResources
 from management.store import ResourceStore, all_migrations
@@ -183,9 +183,7 @@ class Cloud:
             client_id=f"{Identity.service(CLOUD_SERVICE_NAME).common_name}/{suffix}",
             member=suffix,
             tls=context,
-            share_group=settings.share_group,
             keepalive=settings.keepalive,
-            partitioned=settings.sharing is Sharing.PARTITIONED,
         )
 
     async def _serve(

@@ -39,7 +39,6 @@ __all__ = [
     "PKISettings",
     "Settings",
     "ShadowSettings",
-    "Sharing",
     "load_settings",
 ]
 
@@ -121,43 +120,27 @@ class BusMode(StrEnum):
     EXTERNAL = "external"  # an existing MQTT cluster, shared by several cloud replicas
 
 
-class Sharing(StrEnum):
-    PARTITIONED = "partitioned"
-    SHARED = "shared"
-
-
 @dataclass(frozen=True, slots=True)
 class BusSettings:
     """How the cloud reaches MQTT: its own embedded broker, or an external broker cluster.
 
     In external mode the cloud is a privileged MQTT 5 client of ``url`` (mTLS with a service
-    certificate from our CA), shares the node requests with the other replicas through the
-    shared subscription group ``share_group``, and tells activated nodes to connect to
-    ``public_address``.
+    certificate from our CA), splits the node requests with the other replicas by node id
+    (shadow/server/mqttbus.py), and tells activated nodes to connect to ``public_address``.
     """
 
     mode: BusMode = BusMode.EMBEDDED
     url: str = ""  # external: mqtts://<host>:<port> of the broker cluster
     public_address: str = ""  # external: <host>:<port> nodes connect to (default: from url)
-    share_group: str = "baetyl"
     client_id: str = ""  # external: this replica's client id suffix (default: the host name)
     ca_file: str = ""  # external: CA of the broker's server certificate (default: our CA)
     keepalive: int = 30
-    # external: how replicas split the node requests. "partitioned": every replica hears them
-    # all and handles the nodes it owns (rendezvous hashing over the live replicas); works on
-    # any broker, Mosquitto 2.0 included. "shared": MQTT 5 shared subscriptions, for brokers
-    # whose shared subscriptions reach $-topics (EMQX, HiveMQ, VerneMQ).
-    sharing: Sharing = Sharing.PARTITIONED
 
     def __post_init__(self) -> None:
         if self.mode is BusMode.EXTERNAL:
             _mqtts_address(self.url, "bus.url")
             if self.public_address:
                 _host_port(self.public_address, "bus.public_address")
-        if not self.share_group or any(c in self.share_group for c in "/+#$"):
-            raise ConfigError(
-                "bus.share_group must be a non-empty name without '/', '+', '#' or '$'."
-            )
         if any(c in self.client_id for c in "/+#"):
             raise ConfigError("bus.client_id may not hold '/', '+' or '#'.")
         if not 5 <= self.keepalive <= 3600:
@@ -344,6 +327,22 @@ def _merge(into: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
             into[key] = value
 
 
+# Keys that existed once: naming one is an error that says what replaced it, not "unknown key".
+_REMOVED = {
+    "bus.sharing": (
+        "The config key 'bus.sharing' was removed: MQTT 5 shared subscriptions could not be "
+        "tested on a broker here, so the replicas now always split the nodes between them by "
+        "node id, which works on every broker. Delete bus.sharing (from baetyl.toml, "
+        "BAETYL_BUS__SHARING or --set); nothing else needs to change."
+    ),
+    "bus.share_group": (
+        "The config key 'bus.share_group' was removed with bus.sharing=shared, the only mode "
+        "that used it. Delete bus.share_group (from baetyl.toml, BAETYL_BUS__SHARE_GROUP or "
+        "--set, or the Helm value bus.shareGroup); nothing else needs to change."
+    ),
+}
+
+
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     """Build the dataclass ``cls`` from ``data``, refusing unknown keys and coercing strings."""
     if not isinstance(data, Mapping):
@@ -351,6 +350,9 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
+    for name in unknown:
+        if prefix + name in _REMOVED:
+            raise ConfigError(_REMOVED[prefix + name])
     if unknown:
         known = ", ".join(prefix + name for name in fields)
         raise ConfigError(f"Unknown config key {prefix + unknown[0]!r}; known keys here: {known}.")

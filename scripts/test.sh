@@ -8,7 +8,8 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# constraints.txt holds the tested version of every dependency (refresh: bash scripts/lock.sh).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' -c constraints.txt
 
 echo "== ruff"
 .venv/bin/ruff check .

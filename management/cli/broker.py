@@ -163,7 +163,6 @@ def _export_config(args: argparse.Namespace) -> int:
         f"Nodes connect to port {args.node_port}. Run each cloud replica with:\n"
         f"  --set bus.mode=external --set bus.url=mqtts://<broker>:{args.cloud_port} "
         f"--set bus.public_address=<broker>:{args.node_port}"
-        + ("" if args.mosquitto else " --set bus.sharing=shared")
     )
     if os.name == "posix" and os.geteuid() == 0:
         print("server.key is readable by root only: chown it to the broker's user (mosquitto).")

@@ -1,17 +1,16 @@
 """The bus on an external MQTT broker cluster: this cloud replica is a privileged MQTT 5 client.
 
 Several replicas run side by side on one broker (Mosquitto, EMQX, VerneMQ, HiveMQ). Each node
-request (``report``, ``desire/get``, ``resource/get``) must be handled by exactly one of them:
+request (``report``, ``desire/get``, ``resource/get``) must be handled by exactly one of them,
+so the replicas partition the nodes: every replica subscribes to all requests and handles those
+of the nodes it owns. Ownership is rendezvous hashing of the node id over the live replicas; a
+replica announces itself with a retained message on ``$baetyl/cloud/replicas/<member>`` and
+leaves an empty retained Last Will there, so when it dies the others take its nodes over at
+once. One node's requests always go to the same replica, in order. This works on every broker.
 
-- ``partitioned`` (the default): every replica subscribes to all requests and handles those of
-  the nodes it owns. Ownership is rendezvous hashing of the node id over the live replicas; a
-  replica announces itself with a retained message on ``$baetyl/cloud/replicas/<member>`` and
-  leaves an empty retained Last Will there, so when it dies the others take its nodes over at
-  once. One node's requests always go to the same replica, in order. This works on every
-  broker, including Mosquitto 2.0, whose shared subscriptions never receive ``$``-topics;
-- ``shared``: MQTT 5 *shared subscriptions* (``$share/<group>/$baetyl/node/+/report``), the
-  broker handing each request to one replica of the group; for brokers that deliver
-  ``$``-topics to shared subscriptions (EMQX, HiveMQ, VerneMQ).
+MQTT 5 shared subscriptions (``$share/<group>/$baetyl/node/+/report``) are not used: Mosquitto
+2.0 never delivers ``$``-topics to them (tests/scaleout/test_partitioning.py shows it), and no
+broker that does could be run in the tests, so that mode was removed rather than kept untested.
 
 While the replicas' views of who is alive differ (milliseconds after one joins or dies) a
 request may be handled twice, which the store's conditional writes make harmless (the second
@@ -138,8 +137,6 @@ class MqttBus:
         client_id: str,
         member: str,
         tls: ssl.SSLContext,
-        partitioned: bool = True,
-        share_group: str = "baetyl",
         keepalive: int = 30,
         connect_timeout: float = 15.0,
     ) -> None:
@@ -148,10 +145,8 @@ class MqttBus:
         self._host, self._port = host, port
         self._client_id = client_id
         self._member = member
-        self._partitioned = partitioned
         self._members: set[str] = set()  # live replicas, as announced (ourselves always)
         self._owners: dict[str, bool] = {}  # node -> handled here, for the current members
-        self._share_group = share_group
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,9 +161,8 @@ class MqttBus:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         self._client.tls_set_context(tls)
-        if partitioned:
-            # Gone (crashed, cut off): the broker clears our announcement for the others.
-            self._client.will_set(self._member_topic, b"", qos=1, retain=True)
+        # Gone (crashed, cut off): the broker clears our announcement for the others.
+        self._client.will_set(self._member_topic, b"", qos=1, retain=True)
         self._client.max_inflight_messages_set(200)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
@@ -210,8 +204,8 @@ class MqttBus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._partitioned:  # leaving: the others take our nodes over now, not at a timeout
-            self._client.publish(self._member_topic, b"", qos=1, retain=True)
+        # Leaving: the others take our nodes over now, not at a timeout.
+        self._client.publish(self._member_topic, b"", qos=1, retain=True)
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
 
@@ -241,11 +235,11 @@ class MqttBus:
             log.warning("could not publish to %s: %s", topic, mqtt.error_string(info.rc))
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> Callable[[], None]:
-        """Each message of a node reaches one replica: its owner, or one of the shared group."""
+        """Every replica hears each message of a node; only the node's owner handles it."""
         entry = (topic_filter, handler)
         with self._lock:
             self._handlers.append(entry)
-        self._client.subscribe(self._shared(topic_filter), options=SubscribeOptions(qos=1))
+        self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
 
         def unsubscribe() -> None:
             with self._lock:
@@ -255,7 +249,7 @@ class MqttBus:
                 else:
                     remaining = True
             if not remaining:
-                self._client.unsubscribe(self._shared(topic_filter))
+                self._client.unsubscribe(topic_filter)
 
         return unsubscribe
 
@@ -275,11 +269,6 @@ class MqttBus:
         # An external broker refuses a publish without telling other clients.
         return lambda: None
 
-    def _shared(self, topic_filter: str) -> str:
-        if self._partitioned:
-            return topic_filter
-        return f"$share/{self._share_group}/{topic_filter}"
-
     # -- paho's thread -----------------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -292,15 +281,12 @@ class MqttBus:
         with self._lock:
             filters = sorted({f for f, _h in self._handlers})
         # A clean session forgets subscriptions: make them again on every (re)connect.
-        topics = [(self._shared(f), SubscribeOptions(qos=1)) for f in filters]
+        topics = [(f, SubscribeOptions(qos=1)) for f in filters]
         if self._presence_listeners:
             topics.append((PRESENCE_FILTER, SubscribeOptions(qos=1)))
-        if self._partitioned:
-            topics.append((MEMBERS_FILTER, SubscribeOptions(qos=1)))
-        if topics:
-            client.subscribe(topics)
-        if self._partitioned:
-            client.publish(self._member_topic, b'{"alive":true}', qos=1, retain=True)
+        topics.append((MEMBERS_FILTER, SubscribeOptions(qos=1)))
+        client.subscribe(topics)
+        client.publish(self._member_topic, b'{"alive":true}', qos=1, retain=True)
         self._up = True
         self._connected.set()
 
@@ -325,7 +311,7 @@ class MqttBus:
         if topic.startswith(MEMBERS):
             self._dispatch_member(topic[len(MEMBERS) :], payload)
             return
-        if self._partitioned and not self._mine(topic):
+        if not self._mine(topic):
             return
         for topic_filter, handler in list(self._handlers):
             if _matches(topic_filter, topic):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import socket
@@ -20,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.broker.helpers import HOST, QUIET, WAIT, Creds
+from tests.support.ci import missing
 
 CONNACK_NOT_AUTHORIZED = 135  # paho maps MQTT 3.1.1 CONNACK 5 to the v5 code "Not authorized"
 
@@ -243,11 +242,10 @@ def require_mosquitto() -> None:
     """Skip without the Mosquitto clients; in CI their absence is a failure."""
     if shutil.which("mosquitto_pub") and shutil.which("mosquitto_sub"):
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)."
-        )
-    pytest.skip("mosquitto_pub/mosquitto_sub are not installed")
+    missing(
+        "mosquitto_pub/mosquitto_sub are not installed; "
+        "install them with 'apt-get install mosquitto-clients'."
+    )
 
 
 def _tls_args(port: int, ca: Path, creds: Creds, client_id: str | None) -> list[str]:

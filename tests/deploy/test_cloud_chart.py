@@ -316,7 +316,6 @@ def test_replicated_mode_scales_without_the_embedded_broker(renderer: Renderer) 
         "BAETYL_BUS__MODE": "external",
         "BAETYL_BUS__URL": "mqtts://emqx.mqtt.svc:8884",
         "BAETYL_BUS__PUBLIC_ADDRESS": "mqtt.example.com:8883",
-        "BAETYL_BUS__SHARE_GROUP": "baetyl",
     }
     assert one(manifests, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
     budget = one(manifests, "PodDisruptionBudget")

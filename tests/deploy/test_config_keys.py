@@ -95,7 +95,8 @@ def test_replicated_env_loads(renderer: Renderer, tmp_path: Path) -> None:
     assert str(bus["mode"]) == "external"
     assert bus["url"] == "mqtts://emqx.mqtt.svc:8884"
     assert bus["public_address"] == "mqtt.example.com:8883"
-    assert bus["share_group"] == "baetyl"
+    assert "share_group" not in bus
+    assert "sharing" not in bus
 
 
 def test_cloud_commands_are_real(renderer: Renderer) -> None:

@@ -101,6 +101,7 @@ def _prefixes(path: str) -> Iterator[str]:
         ({"podSecurityContext": {"runAsNonRoot": False}}, "True was expected"),
         ({"database": {"url": "postgres://db/baetyl"}}, "does not match"),
         ({"config": {"shadow": {"nested": {"no": 1}}}}, "is not valid under any"),
+        ({"bus": {"shareGroup": "baetyl"}}, "'shareGroup' was unexpected"),
     ],
     ids=[
         "embedded-replicas",
@@ -112,6 +113,7 @@ def _prefixes(path: str) -> Iterator[str]:
         "root",
         "not-mysql",
         "nested-config",
+        "removed-share-group",
     ],
 )
 def test_cloud_schema_refuses(override: dict[str, Any], fragment: str) -> None:

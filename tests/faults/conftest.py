@@ -1,7 +1,8 @@
 """Fixtures of the fault suite: a fresh MariaDB database per test, the profile, the figures.
 
 MariaDB is expected at 127.0.0.1:3306 as root with an empty password (the ``mariadb`` fixture
-of tests/shadow/conftest.py): without it the tests skip, or fail when ``CI=true``.
+of tests/shadow/conftest.py): without it the tests skip, or fail under any truthy ``CI``
+(tests/support/ci.py).
 
 The profile comes from the environment (``BAETYL_FAULTS_PROFILE=ci|long``,
 ``BAETYL_FAULTS_NODES``; see ``world.Profile``). Each scenario's figures go to a JSON file in

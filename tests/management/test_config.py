@@ -60,6 +60,31 @@ def test_unknown_environment_key_is_named(tmp_path: Path) -> None:
         load_settings(data_dir=tmp_path, environ={"BAETYL_BROKER__PRT": "1"})
 
 
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ('[bus]\nsharing = "shared"\n', {}, "bus.sharing"),
+        ('[bus]\nsharing = "partitioned"\n', {}, "bus.sharing"),
+        ("", {"BAETYL_BUS__SHARE_GROUP": "baetyl"}, "bus.share_group"),
+    ],
+)
+def test_removed_sharing_keys_say_what_to_do(
+    tmp_path: Path, text: str, environ: dict[str, str], key: str
+) -> None:
+    """An old config naming bus.sharing or bus.share_group is told the mode is gone, and to
+    delete the key: not "unknown key", and never a silent fallback."""
+    _write(tmp_path / "baetyl.toml", text)
+    with pytest.raises(ConfigError, match=rf"'{key}' was removed.*Delete {key}") as raised:
+        load_settings(data_dir=tmp_path, environ=environ)
+    assert "node id" in str(raised.value) or "bus.sharing" in str(raised.value)
+
+
+def test_removed_sharing_key_on_the_command_line(tmp_path: Path) -> None:
+    """--set bus.sharing=shared (what export-config used to print for EMQX) is refused too."""
+    with pytest.raises(ConfigError, match=r"'bus\.sharing' was removed"):
+        load_settings(data_dir=tmp_path, environ={}, overrides=["bus.sharing=shared"])
+
+
 def test_bad_value_names_key_and_fix(tmp_path: Path) -> None:
     """A value of the wrong type is refused naming the key."""
     with pytest.raises(ConfigError, match=r"broker\.port must be a number"):

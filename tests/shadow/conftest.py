@@ -1,13 +1,12 @@
 """Fixtures for the shadow store: a fresh database on each backend (SQLite file, MariaDB).
 
 MariaDB is expected at 127.0.0.1:3306 as root with an empty password. If it cannot be reached
-the MariaDB tests skip, or fail when ``CI=true``.
+the MariaDB tests skip, or fail under any truthy ``CI`` (tests/support/ci.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from typing import Any, Literal
 
 import pymysql
 import pytest
+
+from tests.support.ci import missing
 
 MYSQL_HOST, MYSQL_PORT, MYSQL_USER = "127.0.0.1", 3306, "root"
 
@@ -83,13 +84,10 @@ def mariadb() -> None:
     try:
         _mysql_connect().close()
     except pymysql.Error as exc:
-        message = (
+        missing(
             f"MariaDB is not reachable at {MYSQL_HOST}:{MYSQL_PORT} as {MYSQL_USER} ({exc}); "
             "start it (apt-get install mariadb-server) to run the MySQL store tests."
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
-import pytest
+from tests.support.ci import missing
 
 __all__ = ["require_tool"]
 
@@ -14,8 +13,5 @@ def require_tool(name: str) -> str:
     """The path of ``name``; under CI a missing tool fails the test instead of skipping it."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed; install it with 'apt-get install mosquitto-clients'."
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} is not installed; install it with 'apt-get install mosquitto-clients'.")
     return path
