@@ -7,9 +7,10 @@ import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from management.config import Settings
+if TYPE_CHECKING:
+    from management.config import Settings
 
 __all__ = ["add_parser"]
 

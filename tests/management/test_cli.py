@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,59 @@ def test_config_show_reflects_layers(tmp_path: Path) -> None:
     assert '"port": 1111' in result.stdout
     assert '"ws_port": 3333' in result.stdout
     assert '"plain_port": 4444' in result.stdout
+
+
+def test_global_options_follow_the_command_too(tmp_path: Path) -> None:
+    """--data-dir, --config, --set and --log-level work after the command; --set adds up."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "baetyl.toml").write_text("[broker]\nport = 1111\n")
+    (tmp_path / "other.toml").write_text("[broker]\nport = 2222\n")
+    result = baetyl(
+        "--set", "broker.ws_port=3333", "config", "show", "--data-dir", "data",
+        "--set", "broker.plain_port=4444", "--log-level", "debug", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["data_dir"] == "data"
+    assert shown["log_level"] == "debug"
+    assert (shown["broker"]["port"], shown["broker"]["ws_port"]) == (1111, 3333)
+    assert shown["broker"]["plain_port"] == 4444
+    after = baetyl("config", "show", "--config", "other.toml", cwd=tmp_path)
+    assert json.loads(after.stdout)["broker"]["port"] == 2222
+
+
+def test_up_takes_its_settings_after_the_command(tmp_path: Path) -> None:
+    """'baetyl up --set KEY=VALUE' reaches the configuration: a bad value is refused by name."""
+    result = baetyl("up", "--set", "broker.port=eighty", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broker.port" in result.stderr
+    assert "unrecognized arguments" not in result.stderr
+    helped = baetyl("up", "--help", cwd=tmp_path)
+    assert "global options" in helped.stdout
+    assert "--set KEY=VALUE" in helped.stdout
+
+
+def test_commands_offer_only_the_global_options_they_use(tmp_path: Path) -> None:
+    """API and edge commands read no cloud configuration, so they take --log-level only."""
+    for argv in (("node", "list"), ("edge", "run")):
+        helped = baetyl(*argv, "--help", cwd=tmp_path)
+        assert "--log-level" in helped.stdout
+        assert "--set" not in helped.stdout
+        assert "--data-dir" not in helped.stdout
+
+
+def test_version_prints_the_installed_version(tmp_path: Path) -> None:
+    """'baetyl --version' prints the distribution's version and exits 0, without a command."""
+    result = baetyl("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"baetyl {metadata.version('pybaetyl')}\n"
+
+
+def test_help_says_what_edge_does(tmp_path: Path) -> None:
+    """The root help describes the edge group by what it does today, the agent included."""
+    text = " ".join(baetyl("--help", cwd=tmp_path).stdout.split())  # lines wrapped as they fit
+    assert "(later)" not in text
+    assert re.search(r" edge the node side: [^.]*, and the agent that runs its apps", text), text
 
 
 @pytest.fixture
