@@ -17,6 +17,15 @@ Security (REFERENCE.md, "amqtt 0.12.1"), each override naming the stock behaviou
   (stock upgraded a retained QoS 0 message to the subscription's QoS), and queued offline
   messages go out without RETAIN.
 
+Budgets (issue: the broker under hostile clients), none of which stock has:
+
+* a filter longer than ``broker.max_topic_length`` bytes or deeper than ``broker.max_topic_levels``
+  levels, and a subscription past the client's ``broker.max_subscriptions`` (a service's:
+  ``broker.service_max_subscriptions``), get SUBACK 0x80: refused by policy, the connection
+  stays. A SUBSCRIBE carrying more filters than the client may hold at all closes it (the
+  handler stops reading it there), as a malformed SUBSCRIBE does (packets.decode_subscribe);
+* a PUBLISH to a topic over the same length or levels is dropped like one the ACL refuses.
+
 Scale (issue: the broker at fleet scale):
 
 * subscriptions live in a ``SubscriptionIndex`` (exact topics in a dict, wildcards in a trie, a
@@ -70,7 +79,7 @@ from broker.handler import (
     close_quietly,
     enqueue,
 )
-from broker.limits import PacketTooLarge, SizeLimitedReader
+from broker.limits import Budgets, PacketTooLarge, SizeLimitedReader
 from broker.packets import encode_suback, encode_unsuback
 from broker.queues import LazyQueue
 from broker.router import SubscriptionIndex
@@ -168,6 +177,7 @@ class SharedReadBuffers:
 
 DENIED_LOG_INTERVAL = 10.0
 DENIED = "baetyl.denied"  # (time of the last log line, refusals since)
+LOGGED_TOPIC_CHARS = 200
 
 
 def _log_denied(session: Session, what: str, topic: str) -> None:
@@ -177,6 +187,8 @@ def _log_denied(session: Session, what: str, topic: str) -> None:
     between are counted and reported with the next line.
     """
     now = time.monotonic()
+    if len(topic) > LOGGED_TOPIC_CHARS:  # a hostile filter may be 64 KiB long
+        topic = f"{topic[:LOGGED_TOPIC_CHARS]}... ({len(topic)} characters)"
     last, since = session.attributes.get(DENIED, (0.0, 0))
     if now - last < DENIED_LOG_INTERVAL:
         session.attributes[DENIED] = (last, since + 1)
@@ -230,8 +242,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         max_packet_size: int,
         max_connections: int,
         events: Listeners,
+        budgets: Budgets | None = None,
     ) -> None:
         super().__init__(config)
+        self._budgets = budgets or Budgets()
         self._tls_context = tls_context
         self._local_listeners = local_listeners
         self._connect_timeout = connect_timeout
@@ -249,6 +263,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                 "on_publish": staticmethod(self._on_client_publish),
                 "on_subscribe": staticmethod(self._on_subscribe),
                 "on_unsubscribe": staticmethod(self._on_unsubscribe),
+                "subscription_limit": staticmethod(self._subscription_limit),
                 "max_packet_size": max_packet_size,
             },
         )
@@ -575,9 +590,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self, session: Session, topic: str, data: bytes, qos: int, retain: bool
     ) -> None:
         principal: Principal | None = session.attributes.get(PRINCIPAL)
-        if principal is None or not may_publish(principal, topic):
+        over = self._budgets.topic_refusal(topic)
+        if principal is None or over is not None or not may_publish(principal, topic):
             # MQTT 3.1.1 has no negative PUBACK: the message is dropped and the refusal logged.
-            _log_denied(session, "publish", topic)
+            _log_denied(session, "publish" if over is None else f"publish ({over})", topic)
             self._events.emit_denied(
                 DeniedPublish(
                     client_id=session.client_id or "",
@@ -646,8 +662,18 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         principal: Principal | None = session.attributes.get(PRINCIPAL)
         if principal is None or not valid_filter(topic_filter):
             return 0x80
+        over = self._budgets.topic_refusal(topic_filter)
+        if over is not None:  # checked before the ACL, which splits the filter into levels
+            _log_denied(session, f"subscription ({over})", topic_filter)
+            return 0x80
         if not may_subscribe(principal, topic_filter):
             _log_denied(session, "subscription", topic_filter)
+            return 0x80
+        limit = self._budgets.subscriptions_for(principal.role)
+        if self._index.count(session.client_id) >= limit and not self._index.holds(
+            session.client_id, topic_filter
+        ):
+            _log_denied(session, f"subscription (over the budget of {limit})", topic_filter)
             return 0x80
         qos = min(qos, 2)
         # Operators subscribe widely ($baetyl/#) but must not read what only a node may (the
@@ -655,6 +681,11 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         accepts = partial(may_receive, principal) if principal.role is Role.OPERATOR else None
         self._index.add(topic_filter, session.client_id, session, qos, accepts)
         return qos
+
+    def _subscription_limit(self, session: Session) -> int:
+        """How many subscriptions the session's client may hold (its budget)."""
+        principal: Principal | None = session.attributes.get(PRINCIPAL)
+        return self._budgets.subscriptions_for(principal.role if principal else None)
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         return int(self._index.remove(a_filter, session.client_id))
