@@ -43,8 +43,10 @@ class Subscription(Generic[K, V]):
 @dataclass(slots=True)
 class _Node(Generic[K, V]):
     children: dict[str, _Node[K, V]] = field(default_factory=dict)
-    here: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending here
-    hash: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending "/#" here
+    # Filters ending here, and ending "/#" here; None until the first (most nodes of a deep
+    # filter hold neither, and an empty dict costs 64 bytes a level).
+    here: dict[K, Subscription[K, V]] | None = None
+    hash: dict[K, Subscription[K, V]] | None = None
 
 
 WILDCARD_CACHE_SIZE = 65536
@@ -90,9 +92,13 @@ class SubscriptionIndex(Generic[K, V]):
                 node = self._child(node, level)
             last = levels[-1]
             if last == "#":
+                if node.hash is None:
+                    node.hash = {}
                 bucket = node.hash
             else:
                 node = self._child(node, last)
+                if node.here is None:
+                    node.here = {}
                 bucket = node.here
         else:
             bucket = self._exact.setdefault(topic_filter, {})
@@ -141,10 +147,12 @@ class SubscriptionIndex(Generic[K, V]):
             path.append((node, level))
             node = node.children[level]
         if levels[-1] == "#":
+            assert node.hash is not None
             del node.hash[key]
         else:
             path.append((node, levels[-1]))
             node = node.children[levels[-1]]
+            assert node.here is not None
             del node.here[key]
         # Prune empty branches so a churn of unique filters does not leak nodes.
         for parent, level in reversed(path):
@@ -198,6 +206,8 @@ class SubscriptionIndex(Generic[K, V]):
             for subscription in node.hash.values():
                 yield subscription.topic_filter, subscription
         if depth == len(levels):
+            if not node.here:
+                return
             for subscription in node.here.values():
                 yield subscription.topic_filter, subscription
             return
