@@ -33,7 +33,9 @@ Scale (issue: the broker at fleet scale):
 * ACL is decided once, at SUBSCRIBE; a publish is checked once, against its sender;
 * a publish is routed and written to each recipient's transport inline, in the sender's reader
   loop (see ``handler``): no queue, no task per message or per recipient;
-* retained messages for an exact filter are one dictionary lookup, not a scan.
+* retained messages for an exact filter are one dictionary lookup, not a scan; for a wildcard
+  filter whose first three levels are literal (a node's own, ``$baetyl/node/<id>/...``), a scan
+  of the retained topics under those levels only, not of the fleet's.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -65,6 +67,7 @@ from broker.acl import (
     Principal,
     Role,
     client_id_allowed,
+    filter_matches,
     may_publish,
     may_receive,
     may_subscribe,
@@ -222,6 +225,25 @@ class LocalSubscriber:
         self.callback = callback
 
 
+RETAINED_SCOPE_LEVELS = 3  # "$baetyl/node/<id>"
+
+
+def _retained_scope(topic: str) -> str:
+    """The first RETAINED_SCOPE_LEVELS levels of a topic (all of a shorter one)."""
+    return "/".join(topic.split("/", RETAINED_SCOPE_LEVELS)[:RETAINED_SCOPE_LEVELS])
+
+
+def _filter_scope(topic_filter: str) -> str | None:
+    """The scope every topic a wildcard filter matches is in, if its first levels are literal."""
+    levels = topic_filter.split("/", RETAINED_SCOPE_LEVELS)
+    if len(levels) <= RETAINED_SCOPE_LEVELS:
+        return None
+    first = levels[:RETAINED_SCOPE_LEVELS]
+    if any(level in ("+", "#") for level in first):
+        return None
+    return "/".join(first)
+
+
 def _slim(session: Session) -> None:
     """Swap amqtt's per-session Machine and queues for lighter equivalents (see states, queues)."""
     session.transitions = SessionStates(session)
@@ -268,6 +290,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             },
         )
         self._index: SubscriptionIndex[str, Session | LocalSubscriber] = SubscriptionIndex()
+        # Retained topics by their first RETAINED_SCOPE_LEVELS levels: a wildcard SUBSCRIBE of a
+        # node scans its own retained topics, not the fleet's (every node's presence is retained:
+        # scanning 10,000 took 45 ms a filter, 1.4 s for one SUBSCRIBE of 32 filters).
+        self._retained_scopes: dict[str, set[str]] = {}
         self._local_count = 0
 
     # -- listeners ------------------------------------------------------------------------------
@@ -642,10 +668,17 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             self._route(topic, bytes(data or b""), force_qos)
 
     def _retain(self, topic: str, data: bytes, qos: int | None) -> None:
+        scope = _retained_scope(topic)
         if data:
             self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
+            self._retained_scopes.setdefault(scope, set()).add(topic)
         else:
             self._retained_messages.pop(topic, None)  # an empty retained message clears it
+            topics = self._retained_scopes.get(scope)
+            if topics is not None:
+                topics.discard(topic)
+                if not topics:
+                    del self._retained_scopes[scope]
 
     async def retain_message(
         self,
@@ -709,10 +742,16 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         if handler is None or principal is None:
             return
         if "+" in topic_filter or "#" in topic_filter:
+            scope = _filter_scope(topic_filter)
+            if scope is None:  # a wildcard in the first levels: every retained topic is a candidate
+                topics: Iterable[str] = self._retained_messages
+            else:  # a node's filters: only the retained topics under $baetyl/node/<id>
+                topics = self._retained_scopes.get(scope, ())
             candidates = [
                 retained
-                for topic, retained in self._retained_messages.items()
-                if self._matches(topic, topic_filter)
+                for topic in topics
+                if filter_matches(topic_filter, topic)
+                and (retained := self._retained_messages.get(topic)) is not None
             ]
         else:  # the common case: one dictionary lookup, whatever the number of retained topics
             found = self._retained_messages.get(topic_filter)

@@ -230,3 +230,30 @@ def test_budgets_out_of_range_are_refused_naming_the_key(
     """A budget that would break pybaetyl's own topics, or lift the ceilings, is a config error."""
     with pytest.raises(ValueError, match=key):
         BrokerSettings(**overrides)  # type: ignore[arg-type]
+
+
+def test_wildcard_subscribe_finds_retained_messages_in_its_scope_only(
+    start_broker: Callable[..., BrokerThread], connect: Connect
+) -> None:
+    """A wildcard filter whose first three levels are literal looks only at retained topics under
+    them (a node's SUBSCRIBE once scanned every node's retained presence: 1.4 s for 32 filters
+    over 10,000 nodes); filters with a wildcard earlier still see every match."""
+    broker = start_broker()
+    local = broker.ports["local"]
+    publisher = connect(client_id="publisher", plain=True, port=local)
+    for topic in ("r/a/b", "r/a/b/x", "r/a/b/x/y", "r/a/c/x", "r/z/b/x"):
+        publisher.publish(topic, topic.encode(), qos=1, retain=True)
+    publisher.publish("r/a/b/x/y", b"", qos=1, retain=True)  # cleared again
+    for number, (topic_filter, expected) in enumerate(
+        [
+            ("r/a/b/+", {"r/a/b/x"}),
+            ("r/a/b/#", {"r/a/b", "r/a/b/x"}),
+            ("r/+/b/x", {"r/a/b/x", "r/z/b/x"}),
+            ("r/a/+/x", {"r/a/b/x", "r/a/c/x"}),
+            ("#", {"r/a/b", "r/a/b/x", "r/a/c/x", "r/z/b/x"}),
+        ]
+    ):
+        reader = connect(client_id=f"reader{number}", plain=True, port=local)
+        assert reader.subscribe(topic_filter, 1) == [1]
+        assert {m.topic for m in reader.drain()} == expected, topic_filter
+        reader.close()
