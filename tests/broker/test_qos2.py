@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
+from tests.broker.clients import MqttClient
 from tests.broker.conftest import Connect
 from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import (
@@ -171,3 +173,29 @@ def test_pubrel_with_wrong_flags_closes_the_connection(pki: Pki, broker: BrokerT
             raw.expect(CONNACK)
             raw.send(bad)
             assert raw.closed_within(2), bad
+
+
+def test_qos2_over_websocket(pki: Pki, start_broker: Callable[..., BrokerThread]) -> None:
+    """Over wss (amqtt's reader loop, our handlers) QoS 2 works both ways, and a filter over
+    the budget gets 0x80 there too."""
+    broker = start_broker(ws_port=0)
+    port = broker.ports["wss"]
+    node = MqttClient(port, NODE_A, ca=pki.ca_file, creds=pki.node_a, transport="websockets")
+    service = MqttClient(
+        port, pki.service.client_id, ca=pki.ca_file, creds=pki.service, transport="websockets"
+    )
+    try:
+        node.connect()
+        service.connect()
+        assert node.subscribe(DESIRE_A, 2) == [2]
+        assert node.subscribe(DESIRE_A + "/x" * 40, 1) == [0x80]
+        assert service.subscribe(REPORT_A, 2) == [2]
+        service.publish(DESIRE_A, b"desired", qos=2)
+        assert (node.receive().payload, node.drain()) == (b"desired", [])
+        node.publish(REPORT_A, b"reported", qos=2)
+        received = service.receive()
+        assert (received.payload, received.qos) == (b"reported", 2)
+        assert service.drain() == []
+    finally:
+        node.close()
+        service.close()
