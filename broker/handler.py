@@ -149,6 +149,23 @@ def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = F
     queue.put_nowait(OutgoingApplicationMessage(None, topic, qos, data, retain))
 
 
+def _next_packet_id(session: Any) -> int:
+    """A packet id for an outgoing message, not in use by another one in flight.
+
+    amqtt's ``next_packet_id`` also skips the ids of the client's QoS 2 messages awaiting PUBREL
+    (``inflight_in``), another id space [MQTT-2.3.1-4]: a client holding thousands of those
+    could exhaust it and make every delivery to it raise. The in-flight window is below 65,535.
+    """
+    inflight = session.inflight_out
+    packet_id: int = session._packet_id
+    for _ in range(65535):
+        packet_id = packet_id % 65535 + 1
+        if packet_id not in inflight:
+            session._packet_id = packet_id
+            return packet_id
+    raise RuntimeError("No free packet id: 65,535 messages in flight (the window prevents it).")
+
+
 class ProtocolViolation(Exception):
     """The client sent a packet MQTT 3.1.1 says closes the connection."""
 
@@ -287,7 +304,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
     def _send_now(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         session = self.session
-        packet_id = session.next_packet_id
+        packet_id = _next_packet_id(session)
         session.inflight_out[packet_id] = OutgoingApplicationMessage(
             packet_id, topic, qos, data, retain
         )
