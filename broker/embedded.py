@@ -86,6 +86,7 @@ class EmbeddedBroker:
             max_packet_size=self.settings.max_packet_size,
             max_connections=self.settings.max_connections,
             events=self._events,
+            budgets=self.settings.budgets,
         )
         try:
             await self._broker.start()
