@@ -19,7 +19,7 @@ from certs import (
     write_private_file,
     write_public_file,
 )
-from management.bootstrap import ensure_pki
+from management.bootstrap import ensure_pki, serving
 from management.config import BusMode, Settings
 
 __all__ = ["add_parser", "add_up_parser"]
@@ -174,8 +174,12 @@ def _export_config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
-    ca, files = ensure_pki(settings)
-    asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
+    # An embedded broker is this process's alone; replicas on an external broker share the
+    # data directory (and the database) on purpose.
+    alone = not args.cloud or settings.bus.mode is BusMode.EMBEDDED
+    with serving(settings) if alone else contextlib.nullcontext():
+        ca, files = ensure_pki(settings)
+        asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -158,3 +159,49 @@ def test_up_restarts_on_the_same_data_directory(tmp_path: Path) -> None:
         _out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert (tmp_path / "baetyl-data" / "ca" / "ca.crt").read_bytes() == ca_before
+
+
+def test_a_second_up_on_the_same_data_directory_is_refused(
+    tmp_path: Path, running_up: tuple[subprocess.Popen[str], int]
+) -> None:
+    """A second `baetyl up` on a data directory in use exits 1 naming the first's pid, before
+    it opens a broker of its own; once the first is SIGKILLed the directory serves again."""
+    first, _port = running_up
+    second = baetyl(*EPHEMERAL, "up", cwd=tmp_path)
+    assert second.returncode == 1, second.stdout
+    assert second.stderr.startswith("error: "), second.stderr
+    assert f"(pid {first.pid})" in second.stderr
+    assert "--data-dir" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert "pybaetyl is up" not in second.stdout
+    assert first.poll() is None
+
+    first.kill()  # no clean stop: the lock goes with the process
+    first.communicate(timeout=15)
+    third, _third_port = start_up(tmp_path)
+    third.send_signal(signal.SIGTERM)
+    third.communicate(timeout=15)
+    assert third.returncode == 0
+
+
+@pytest.mark.parametrize("taken", ["broker.port", "api.port", "api.activation_port"])
+def test_a_port_in_use_is_one_line_without_traceback(
+    tmp_path: Path, running_up: tuple[subprocess.Popen[str], int], taken: str
+) -> None:
+    """`baetyl up` on a port already in use prints one line naming the key to change, not
+    amqtt's or aiohttp's traceback."""
+    _first, mqtt_port = running_up
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = mqtt_port if taken == "broker.port" else holder.getsockname()[1]
+        other = tmp_path / "other"
+        other.mkdir()
+        result = baetyl(*EPHEMERAL, "--set", f"{taken}={port}", "up", cwd=other)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if not re.match(r"\d{4}-", line)]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: ")
+    assert "in use" in errors[0]
+    assert f"--set {taken}=" in errors[0]
