@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from management.config import Settings, load_settings
 from tests.support.tools import require_tool
 from tests.support.up import BAETYL, EPHEMERAL, start_up
 
@@ -83,6 +85,25 @@ def test_config_show_reflects_layers(tmp_path: Path) -> None:
     assert '"port": 1111' in result.stdout
     assert '"ws_port": 3333' in result.stdout
     assert '"plain_port": 4444' in result.stdout
+
+
+def test_config_show_defaults_as_toml_starts_a_config_file(tmp_path: Path) -> None:
+    """`config show --defaults --format toml` ignores the environment and writes a baetyl.toml
+    that loads back to the defaults; a key edited in it then takes effect."""
+    env = dict(os.environ, BAETYL_BROKER__PORT="1111")
+    result = baetyl("config", "show", "--defaults", "--format", "toml", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "port = 8883" in result.stdout
+    data = tmp_path / "baetyl-data"
+    data.mkdir()
+    (data / "baetyl.toml").write_text(result.stdout)
+    assert load_settings(data_dir=data, environ={}) == Settings(data_dir=data)
+
+    edited = result.stdout.replace("node_cert_days = 365", "node_cert_days = 30")
+    (data / "baetyl.toml").write_text(edited)
+    shown = baetyl("config", "show", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["pki"]["node_cert_days"] == 30
 
 
 @pytest.fixture
