@@ -21,6 +21,7 @@ from management.cli import certs as certs_cli
 from management.cli import client as client_cli
 from management.cli import config as config_cli
 from management.cli import tokens as tokens_cli
+from management.cli.pipes import quiet_when_reader_leaves
 from management.config import ConfigError, load_settings
 from shadow import ShadowError
 
@@ -87,6 +88,7 @@ def _configure_logging(level: str) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+@quiet_when_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -226,3 +226,31 @@ def test_a_port_in_use_is_one_line_without_traceback(
     assert errors[0].startswith("error: ")
     assert "in use" in errors[0]
     assert f"--set {taken}=" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("certs", "list"),
+        ("certs", "issue", "node", "--namespace", "default", "--name", "n1", "--csr",
+         "n1/node.csr"),
+    ],
+)  # fmt: skip
+def test_a_reader_that_leaves_ends_the_command_quietly(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    """`baetyl certs ... | head -1`: once stdout's reader has gone the command exits 141, as a
+    program killed by SIGPIPE, with no BrokenPipeError traceback."""
+    assert baetyl("certs", "init", cwd=tmp_path).returncode == 0
+    assert baetyl("edge", "keygen", "--state-dir", "n1", cwd=tmp_path).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        result = subprocess.run(
+            [BAETYL, *argv], cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
