@@ -662,13 +662,13 @@ def _disconnect_cause(reason: Any) -> str:
             return "disconnected from the cloud"
         case "Unspecified error":
             return (
-                "the connection to the cloud closed (the cloud stopped or the network failed); "
+                "the connection to the cloud closed (the cloud stopped or the network failed), "
                 "reconnecting"
             )
         case "Keep alive timeout":
-            return "the cloud stopped answering within the keepalive; reconnecting"
+            return "the cloud stopped answering within the keepalive, reconnecting"
         case other:
-            return f"disconnected from the cloud ({other}); reconnecting"
+            return f"disconnected from the cloud ({other}), reconnecting"
 
 
 def _serial(path: Path) -> int:
