@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -59,10 +60,22 @@ def walkthrough_blocks() -> list[str]:
     return blocks
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` free ports below the ephemeral range.
+
+    They are bound only later (the app's some 20 s later), and an outgoing connection of any
+    process could take a port of the ephemeral range meanwhile; none takes one below it.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    candidates = range(20000, max(20000, low))
+    for port in random.sample(candidates, k=min(200, len(candidates))):
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("", port))  # every address: the app listens on all of them
+            ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise AssertionError(f"found no {count} free ports from 20000 to {low}")
 
 
 def substitute(text: str, old: str, new: str) -> str:
@@ -155,7 +168,7 @@ def test_the_readme_walkthrough_works_pasted_into_one_shell(tmp_path: Path) -> N
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
-    ports = {name: free_port() for name in ("mqtts", "api", "activation", "app")}
+    ports = dict(zip(("mqtts", "api", "activation", "app"), free_ports(4), strict=True))
     env = {name: value for name, value in os.environ.items() if not name.startswith("BAETYL_")}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
