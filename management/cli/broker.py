@@ -35,7 +35,8 @@ def add_up_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="run the cloud on embedded defaults (generated CA, embedded broker)",
         description="Run the cloud in one process: on first start it creates the data directory, "
         "the CA and the server certificate, then serves MQTT over mTLS (port 8883). "
-        "Stops cleanly on Ctrl-C or SIGTERM.",
+        "One process serves a data directory: a second one on it is refused (replicas on an "
+        "external broker excepted). Stops cleanly on Ctrl-C or SIGTERM.",
     )
     parser.set_defaults(func=_run, cloud=True)
 
