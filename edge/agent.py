@@ -364,7 +364,7 @@ class Agent:
             self._reports.on_disconnect()
 
         self._call(lost)
-        log.info("disconnected from the cloud (%s); apps keep running", reason)
+        log.info("%s; apps keep running", _disconnect_cause(reason))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         item = (message.topic, bytes(message.payload))
@@ -694,6 +694,26 @@ def _spec_retry_delay(attempts: int) -> float:
     answers failed together (a database outage: 500) does not ask again together.
     """
     return min(5.0 * 2.0**attempts, 60.0) * (1.0 + random.random() / 2)  # noqa: S311
+
+
+def _disconnect_cause(reason: Any) -> str:
+    """paho's reason for a disconnect, in words.
+
+    Over MQTT 3.1.1 a broker cannot say why it closes a connection: paho reports a closed
+    socket as "Unspecified error", whether the cloud stopped cleanly or the network failed.
+    """
+    match str(reason):
+        case "Success":  # our own disconnect: stopping, or a renewal's new session
+            return "disconnected from the cloud"
+        case "Unspecified error":
+            return (
+                "the connection to the cloud closed (the cloud stopped or the network failed), "
+                "reconnecting"
+            )
+        case "Keep alive timeout":
+            return "the cloud stopped answering within the keepalive, reconnecting"
+        case other:
+            return f"disconnected from the cloud ({other}), reconnecting"
 
 
 def _serial(path: Path) -> int:

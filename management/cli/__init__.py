@@ -29,6 +29,7 @@ from management.cli import certs as certs_cli
 from management.cli import client as client_cli
 from management.cli import config as config_cli
 from management.cli import tokens as tokens_cli
+from management.cli.pipes import quiet_when_reader_leaves
 
 __all__ = ["build_parser", "main"]
 
@@ -183,6 +184,7 @@ def _is_user_error(exc: BaseException) -> bool:
     return False
 
 
+@quiet_when_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

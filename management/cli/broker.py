@@ -29,7 +29,8 @@ def add_up_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="run the cloud on embedded defaults (generated CA, embedded broker)",
         description="Run the cloud in one process: on first start it creates the data directory, "
         "the CA and the server certificate, then serves MQTT over mTLS (port 8883). "
-        "Stops cleanly on Ctrl-C or SIGTERM.",
+        "One process serves a data directory: a second one on it is refused (replicas on an "
+        "external broker excepted). Stops cleanly on Ctrl-C or SIGTERM.",
     )
     parser.set_defaults(func=_run, cloud=True)
 
@@ -170,11 +171,16 @@ def _export_config(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from management.bootstrap import ensure_pki
+    from management.bootstrap import ensure_pki, serving
+    from management.config import BusMode
 
     settings: Settings = args.settings
-    ca, files = ensure_pki(settings)
-    asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
+    # An embedded broker is this process's alone; replicas on an external broker share the
+    # data directory (and the database) on purpose.
+    alone = not args.cloud or settings.bus.mode is BusMode.EMBEDDED
+    with serving(settings) if alone else contextlib.nullcontext():
+        ca, files = ensure_pki(settings)
+        asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
     return 0
 
 

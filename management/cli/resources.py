@@ -107,10 +107,12 @@ def _age(item: Mapping[str, Any]) -> str:
     except ValueError:
         return "?"
     seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
-    for unit, size, below in (("s", 1, 120), ("m", 60, 120 * 60), ("h", 3600, 48 * 3600)):
-        if seconds < below:
+    # The largest unit that fits, so ages of one size read alike: 119 s is "1m" beside "2m",
+    # not "119s".
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
             return f"{seconds // size}{unit}"
-    return f"{seconds // 86400}d"
+    return f"{seconds}s"
 
 
 def _text(key: str) -> Callable[[Mapping[str, Any]], str]:
