@@ -46,13 +46,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 # The sections whose sh blocks make the walk-through, in the README's order.
-FIRST, LAST = "## Five-minute walk-through", "## Production"
+FIRST, LAST = "## Five-minute walk-through", "## Beyond the walk-through"
 SCRIPT_TIMEOUT = 240.0  # the whole walk-through, on a loaded machine
 ERR = "@@ERR"
 
 
 def walkthrough_blocks() -> list[str]:
-    """The ``sh`` blocks between the walk-through's heading and the next part (Production)."""
+    """The ``sh`` blocks between the walk-through's heading and the next part."""
     text = README.read_text(encoding="utf-8")
     start, end = text.index(FIRST), text.index(LAST)
     blocks = re.findall(r"^```sh\n(.*?)^```$", text[start:end], re.MULTILINE | re.DOTALL)

@@ -11,10 +11,7 @@ import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from management.config import Settings
+from typing import Any
 
 __all__ = ["add_parser"]
 
@@ -49,6 +46,8 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _show(args: argparse.Namespace) -> int:
+    from management.config import Settings
+
     settings: Settings = args.settings
     if args.defaults:
         settings = Settings(data_dir=settings.data_dir)
