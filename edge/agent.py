@@ -14,7 +14,9 @@ the session is back; reconnects back off with jitter so a fleet does not stamped
 ``desire/get`` unanswered for 30 s, or refused (429, 500), is sent again.
 
 What the agent knows survives a restart in ``<state-dir>/agent.json`` (0600): the desired
-document and version, and every spec fetched.
+document and version, and every spec fetched, secret values (secret data, registry passwords,
+certificate keys) in clear: a node restarting offline must still run its apps, and the native
+engine writes the same values into volume files anyway. File modes are their only protection.
 
 The certificate is renewed before it expires (``edge.renewal``), checked at start and every
 ``renew_interval``: once the new one is in place (renewed here or by ``baetyl edge renew``) the
