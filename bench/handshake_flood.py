@@ -9,7 +9,8 @@ port and measures, phase by phase (see bench/README.md, "Handshake flood"):
 2. quiet: ``--probes`` connects of real mTLS nodes (TLS, CONNECT, CONNACK 0, DISCONNECT), one
    at a time → connect p50/p99; broker RSS → baseline;
 3. flood: a separate process makes ``--refused`` handshakes without a client certificate,
-   ``--concurrency`` at a time, while this one keeps probing real nodes → connect p99 during
+   ``--concurrency`` at a time from ``--flood-source`` (127.0.0.2: another address than the
+   nodes' 127.0.0.1), while this one keeps probing real nodes → connect p99 during
    the flood, peak RSS (sampled every 50 ms);
 4. after: ``--after`` seconds idle (several gc policy ticks) → RSS after, and what is left per
    refused handshake; the broker's log lines about refusals (rate-limited: a handful).
@@ -47,12 +48,16 @@ def _client_context(pki: FleetPKI, node: int | None) -> ssl.SSLContext:
     return context
 
 
-async def _refused(port: int, context: ssl.SSLContext) -> bool:
+async def _refused(port: int, context: ssl.SSLContext, source: str = "127.0.0.1") -> bool:
     """One handshake without a certificate; True when the broker refused it."""
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(15):
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="localhost"
+                "127.0.0.1",
+                port,
+                ssl=context,
+                server_hostname="localhost",
+                local_addr=(source, 0),
             )
             try:
                 await reader.read(1)  # TLS 1.3: the verdict comes after the client's Finished
@@ -63,7 +68,9 @@ async def _refused(port: int, context: ssl.SSLContext) -> bool:
     return True  # closed by the broker without a byte: refused as well
 
 
-def _flood(port: int, pki_root: str, count: int, concurrency: int, result: list[float]) -> None:
+def _flood(
+    port: int, pki_root: str, count: int, concurrency: int, source: str, result: list[float]
+) -> None:
     """Process body: ``count`` refused handshakes, ``concurrency`` in flight."""
 
     async def run() -> None:
@@ -74,7 +81,7 @@ def _flood(port: int, pki_root: str, count: int, concurrency: int, result: list[
             nonlocal left
             while left > 0:
                 left -= 1
-                await _refused(port, context)
+                await _refused(port, context, source)
 
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -145,7 +152,8 @@ async def _measure(
     manager = multiprocessing.Manager()
     took = manager.list()
     flood = multiprocessing.Process(
-        target=_flood, args=(port, str(pki.root), args.refused, args.concurrency, took)
+        target=_flood,
+        args=(port, str(pki.root), args.refused, args.concurrency, args.flood_source, took),
     )
     stop = asyncio.Event()
     peak = [baseline]
@@ -179,6 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--refused", type=int, default=20_000, help="refused handshakes")
     parser.add_argument("--concurrency", type=int, default=32, help="refused ones in flight")
+    parser.add_argument(
+        "--flood-source",
+        default="127.0.0.2",
+        help="source address of the flood (the real nodes connect from 127.0.0.1)",
+    )
     parser.add_argument("--nodes", type=int, default=4, help="real mTLS nodes that probe")
     parser.add_argument("--probes", type=int, default=200, help="quiet connects measured")
     parser.add_argument("--pause", type=float, default=0.02, help="s between two probes")
@@ -208,7 +221,10 @@ def main() -> None:
     took = figures["flood_seconds"] or nan
     mib = f"{baseline / 1024:.1f} / {peak / 1024:.1f} / {after / 1024:.1f} MiB"
     rows = [
-        ("refused handshakes", f"{args.refused} ({args.concurrency} in flight)"),
+        (
+            "refused handshakes",
+            f"{args.refused} ({args.concurrency} in flight, from {args.flood_source})",
+        ),
         ("flood took", f"{took:.1f} s ({args.refused / took:.0f} refusals/s)"),
         ("RSS baseline / peak / after", mib),
         ("left after, per refused handshake", f"{(after - baseline) * 1024 / args.refused:.0f} B"),

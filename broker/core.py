@@ -36,6 +36,9 @@ Hostile clients (issue: the broker under hostile clients):
   counted and logged by reason and source (``refusals``), and its exception's traceback is
   cleared, so reference counting frees everything of it at once.
 * refusals at CONNECT and over ``max_connections`` are counted and logged the same way.
+* admission: at most ``handshakes_per_source`` handshakes in progress per source address, the
+  next ones waiting their turn (``admission``): a flood from one address gets a bounded share of
+  the event loop.
 * ``counters`` (``stats``) counts messages in and out, drops by reason and disconnects by
   reason, with integer increments only on the hot paths.
 """
@@ -74,6 +77,7 @@ from broker.acl import (
     may_subscribe,
     valid_filter,
 )
+from broker.admission import HandshakeGate
 from broker.events import ConnectionEvent, DeniedPublish, DisconnectReason, EventKind, Listeners
 from broker.handler import (
     FLOW,
@@ -247,6 +251,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         max_connections: int,
         events: Listeners,
         refusal_log_interval: float = 10.0,
+        handshakes_per_source: int = 16,
     ) -> None:
         super().__init__(config)
         self._tls_context = tls_context
@@ -258,6 +263,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self._open_connections = 0
         self._read_buffers = SharedReadBuffers()
         self.refusals = RefusalCounter(refusal_log_interval)
+        self._handshakes = HandshakeGate(handshakes_per_source)
         self.counters = Counters()
         # This broker's handler class carries its callbacks: set on each handler instead, they
         # grew every connection's attribute dict by 1.6 KiB.
@@ -323,15 +329,38 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         context: ssl.SSLContext,
     ) -> None:
         """Run the TLS handshake of a new connection; count, log and forget a refused one."""
+        # Until TLS starts, the socket's bytes (the ClientHello) must stay in the kernel: read
+        # into the StreamReader while this connection waits for its turn, they would be lost to
+        # the handshake. start_tls resumes reading.
+        transport = writer.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        source = _source(writer)
+        gate = self._handshakes
+        if gate.full(source):
+            self.refusals.refuse(
+                source,
+                RefusalReason.TOO_MANY_HANDSHAKES,
+                f"{gate.in_progress(source)} handshakes in progress, more waiting",
+            )
+            writer.transport.abort()
+            return
+        entered = False
         try:
             # Stock passed no handshake timeout: a silent TLS client would hold a socket 60 s.
+            # The timeout covers the wait for a slot (broker/admission.py) and the handshake.
             async with asyncio.timeout(self._connect_timeout):
+                await gate.enter(source)
+                entered = True
                 await writer.start_tls(context, ssl_handshake_timeout=self._connect_timeout + 1)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            self.refusals.refuse(_source(writer), reason_of(exc), _detail(exc))
+            self.refusals.refuse(source, reason_of(exc), _detail(exc))
             _forget(exc)
             writer.transport.abort()
             return
+        finally:
+            if entered:
+                gate.leave(source)
         await self.stream_connected(reader, writer, listener_name)
 
     async def stream_connected(

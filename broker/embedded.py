@@ -88,6 +88,7 @@ class EmbeddedBroker:
             max_connections=self.settings.max_connections,
             events=self._events,
             refusal_log_interval=self.settings.refusal_log_interval,
+            handshakes_per_source=self.settings.handshakes_per_source,
         )
         try:
             await self._broker.start()

@@ -45,6 +45,7 @@ class RefusalReason(StrEnum):
     WILL_TOPIC = "will-topic"  # a will on a topic the identity may not publish to
     # Before either
     TOO_MANY_CONNECTIONS = "too-many-connections"  # broker.max_connections reached
+    TOO_MANY_HANDSHAKES = "too-many-handshakes"  # too many waiting from one address (admission)
 
 
 # OpenSSL's X509_V_ERR_* codes (x509_vfy.h) of a client certificate that fails verification.

@@ -7,6 +7,8 @@ import gc
 import logging
 import socket
 import ssl
+import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -160,3 +162,44 @@ def test_an_accepted_connection_still_works(
 
 async def _value(value: list[str]) -> list[str]:
     return value
+
+
+def _tls_from(source: str, port: int, pki: Pki, creds: Creds, timeout: float) -> bool:
+    """Whether a TLS handshake from ``source`` with ``creds`` completes within ``timeout``."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.load_cert_chain(creds.cert, creds.key)
+    with socket.create_connection((HOST, port), timeout=timeout, source_address=(source, 0)) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost"):
+                return True
+        except TimeoutError:
+            return False
+
+
+def test_handshakes_from_one_address_wait_their_turn_while_others_pass(
+    pki: Pki, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """With two handshakes of 127.0.0.2 in progress (silent clients), its third waits; a node
+    from 127.0.0.1 connects meanwhile; once a slot frees, the waiting handshake completes."""
+    broker = start_broker(handshakes_per_source=2)
+    stalled = [
+        socket.create_connection((HOST, broker.port), source_address=("127.0.0.2", 0))
+        for _ in range(2)
+    ]
+    done: list[bool] = []
+    waiting = threading.Thread(
+        target=lambda: done.append(_tls_from("127.0.0.2", broker.port, pki, pki.node_b, 4.0))
+    )
+    try:
+        time.sleep(0.2)  # accepted: both hold a slot, waiting for a ClientHello
+        waiting.start()
+        time.sleep(0.5)
+        assert done == []  # its ClientHello waits in the socket for a slot
+        assert _tls_from(HOST, broker.port, pki, pki.node_a, timeout=2.0)
+        stalled.pop().close()
+        waiting.join(6)
+        assert done == [True]
+    finally:
+        for sock in stalled:
+            sock.close()
+        waiting.join(6)
