@@ -192,6 +192,13 @@ def main() -> None:
         default="127.0.0.2",
         help="source address of the flood (the real nodes connect from 127.0.0.1)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the broker, e.g. broker.handshakes_per_source=16 (repeatable)",
+    )
     parser.add_argument("--nodes", type=int, default=4, help="real mTLS nodes that probe")
     parser.add_argument("--probes", type=int, default=200, help="quiet connects measured")
     parser.add_argument("--pause", type=float, default=0.02, help="s between two probes")
@@ -202,7 +209,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     pki = ensure_pki(args.out_dir / "pki", max(args.nodes, 1), log=False)
     workdir = args.out_dir / "handshake_flood"
-    broker = start_broker("ours", pki, workdir)
+    broker = start_broker("ours", pki, workdir, tuple(args.set))
     try:
         figures = asyncio.run(_measure(args, pki, broker.port, broker.pid))
     finally:
@@ -233,6 +240,7 @@ def main() -> None:
         ("connects measured quiet / flood", f"{len(quiet)} / {len(during)}"),
         ("p99 ratio flood / quiet", f"{d99 / q99:.2f}"),
         ("broker log lines about refusals", str(len(log_lines))),
+        ("broker settings", " ".join(args.set) or "defaults"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -8,6 +8,13 @@ meanwhile waits behind them in the event loop. Here each source address has at m
 ``broker.connect_timeout``, which covers the wait and the handshake), so a flood from one address
 gets a bounded share of the loop and nodes from other addresses keep connecting. A source with
 more than ``MAX_WAITING`` x ``per_source`` connections waiting is refused at once.
+
+Off by default (``per_source`` 0): a slot is held from the accept, so silent connections from an
+address (a slow-loris) hold its slots until the connect timeout, and a real node behind the same
+address (a NAT, the fault suite's loopback) waits with them; and a connection cut while it
+waits still has its ClientHello unread, so the client sees a reset, not a close (the fault
+suite's slow-loris test fails on that with the limit on). Turn it on where the nodes do not
+share their addresses with what attacks them (bench/handshake_flood.py measures it).
 """
 
 from __future__ import annotations
@@ -33,11 +40,15 @@ class HandshakeGate:
 
     def full(self, source: str) -> bool:
         """Whether a new connection from ``source`` should be refused rather than wait."""
+        if not self.per_source:
+            return False
         waiting = self._waiting.get(source)
         return waiting is not None and len(waiting) >= MAX_WAITING * self.per_source
 
     async def enter(self, source: str) -> None:
         """Take a slot for ``source``, waiting for one if its handshakes are at the limit."""
+        if not self.per_source:
+            return
         active = self._active.get(source, 0)
         if active < self.per_source:
             self._active[source] = active + 1
@@ -53,6 +64,8 @@ class HandshakeGate:
 
     def leave(self, source: str) -> None:
         """Free a slot of ``source``: hand it to the next waiting connection, if any."""
+        if not self.per_source:
+            return
         waiting = self._waiting.get(source)
         while waiting:
             future = waiting.popleft()

@@ -36,9 +36,9 @@ Hostile clients (issue: the broker under hostile clients):
   counted and logged by reason and source (``refusals``), and its exception's traceback is
   cleared, so reference counting frees everything of it at once.
 * refusals at CONNECT and over ``max_connections`` are counted and logged the same way.
-* admission: at most ``handshakes_per_source`` handshakes in progress per source address, the
-  next ones waiting their turn (``admission``): a flood from one address gets a bounded share of
-  the event loop.
+* admission, when ``broker.handshakes_per_source`` is set: at most that many handshakes in
+  progress per source address, the next ones waiting their turn (``admission``), so a flood from
+  one address gets a bounded share of the event loop. Off by default (see ``admission``).
 * ``counters`` (``stats``) counts messages in and out, drops by reason and disconnects by
   reason, with integer increments only on the hot paths.
 """
@@ -251,7 +251,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         max_connections: int,
         events: Listeners,
         refusal_log_interval: float = 10.0,
-        handshakes_per_source: int = 16,
+        handshakes_per_source: int = 0,
     ) -> None:
         super().__init__(config)
         self._tls_context = tls_context
