@@ -31,8 +31,9 @@ Hostile clients (issue: the broker under hostile clients):
 * TLS: stock lets asyncio do the handshake before the broker hears of the connection, and a
   failed one vanishes silently, its SSL objects held in reference cycles (the exception's
   traceback and asyncio's waiter) until a full garbage collection, which the server process's
-  ``gc.freeze`` policy postpones for minutes: about 7 KiB per refused handshake. Here the
-  listener accepts plain TCP and ``_tls_connected`` runs the handshake itself: a refusal is
+  ``gc.freeze`` policy postpones for minutes: 11.5 KiB per refused handshake over 20,000
+  (bench/RESULTS.md). Here the listener accepts plain TCP and ``_tls_connected`` runs the
+  handshake itself: a refusal is
   counted and logged by reason and source (``refusals``), and its exception's traceback is
   cleared, so reference counting frees everything of it at once.
 * refusals at CONNECT and over ``max_connections`` are counted and logged the same way.
