@@ -180,8 +180,13 @@ def _mosquitto_conf(pki: FleetPKI, workdir: Path, port: int) -> Path:
     return conf
 
 
-def start_broker(name: str, pki: FleetPKI, workdir: Path) -> RunningBroker:
-    """Start broker `name` ("ours" or "mosquitto") on a free loopback port; wait for it."""
+def start_broker(
+    name: str, pki: FleetPKI, workdir: Path, settings: tuple[str, ...] = ()
+) -> RunningBroker:
+    """Start broker `name` ("ours" or "mosquitto") on a free loopback port; wait for it.
+
+    ``settings`` are extra ``KEY=VALUE`` settings of ours (``--set``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = workdir / f"{name}.log"
@@ -196,6 +201,7 @@ def start_broker(name: str, pki: FleetPKI, workdir: Path) -> RunningBroker:
             f"broker.port={port}",
             "--set",
             "broker.max_connections=19000",
+            *(arg for setting in settings for arg in ("--set", setting)),
             "--log-level",
             "warning",
             "broker",

@@ -39,7 +39,9 @@ from broker.events import (
     EventKind,
 )
 from broker.gcpolicy import freeze_long_lived
+from broker.refusals import RefusalReason
 from broker.settings import BrokerSettings, TLSFiles
+from broker.stats import BrokerStats, DropReason
 
 __all__ = [
     "NODE_DOWNSTREAM",
@@ -48,15 +50,18 @@ __all__ = [
     "BrokerError",
     "BrokerSettings",
     "BrokerStartError",
+    "BrokerStats",
     "ConnectionEvent",
     "ConnectionListener",
     "DeniedListener",
     "DeniedPublish",
     "DisconnectReason",
+    "DropReason",
     "EmbeddedBroker",
     "EventKind",
     "LocalHandler",
     "Principal",
+    "RefusalReason",
     "Role",
     "TLSConfigError",
     "TLSFiles",

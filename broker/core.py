@@ -37,6 +37,22 @@ Scale (issue: the broker at fleet scale):
 * retained messages for an exact filter are one dictionary lookup, not a scan; for a wildcard
   filter whose first three levels are literal (a node's own, ``$baetyl/node/<id>/...``), a scan
   of the retained topics under those levels only, not of the fleet's.
+
+Hostile clients:
+
+* TLS: stock lets asyncio do the handshake before the broker hears of the connection, and a
+  failed one vanishes silently, its SSL objects held in reference cycles (the exception's
+  traceback and asyncio's waiter) until a full garbage collection, which the server process's
+  ``gc.freeze`` policy postpones for minutes: 11.5 KiB per refused handshake over 20,000
+  (bench/RESULTS.md). Here the listener accepts plain TCP and ``_tls_connected`` runs the
+  handshake itself: a refusal is counted and logged by reason and source (``refusals``), and its
+  exception's traceback is cleared, so reference counting frees everything of it at once.
+* refusals at CONNECT and over ``max_connections`` are counted and logged the same way.
+* admission, when ``broker.handshakes_per_source`` is set: at most that many handshakes in
+  progress per source address, the next ones waiting their turn (``admission``), so a flood from
+  one address gets a bounded share of the event loop. Off by default (see ``admission``).
+* ``counters`` (``stats``) counts messages in and out, drops by reason and disconnects by
+  reason, with integer increments only on the hot paths.
 """
 
 from __future__ import annotations
@@ -74,6 +90,7 @@ from broker.acl import (
     may_subscribe,
     valid_filter,
 )
+from broker.admission import HandshakeGate
 from broker.events import ConnectionEvent, DeniedPublish, DisconnectReason, EventKind, Listeners
 from broker.handler import (
     FLOW,
@@ -86,8 +103,10 @@ from broker.handler import (
 from broker.limits import Budgets, PacketTooLarge, SizeLimitedReader
 from broker.packets import encode_suback, encode_unsuback
 from broker.queues import LazyQueue
+from broker.refusals import RefusalCounter, RefusalReason, reason_of
 from broker.router import SubscriptionIndex
 from broker.states import SessionStates
+from broker.stats import BrokerStats, Counters, DropReason
 from certs import CertsError, Identity
 
 __all__ = ["HardenedBroker", "PeerCertificate", "peer_of"]
@@ -122,7 +141,8 @@ def _peer_of(ssl_object: ssl.SSLObject | None) -> tuple[Principal, PeerCertifica
     try:
         identity = Identity.from_certificate(cert)
     except CertsError as exc:
-        log.warning("refusing a certificate without a pybaetyl identity: %s", exc)
+        # Refused at CONNECT as "no-identity", logged there at a bounded rate.
+        log.debug("a certificate without a pybaetyl identity: %s", exc)
         return None
     return Principal.from_identity(identity), PeerCertificate(
         cert.serial_number, cert.not_valid_after_utc
@@ -266,6 +286,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         max_connections: int,
         events: Listeners,
         budgets: Budgets | None = None,
+        refusal_log_interval: float = 10.0,
+        handshakes_per_source: int = 0,
     ) -> None:
         super().__init__(config)
         self._budgets = budgets or Budgets()
@@ -277,6 +299,9 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self._events = events
         self._open_connections = 0
         self._read_buffers = SharedReadBuffers()
+        self.refusals = RefusalCounter(refusal_log_interval)
+        self._handshakes = HandshakeGate(handshakes_per_source)
+        self.counters = Counters()
         # This broker's handler class carries its callbacks: set on each handler instead, they
         # grew every connection's attribute dict by 1.6 KiB.
         self._handler_class: type[HardenedHandler] = type(
@@ -287,6 +312,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                 "on_subscribe": staticmethod(self._on_subscribe),
                 "on_unsubscribe": staticmethod(self._on_unsubscribe),
                 "subscription_limit": staticmethod(self._subscription_limit),
+                "on_queue_drop": staticmethod(self._on_queue_drop),
                 "max_packet_size": max_packet_size,
             },
         )
@@ -329,15 +355,55 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             return await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
             )
-        # Stock passes no handshake timeout: a silent TLS client would hold a socket for 60 s.
-        return await asyncio.start_server(
-            partial(self.stream_connected, listener_name=listener_name),
-            address,
-            port,
-            reuse_address=True,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self._connect_timeout if ssl_context else None,
+        # TLS is started by _tls_connected, not by asyncio (see the module docstring).
+        connected = (
+            partial(self._tls_connected, listener_name=listener_name, context=ssl_context)
+            if ssl_context is not None
+            else partial(self.stream_connected, listener_name=listener_name)
         )
+        return await asyncio.start_server(connected, address, port, reuse_address=True)
+
+    async def _tls_connected(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        listener_name: str,
+        context: ssl.SSLContext,
+    ) -> None:
+        """Run the TLS handshake of a new connection; count, log and forget a refused one."""
+        # Until TLS starts, the socket's bytes (the ClientHello) must stay in the kernel: read
+        # into the StreamReader while this connection waits for its turn, they would be lost to
+        # the handshake. start_tls resumes reading.
+        transport = writer.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        source = _source(writer)
+        gate = self._handshakes
+        if gate.full(source):
+            self.refusals.refuse(
+                source,
+                RefusalReason.TOO_MANY_HANDSHAKES,
+                f"{gate.in_progress(source)} handshakes in progress, more waiting",
+            )
+            writer.transport.abort()
+            return
+        entered = False
+        try:
+            # Stock passed no handshake timeout: a silent TLS client would hold a socket 60 s.
+            # The timeout covers the wait for a slot (broker/admission.py) and the handshake.
+            async with asyncio.timeout(self._connect_timeout):
+                await gate.enter(source)
+                entered = True
+                await writer.start_tls(context, ssl_handshake_timeout=self._connect_timeout + 1)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self.refusals.refuse(source, reason_of(exc), _detail(exc))
+            _forget(exc)
+            writer.transport.abort()
+            return
+        finally:
+            if entered:
+                gate.leave(source)
+        await self.stream_connected(reader, writer, listener_name)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -354,7 +420,12 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     async def _accept(self, listener_name: str, reader: Any, writer: Any) -> None:
         if self._open_connections >= self._max_connections:
             # Stock queues sockets over its per-listener limit forever; we refuse them.
-            log.warning("refusing a connection: %d connections open", self._open_connections)
+            peer = writer.get_peer_info()
+            self.refusals.refuse(
+                str(peer[0]) if peer else "unknown",
+                RefusalReason.TOO_MANY_CONNECTIONS,
+                f"{self._open_connections} connections open",
+            )
             await close_quietly(writer)
             return
         setattr(writer, LISTENER_ATTR, listener_name)
@@ -398,17 +469,14 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         if refusal is not None:
             # Refuse before looking at any existing session: stock would already have deleted or
             # taken over the legitimate owner's session at this point.
-            log.warning(
-                "refused CONNECT from %s:%s (client id %r): %s",
-                remote_address,
-                remote_port,
-                session.client_id,
-                refusal,
+            reason, why = refusal
+            self.refusals.refuse(
+                str(remote_address), reason, f"CONNECT as {session.client_id!r}: {why}"
             )
             with contextlib.suppress(OSError):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await close_quietly(writer)
-            raise MQTTError(refusal)
+            raise MQTTError(why)
 
         existing = self._sessions.get(session.client_id)
         if existing is not None and existing[0].transitions.is_connected():
@@ -479,13 +547,19 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         return found
 
     @staticmethod
-    def _refusal(principal: Principal | None, session: Session) -> str | None:
+    def _refusal(principal: Principal | None, session: Session) -> tuple[RefusalReason, str] | None:
         if principal is None:
-            return "no verified pybaetyl certificate"
+            return RefusalReason.NO_IDENTITY, "no verified pybaetyl certificate"
         if not client_id_allowed(principal, session.client_id or ""):
-            return f"client id {session.client_id!r} does not belong to {principal.name!r}"
+            return (
+                RefusalReason.CLIENT_ID,
+                f"client id {session.client_id!r} does not belong to {principal.name!r}",
+            )
         if session.will_flag and not may_publish(principal, session.will_topic or ""):
-            return f"{principal.name!r} may not publish its will to {session.will_topic!r}"
+            return (
+                RefusalReason.WILL_TOPIC,
+                f"{principal.name!r} may not publish its will to {session.will_topic!r}",
+            )
         return None
 
     async def _authenticate(self, session: Session, listener: Any) -> bool:
@@ -561,6 +635,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             reason = client_session.attributes.get(REASON, DisconnectReason.CONNECTION_LOST)
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
         log.info("%s disconnected: %s", client_session.client_id, reason)
+        self.counters.disconnects[DisconnectReason(reason)] += 1
         self._emit(EventKind.DISCONNECTED, client_session, DisconnectReason(reason))
         taken_over: asyncio.Event | None = client_session.attributes.pop(TAKEN_OVER, None)
         if taken_over is not None:
@@ -620,6 +695,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         over = self._budgets.topic_refusal(topic)
         if principal is None or over is not None or not may_publish(principal, topic):
             # MQTT 3.1.1 has no negative PUBACK: the message is dropped and the refusal logged.
+            self.counters.drops[DropReason.DENIED] += 1
             _log_denied(session, "publish" if over is None else f"publish ({over})", topic)
             self._events.emit_denied(
                 DeniedPublish(
@@ -630,6 +706,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                 )
             )
             return
+        self.counters.received += 1
         self._route(topic, data, qos, principal)
         if retain:
             self._retain(topic, data, qos)
@@ -640,11 +717,13 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self, topic: str, data: bytes, publish_qos: int | None, sender: Principal | None = None
     ) -> None:
         """Deliver to every matching subscription now: no queue, no task per message."""
+        counters = self.counters
         for _filter, subscription in self._index.match(topic):
             if subscription.accepts is not None and not subscription.accepts(topic):
                 continue
             target = subscription.value
             if isinstance(target, LocalSubscriber):
+                counters.sent += 1
                 try:
                     target.callback(topic, data, sender)
                 except Exception:
@@ -653,9 +732,14 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             qos = subscription.qos if publish_qos is None else min(publish_qos, subscription.qos)
             entry = self._sessions.get(target.client_id)
             if entry is not None and entry[0] is target and target.transitions.is_connected():
+                counters.sent += 1
                 entry[1].deliver(topic, data, qos)
             elif not target.clean_session and qos > 0:
-                enqueue(target, topic, data, qos)
+                counters.sent += 1
+                if enqueue(target, topic, data, qos):
+                    counters.drops[DropReason.QUEUE_FULL] += 1
+            else:
+                counters.drops[DropReason.OFFLINE] += 1
 
     async def _broadcast_message(
         self,
@@ -783,6 +867,35 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
 
         return unsubscribe
 
+    def _on_queue_drop(self) -> None:
+        self.counters.drops[DropReason.QUEUE_FULL] += 1
+
+    def stats(self) -> BrokerStats:
+        """A snapshot of the counters, with the gauges that need a walk over the sessions."""
+        roles: dict[str, int] = dict.fromkeys((str(role) for role in Role), 0)
+        queued = inflight = 0
+        for session, _handler in self._sessions.values():
+            queued += session.retained_messages.qsize()
+            inflight += len(session.inflight_out)
+            if session.transitions.state != "connected":
+                continue
+            principal: Principal | None = session.attributes.get(PRINCIPAL)
+            if principal is not None:
+                roles[str(principal.role)] = roles.get(str(principal.role), 0) + 1
+        counters = self.counters
+        return BrokerStats(
+            connections=roles,
+            open_connections=self._open_connections,
+            messages_received=counters.received,
+            messages_sent=counters.sent,
+            drops={str(reason): n for reason, n in counters.drops.items()},
+            refusals={str(reason): n for reason, n in self.refusals.counts.items()},
+            disconnects={str(reason): n for reason, n in counters.disconnects.items()},
+            queued_messages=queued,
+            inflight_messages=inflight,
+            sessions=len(self._sessions),
+        )
+
     def sessions_where(self, predicate: Callable[[Session], bool]) -> list[str]:
         """Client ids of connected sessions for which ``predicate`` holds."""
         return [
@@ -801,6 +914,33 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         session.will_flag = False
         await self._cleanup_session(client_id)
         return True
+
+
+def _source(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message)
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return type(exc).__name__
+
+
+def _forget(exc: BaseException | None) -> None:
+    """Clear the tracebacks of a handled exception and of those it chains to.
+
+    A traceback holds the frames it passed through, and they hold the exception (and asyncio's
+    waiter holding it, the SSL protocol, its buffers): a cycle only the collector reclaims. Once
+    cleared, reference counting frees the refused connection as soon as it is closed.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def peer_of(session: Session) -> PeerCertificate | None:

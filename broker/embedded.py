@@ -26,6 +26,7 @@ from broker.errors import BrokerError, BrokerStartError
 from broker.events import ConnectionListener, DeniedListener, DisconnectReason, Listeners
 from broker.handler import REASON
 from broker.settings import BrokerSettings, TLSFiles
+from broker.stats import BrokerStats
 from broker.tls import ReloadableTLS
 
 __all__ = ["EmbeddedBroker"]
@@ -102,6 +103,8 @@ class EmbeddedBroker:
             max_connections=self.settings.max_connections,
             events=self._events,
             budgets=self.settings.budgets,
+            refusal_log_interval=self.settings.refusal_log_interval,
+            handshakes_per_source=self.settings.handshakes_per_source,
         )
         self._broker.logger = _StartFailureReported(self._broker.logger, {})
         try:
@@ -171,6 +174,10 @@ class EmbeddedBroker:
         """Publish as the cloud itself, synchronously (routing never waits; see ``publish``)."""
         self._core._route(topic, payload, qos)
 
+    def stats(self) -> BrokerStats:
+        """Counters and gauges now: connections by role, messages, drops, refusals, queues."""
+        return self._core.stats()
+
     def connected(self) -> list[str]:
         """Client ids of the connected clients."""
         return self._core.sessions_where(lambda _session: True)
@@ -204,6 +211,7 @@ class EmbeddedBroker:
         next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
         while True:
             await asyncio.sleep(self.settings.crl_poll_interval)
+            self._core.refusals.flush()
             if self._tls.changed():
                 try:
                     self._tls.reload()

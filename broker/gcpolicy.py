@@ -10,6 +10,15 @@ the young generations, keeps the collector's work proportional to what is new. O
 while alive that later become cyclic garbage are not reclaimed until the next full pass, so one
 runs every ``collect_every`` seconds (unfreeze, collect, freeze again).
 
+Before each freeze the collector runs over every generation it still walks, the oldest
+included: frozen objects are not in it, so this costs what is new since the last freeze, like a
+young collection, but it also reclaims garbage that reached the oldest generation since then. A
+collection of the young generations alone left that to be frozen: under a flood of refused TLS
+handshakes the collector's own automatic passes promote the handshakes in progress to the
+oldest generation, and once refused they stayed, frozen, until the full pass (measured in
+bench/handshake_flood.py). The broker also frees a refused handshake without the collector
+(broker/core.py); this covers whatever else dies old between two ticks.
+
 Run by the server process (``baetyl up``, ``baetyl broker run``), not by the embedded broker
 itself: the policy is the process's, and a process embedding the broker chooses its own.
 """
@@ -41,9 +50,10 @@ async def freeze_long_lived(freeze_every: float, collect_every: float) -> None:
                     "full garbage collection: %d objects in %.2f s", found, loop.time() - started
                 )
             else:
-                # The young generations' garbage first: frozen, it would wait for the full pass
-                # (measured: 1.5 KiB per idle connection at 10,000 nodes).
-                gc.collect(1)
+                # What died since the last freeze first (the frozen objects are not walked):
+                # frozen, it would wait for the full pass (measured: 1.5 KiB per idle connection
+                # at 10,000 nodes).
+                gc.collect(2)
             gc.freeze()
     finally:
         gc.unfreeze()

@@ -135,11 +135,15 @@ SubscriptionLimit = Callable[[Any], int]
 NO_SUBSCRIPTION_LIMIT = 1 << 20
 
 
-def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = False) -> None:
-    """Queue a message for a session (offline, or behind a full window), dropping the oldest."""
+def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = False) -> bool:
+    """Queue a message for a session (offline, or behind a full window), dropping the oldest.
+
+    Returns whether a message was dropped to make room (counted by the caller).
+    """
     queue = session.retained_messages
     limit = flow_of(session).queue_limit
-    if queue.qsize() >= limit:
+    dropped: bool = queue.qsize() >= limit
+    if dropped:
         queue.get_nowait()
         if not session.attributes.get(DROPPING):
             session.attributes[DROPPING] = True
@@ -147,6 +151,7 @@ def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = F
     elif session.attributes.get(DROPPING):
         session.attributes[DROPPING] = False
     queue.put_nowait(OutgoingApplicationMessage(None, topic, qos, data, retain))
+    return dropped
 
 
 def _next_packet_id(session: Any) -> int:
@@ -206,6 +211,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     on_subscribe: SubscribeCallback | None = None
     on_unsubscribe: UnsubscribeCallback | None = None
     subscription_limit: SubscriptionLimit | None = None
+    on_queue_drop: Callable[[], None] = staticmethod(lambda: None)  # a full queue dropped one
     max_packet_size: int = 256 * 1024
 
     # -- sending ------------------------------------------------------------------------------
@@ -285,7 +291,8 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             len(session.inflight_out) >= MAX_INFLIGHT
             and len(session.inflight_out) >= flow_of(session).max_inflight
         ) or not session.retained_messages.empty():
-            enqueue(session, topic, data, qos, retain=retain)  # behind the queue: order kept
+            if enqueue(session, topic, data, qos, retain=retain):  # behind the queue: order kept
+                self.on_queue_drop()
         else:
             self._send_now(topic, data, qos, retain)
 

@@ -37,6 +37,12 @@ class BrokerSettings:
     # Run by `baetyl up` / `baetyl broker run` (see broker/gcpolicy.py); 0 turns it off.
     gc_freeze_interval: float = 2.0
     gc_full_collect_interval: float = 600.0
+    # Refused connections are logged once per source address and reason per interval, with a
+    # count (broker/refusals.py).
+    refusal_log_interval: float = 10.0
+    # TLS handshakes in progress per source address, more waiting their turn; 0 (the default):
+    # no limit (see broker/admission.py for when to turn it on).
+    handshakes_per_source: int = 0
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port", "plain_port"):
@@ -56,6 +62,10 @@ class BrokerSettings:
                 "broker.gc_freeze_interval must be 0 (off) or more, and "
                 "broker.gc_full_collect_interval more than 0 seconds."
             )
+        if not 0 <= self.handshakes_per_source <= 100_000:
+            raise ValueError("broker.handshakes_per_source must be 0 (no limit) or up to 100000.")
+        if not 0.1 <= self.refusal_log_interval <= 3600:
+            raise ValueError("broker.refusal_log_interval must be between 0.1 and 3600 seconds.")
         if not 0.05 <= self.crl_poll_interval <= 60:
             raise ValueError("broker.crl_poll_interval must be between 0.05 and 60 seconds.")
         # The floors keep pybaetyl's own topics ($baetyl/node/<id>/resource/rejected: 5 levels,

@@ -37,6 +37,7 @@ from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
 from management.config import BusMode, ConfigError, Settings
 from management.crypto import SecretBox
 from management.matching import Matcher, NodeResources
+from management.metrics import metrics_registry
 from management.store import ResourceStore, all_migrations
 from management.tokens import TokenSigner
 from shadow import StoreError
@@ -118,6 +119,7 @@ class Cloud:
                 activation_port=settings.api.activation_port,
                 install_token_ttl=settings.api.install_token_ttl,
                 node_cert_days=settings.pki.node_cert_days,
+                metrics=metrics_registry(self.broker, shadow),
             )
             self._ports["activation"] = await self._serve(
                 create_activation_app(self.context),

@@ -11,6 +11,7 @@ from shadow.server.migrations import MIGRATIONS, Migration
 from shadow.server.mqttbus import BusError, MqttBus
 from shadow.server.service import DesiredWrite, NoResources, ResourceSource, ShadowService
 from shadow.server.sql import TortoiseStore, Transaction
+from shadow.server.stats import Histogram, RequestKind, ShadowStats, StoreOperation
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
 from shadow.settings import ShadowSettings
 
@@ -21,17 +22,21 @@ __all__ = [
     "Denied",
     "DesiredWrite",
     "EmbeddedBus",
+    "Histogram",
     "MessageHandler",
     "Migration",
     "MqttBus",
     "NoResources",
     "Presence",
+    "RequestKind",
     "ResourceSource",
     "ShadowRecord",
     "ShadowService",
     "ShadowSettings",
+    "ShadowStats",
     "ShadowStore",
     "ShadowWrite",
+    "StoreOperation",
     "TortoiseStore",
     "Transaction",
 ]

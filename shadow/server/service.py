@@ -57,6 +57,7 @@ from shadow.errors import (
     Unavailable,
 )
 from shadow.server.bus import Bus, Denied, Presence
+from shadow.server.stats import RequestKind, ShadowStats, StoreOperation
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
 from shadow.settings import ShadowSettings
 from shadow.topics import UPSTREAM, Channel, subscription_filter, topic, valid_node_id
@@ -116,6 +117,7 @@ class _Message:
     channel: Channel
     payload: bytes
     refused: RequestError | None = None
+    at: float = field(default_factory=time.monotonic)  # arrival, for the latency
 
 
 @dataclass(slots=True)
@@ -123,6 +125,7 @@ class _Write:
     node_id: str
     change: DesiredWrite
     future: asyncio.Future[Section]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -136,6 +139,7 @@ class _Presence:
 class _Read:
     node_id: str
     future: asyncio.Future[ShadowRecord]
+    at: float = field(default_factory=time.monotonic)
 
 
 _Op = _Message | _Write | _Presence | _Read
@@ -223,6 +227,7 @@ class ShadowService:
         self._unsubscribe: list[Callable[[], None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self.stats = ShadowStats()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -294,6 +299,7 @@ class ShadowService:
                 future.set_exception(BadRequest(f"{change.node_id!r} is not a node id."))
             else:
                 future = loop.create_future()
+                self.stats.requests[RequestKind.WRITE] += 1
                 self._enqueue(_Write(change.node_id, change, future))
             futures.append(future)
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -309,6 +315,7 @@ class ShadowService:
         if not valid_node_id(node_id):
             raise BadRequest(f"{node_id!r} is not a node id.")
         future: asyncio.Future[ShadowRecord] = asyncio.get_running_loop().create_future()
+        self.stats.requests[RequestKind.READ] += 1
         self._enqueue(_Read(node_id, future))
         return await future
 
@@ -326,6 +333,16 @@ class ShadowService:
         """Every node id with a stored shadow, sorted (straight from the store, like
         ``stored``)."""
         return await self._store.node_ids()
+
+    @property
+    def queue_depth(self) -> int:
+        """Operations waiting for the writer."""
+        return len(self._queue)
+
+    @property
+    def cached(self) -> int:
+        """Shadows held in memory."""
+        return len(self._cache)
 
     @property
     def bus_connected(self) -> bool:
@@ -361,13 +378,17 @@ class ShadowService:
         prefix_end = name.index("/", len("$baetyl/node/"))
         node_id = name[len("$baetyl/node/") : prefix_end]
         channel = Channel(name[prefix_end + 1 :])
+        stats = self.stats
+        stats.requests[RequestKind(channel.value)] += 1
         refused: RequestError | None = None
         if not self._take_token(node_id):
+            stats.throttled["rate"] += 1
             refused = TooManyRequests(
                 f"node {node_id} sends more than {self._settings.report_rate:g} requests per "
                 "second; slow down and retry this one later."
             )
         elif len(self._queue) >= self._settings.max_queue:
+            stats.throttled["overload"] += 1
             refused = TooManyRequests("The shadow service is overloaded; retry in a few seconds.")
             self._answer_now(node_id, channel, payload, refused)
             return
@@ -432,6 +453,11 @@ class ShadowService:
                 except Exception:
                     log.exception("the shadow writer failed on a batch of %d", len(batch))
                     self._fail(batch, Unavailable("The shadow service failed; retry."))
+                now = time.monotonic()
+                latency = self.stats.latency
+                for op in batch:
+                    if not isinstance(op, _Presence):
+                        latency.observe(now - op.at)
             if self._closing and not self._queue:
                 return
 
@@ -452,6 +478,7 @@ class ShadowService:
             try:
                 await self._load(missing, refresh=self._shared_store)
             except StoreError as exc:
+                self.stats.store_errors[StoreOperation.LOAD] += 1
                 log.error("cannot load %d shadows: %s", len(missing), exc)
                 outcome = await self._apply(batch, writable=False, unknown=set(missing))
                 self._deliver(outcome)
@@ -468,15 +495,18 @@ class ShadowService:
             try:
                 await self._store.commit(writes)
             except StaleWrite as exc:
+                self.stats.store_errors[StoreOperation.CONFLICT] += 1
                 log.warning("%s (attempt %d)", exc, attempt)
                 if attempt == 1:
                     try:
                         await self._load(exc.node_ids, refresh=True)
                     except StoreError:
+                        self.stats.store_errors[StoreOperation.LOAD] += 1
                         break
                     continue
                 break
             except StoreError as exc:
+                self.stats.store_errors[StoreOperation.COMMIT] += 1
                 log.error("cannot store %d shadows: %s", len(writes), exc)
                 break
             for node_id, record in outcome.changed.items():

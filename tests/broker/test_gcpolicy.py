@@ -55,3 +55,29 @@ async def test_young_cyclic_garbage_is_collected_not_frozen() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert gc.get_freeze_count() == 0
+
+
+async def test_garbage_that_reached_the_oldest_generation_is_collected_not_frozen() -> None:
+    """Garbage promoted to the oldest generation since the last tick is reclaimed at the next.
+
+    Under a flood of refused TLS handshakes the collector's automatic passes promote the
+    handshakes in progress to the oldest generation; collecting the young generations alone
+    before freezing left them frozen until the full pass.
+    """
+    gc.unfreeze()
+    task = asyncio.create_task(freeze_long_lived(0.05, 3600.0))
+    try:
+        await asyncio.sleep(0.12)  # a first freeze
+        gc.disable()  # only the policy collects from here on
+        node = _Node()
+        gone = weakref.ref(node)
+        gc.collect(1)  # survivors of generation 1 move to the oldest one
+        del node
+        assert gone() is not None
+        await asyncio.sleep(0.15)  # a tick or two, no full pass
+        assert gone() is None
+    finally:
+        gc.enable()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert gc.get_freeze_count() == 0

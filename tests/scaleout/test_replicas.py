@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shadow.server.mqttbus import owner
 from tests.scaleout.cluster import Api, Broker, Replica, SimNode, until
@@ -211,6 +212,36 @@ def _ready(port: int) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def test_replicas_serve_the_shadow_metrics_and_no_broker_ones(cluster: Cluster) -> None:
+    """With an external broker there is no embedded one: a replica's /metrics has no
+    ``baetyl_broker_*`` metric, its bus is up, and the nodes' reports show in the shadow's."""
+    _report_for(cluster, 1.0)
+
+    def scrape(replica: Replica) -> dict[str, float]:
+        url = f"http://127.0.0.1:{replica.api}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:  # loopback http
+            text = answer.read().decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                found[f"{sample.name}{{{labels}}}"] = sample.value
+        return found
+
+    def reports() -> float:
+        return sum(
+            scrape(replica).get("baetyl_shadow_requests_total{kind=report}", 0)
+            for replica in cluster.replicas
+        )
+
+    until(reports, 15, "reports counted by the replicas")
+    for replica in cluster.replicas:
+        found = scrape(replica)
+        assert not [name for name in found if name.startswith("baetyl_broker_")]
+        assert found["baetyl_bus_connected{}"] == 1
+        assert "baetyl_shadow_request_duration_seconds_count{}" in found
 
 
 def test_replicas_are_not_ready_while_the_broker_is_away(cluster: Cluster) -> None:
