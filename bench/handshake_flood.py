@@ -253,6 +253,7 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
+                "date": stamp,
                 "command": " ".join(sys.argv),
                 "commit": commit,
                 "machine": platform.platform(),
