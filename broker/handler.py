@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
-from amqtt.errors import ProtocolHandlerError
+from amqtt.errors import MQTTError, ProtocolHandlerError
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.packet import (
@@ -43,6 +43,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OutgoingApplicationMessage
 
 from broker.acl import valid_topic
+from broker.connect import CONNACK_UNACCEPTABLE_VERSION, protocol_refusal, read_packet
 from broker.events import DisconnectReason
 from broker.packets import encode_puback, encode_publish
 from broker.queues import LazyQueue
@@ -160,6 +161,33 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     on_subscribe: SubscribeCallback | None = None
     on_unsubscribe: UnsubscribeCallback | None = None
     max_packet_size: int = 256 * 1024
+
+    # -- CONNECT ------------------------------------------------------------------------------
+
+    @classmethod
+    async def init_from_connect(
+        cls,
+        reader: Any,
+        writer: Any,
+        plugins_manager: Any,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> tuple[HardenedHandler, Any]:
+        """amqtt's, after the CONNECT is read whole and any version but 3.1.1 refused (see
+        ``broker.connect``): stock parsed an MQTT 5 CONNECT as 3.1.1 and hung until the timeout."""
+        packet = await read_packet(reader)
+        refusal = protocol_refusal(packet)
+        if refusal is not None:
+            peer = writer.get_peer_info() or ("?", "?")
+            if refusal.answer:
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    writer.write(CONNACK_UNACCEPTABLE_VERSION)
+                    await writer.drain()
+            await close_quietly(writer)
+            raise MQTTError(f"refused CONNECT from {peer[0]}:{peer[1]}: {refusal.reason}")
+        handler, session = await super().init_from_connect(
+            BufferReader(packet), writer, plugins_manager, loop
+        )
+        return handler, session
 
     # -- sending ------------------------------------------------------------------------------
 
