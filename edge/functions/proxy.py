@@ -3,10 +3,10 @@
 Programs on the node call the functions of the node's function apps through one address
 (``127.0.0.1:50080`` unless configured). The proxy asks a :class:`FunctionLocator` (the native
 engine) where the runtime serving the function listens and forwards the body and its content
-type; the runtime's answer comes back as it is. The proxy's own errors are JSON
-``{"code", "message"}``: 404 ``UnknownFunction`` (no such app or function on this node), 503
-``FunctionUnavailable`` (its runtime is not listening, e.g. starting or restarting) and 504
-``FunctionTimeout`` (no answer within the proxy's timeout).
+type (none if the caller sent none); the runtime's answer comes back as it is. The proxy's own
+errors are JSON ``{"code", "message"}``: 404 ``UnknownFunction`` (no such app or function on
+this node), 503 ``FunctionUnavailable`` (its runtime is not listening, e.g. starting or
+restarting) and 504 ``FunctionTimeout`` (no answer within the proxy's timeout).
 
 The same address serves the agent's other local routes (``routes``, e.g. the node properties
 of ``edge.properties``), matched before the function route; they use methods other than POST,
@@ -146,11 +146,17 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     invoke_id = request.headers.get(INVOKE_ID_HEADER) or uuid.uuid4().hex
     headers = {INVOKE_ID_HEADER: invoke_id}
-    if request.content_type and body:
-        headers["Content-Type"] = request.headers.get("Content-Type", request.content_type)
+    # The caller's content type as it is, or none: aiohttp would make a missing one
+    # application/octet-stream (raw bytes to the handler), and the runtime tells them apart.
+    content_type = request.headers.get("Content-Type")
+    if content_type and body:
+        headers["Content-Type"] = content_type
+    skip = () if "Content-Type" in headers else ("Content-Type",)
     url = f"http://{host}:{port}/{function}"
     try:
-        async with request.app[_SESSION].post(url, data=body, headers=headers) as answer:
+        async with request.app[_SESSION].post(
+            url, data=body, headers=headers, skip_auto_headers=skip
+        ) as answer:
             content = await answer.read()
             return web.Response(
                 status=answer.status,

@@ -18,11 +18,21 @@ what to serve through the environment:
 ``BAETYL_APP_NAME``
     The app's name, passed to the handlers in their context.
 
-``POST /<function>`` calls ``handler(event, context)``. The event is the body: parsed when its
-content type is JSON, ``None`` when it is empty, the raw ``bytes`` otherwise. The context is a
+``POST /<function>`` calls ``handler(event, context)``. The event is the body:
+
+* ``None`` when the body is empty;
+* the raw ``bytes`` when the content type is ``application/octet-stream``;
+* the parsed JSON value when the content type is JSON (``application/json``, ``*+json``); a body
+  that does not parse is answered 400 ``BadRequest``;
+* under any other content type, or none (``curl -d`` sends ``application/x-www-form-urlencoded``),
+  the parsed JSON value if the body is UTF-8 JSON; otherwise 415 ``UnsupportedMediaType``, saying
+  to send JSON, or bytes as ``application/octet-stream``.
+
+So a handler gets JSON values unless the caller asks for bytes by name. The context is a
 dict of ``functionName``, ``appName`` and ``invokeId`` (the request's ``X-Baetyl-Invoke-Id``, or
 a new one). The result is answered 200 as JSON (``bytes`` are answered as they are). Errors are
-JSON ``{"code", "message"}``: 404 ``UnknownFunction``, 400 ``BadRequest``, 500 ``FunctionError``
+JSON ``{"code", "message"}``: 404 ``UnknownFunction``, 400 ``BadRequest``, 415
+``UnsupportedMediaType``, 500 ``FunctionError``
 (the exception's type and message; the traceback goes to the log only) and 504
 ``FunctionTimeout``. Each call runs in a thread of its own, so a slow handler never blocks the
 server; one that overruns its timeout is left to finish in the background.
@@ -269,23 +279,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             )
             return
         content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        event: Any
-        if not raw:
-            event = None
-        elif content_type == "application/json" or content_type.endswith("+json"):
-            try:
-                event = json.loads(raw)
-            except ValueError as exc:
-                self._send(
-                    *_error(
-                        HTTPStatus.BAD_REQUEST,
-                        "BadRequest",
-                        f"The body is not valid JSON ({exc}); fix it or send another content type.",
-                    )
-                )
-                return
-        else:
-            event = raw
+        event = _event(raw, content_type)
+        if isinstance(event, _Refusal):
+            self._send(*event.answer)
+            return
         invoke_id = self.headers.get(INVOKE_ID_HEADER) or uuid.uuid4().hex
         self._send(*self.server.invoke(handler, event, invoke_id), invoke_id=invoke_id)
 
@@ -302,6 +299,43 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A body the runtime does not hand to the handler, and the error answered instead."""
+
+    answer: tuple[int, bytes, str]
+
+
+def _event(raw: bytes, content_type: str) -> Any:
+    """The handler's event for a body of ``content_type`` (the rule in the module docstring)."""
+    if not raw:
+        return None
+    if content_type == "application/octet-stream":
+        return raw
+    declared = content_type == "application/json" or content_type.endswith("+json")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        if declared:
+            return _Refusal(
+                _error(
+                    HTTPStatus.BAD_REQUEST,
+                    "BadRequest",
+                    f"The body is not valid JSON ({exc}); fix it, or send it as "
+                    "Content-Type: application/octet-stream to get the raw bytes.",
+                )
+            )
+    shown = content_type or "no Content-Type"
+    return _Refusal(
+        _error(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            f"The body ({shown}) is not JSON; send JSON (Content-Type: application/json), or "
+            "raw bytes with Content-Type: application/octet-stream.",
+        )
+    )
 
 
 def _error(status: HTTPStatus, code: str, message: str) -> tuple[int, bytes, str]:
