@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ("pytester",)  # tests/test_process_guard.py runs the guards in a pytest of its own
+
 _SETTLE = 2.0  # seconds a process stopped at teardown may take to be gone
 
 
@@ -134,7 +136,7 @@ def _no_process_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> It
 def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """Torn down after the test's other fixtures (autouse, so set up before them)."""
     yield
-    tmp_path = (request.node.funcargs or {}).get("tmp_path")
+    tmp_path = (getattr(request.node, "funcargs", None) or {}).get("tmp_path")
     if not isinstance(tmp_path, Path):
         return  # the test had no tmp_path: the end of the run checks it
     found = settled_leaks(tmp_path)
