@@ -73,20 +73,25 @@ async def read_packet(reader: Any) -> bytes:
 def protocol_refusal(packet: bytes) -> ProtocolRefusal | None:
     """None for an MQTT 3.1.1 CONNECT (``packet`` is a whole one); otherwise why it is refused.
 
-    Anything that is not a CONNECT, or too short to name its protocol, is left to amqtt's
-    parser, which refuses it as it always has.
+    A first packet that is not a CONNECT [MQTT-3.1.0-1], or a CONNECT too short to name its
+    protocol and level, is closed without an answer.
     """
     if not packet or packet[0] >> 4 != 1:
-        return None
+        kind = packet[0] >> 4 if packet else None
+        return ProtocolRefusal(
+            f"the first packet is of type {kind}, not CONNECT; closed without a CONNACK",
+            answer=False,
+        )
     start = 1
     while start < len(packet) and packet[start] & 0x80:
         start += 1
     body = packet[start + 1 :]
-    if len(body) < 3:
-        return None
-    (size,) = struct.unpack_from("!H", body)
+    size = struct.unpack_from("!H", body)[0] if len(body) >= 2 else len(body)
     if len(body) < 2 + size + 1:
-        return None
+        return ProtocolRefusal(
+            "the CONNECT is too short to name its protocol and level; closed without a CONNACK",
+            answer=False,
+        )
     name = body[2 : 2 + size].decode("utf-8", "replace")
     level = body[2 + size]
     if (name, level) == MQTT_311:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
-from amqtt.errors import MQTTError, ProtocolHandlerError
+from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.packet import (
@@ -174,19 +174,26 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     ) -> tuple[HardenedHandler, Any]:
         """amqtt's, after the CONNECT is read whole and any version but 3.1.1 refused (see
         ``broker.connect``): stock parsed an MQTT 5 CONNECT as 3.1.1 and hung until the timeout."""
+        host, port = writer.get_peer_info() or ("?", "?")
         packet = await read_packet(reader)
         refusal = protocol_refusal(packet)
         if refusal is not None:
-            peer = writer.get_peer_info() or ("?", "?")
             if refusal.answer:
                 with contextlib.suppress(Exception):  # the client may be gone already
                     writer.write(CONNACK_UNACCEPTABLE_VERSION)
                     await writer.drain()
             await close_quietly(writer)
-            raise MQTTError(f"refused CONNECT from {peer[0]}:{peer[1]}: {refusal.reason}")
-        handler, session = await super().init_from_connect(
-            BufferReader(packet), writer, plugins_manager, loop
-        )
+            raise MQTTError(f"refused CONNECT from {host}:{port}: {refusal.reason}")
+        try:
+            handler, session = await super().init_from_connect(
+                BufferReader(packet), writer, plugins_manager, loop
+            )
+        except NoDataError:  # the buffer ran out: the CONNECT is shorter than its fields say
+            await close_quietly(writer)
+            raise MQTTError(
+                f"refused CONNECT from {host}:{port}: it is shorter than its fields say; "
+                "closed without a CONNACK"
+            ) from None
         return handler, session
 
     # -- sending ------------------------------------------------------------------------------

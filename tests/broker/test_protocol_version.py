@@ -117,3 +117,24 @@ def test_mqtt_311_still_connects_after_a_refused_client(pki: Pki, broker: Broker
     with RawClient(broker.port, pki.ca_file, pki.node_a) as client:
         client.send(connect_packet(pki.node_a.client_id))
         assert client.expect(CONNACK).body == b"\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (packet(3, 0, _string("t") + b"x"), "the first packet is of type 3, not CONNECT"),
+        (b"\x10\x02\x00\x04", "too short to name its protocol and level"),
+        # MQTT 3.1.1 named, then no flags, keepalive or client id
+        (packet(CONNECT, 0, _string("MQTT") + bytes([4])), "shorter than its fields say"),
+    ],
+)  # fmt: skip
+def test_a_first_packet_that_is_no_whole_connect_is_closed_at_once(
+    pki: Pki, broker: BrokerThread, caplog: pytest.LogCaptureFixture, data: bytes, said: str
+) -> None:
+    """Closed without a CONNACK as soon as it is read, not at the CONNECT timeout (2 s here),
+    and logged with the reason."""
+    caplog.set_level(logging.INFO)
+    with RawClient(broker.port, pki.ca_file, pki.node_a) as client:
+        client.send(data)
+        assert client.closed_within(1.0)
+    assert said in refusal(caplog)
