@@ -510,9 +510,9 @@ async def test_the_readme_function_example_runs_as_written(
     async def node_get() -> dict[str, list[str]]:
         code, out = await run_command([BAETYL, "node", "get", "gw-1"], env)
         assert code == 0, out
-        _node, _, apps = out.partition("\n\n")
-        rows = [line.split(None, 3) for line in apps.splitlines()]
-        return {row[0]: row[1:] for row in rows[1:]} if rows else {}
+        sections = [part for part in out.split("\n\n") if part.startswith("APP ")]
+        rows = [line.split(None, 3) for line in "".join(sections).splitlines()]
+        return {row[0]: row[1:] for row in rows[1:]}
 
     async def both_reported() -> dict[str, list[str]] | None:
         rows = await node_get()
