@@ -38,7 +38,9 @@ JSON ``{"code", "message"}``: 404 ``UnknownFunction``, 400 ``BadRequest``, 415
 server; one that overruns its timeout is left to finish in the background.
 
 A handler that cannot be imported stops the runtime with exit code 1 and a log line saying why,
-so the engine reports the app Failed and retries with back-off.
+so the engine reports the app Failed and retries with back-off. The reason is also written next
+to the port file (:func:`startup_error_file`), where the engine reads it into the cause it
+reports, so ``baetyl node get`` says why.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ __all__ = [
     "load_handlers",
     "main",
     "runtime_command",
+    "startup_error_file",
 ]
 
 FUNCTIONS_ENV: Final = "BAETYL_FUNCTIONS"
@@ -103,6 +106,11 @@ class Handler:
     name: str
     target: str
     call: Function
+
+
+def startup_error_file(port_file: Path) -> Path:
+    """Where the runtime whose port file is ``port_file`` writes why it could not start."""
+    return port_file.with_name(port_file.name + ".error")
 
 
 def runtime_command() -> tuple[str, ...]:
@@ -345,10 +353,15 @@ def _error(status: HTTPStatus, code: str, message: str) -> tuple[int, bytes, str
 
 def _write_port(path: Path, port: int) -> None:
     """Write ``port`` to ``path`` through a rename, so a reader never sees half of it."""
+    _write_text(path, f"{port}\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a rename, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as file:
-        file.write(f"{port}\n")
+        file.write(text)
     os.replace(tmp, path)
 
 
@@ -372,8 +385,15 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         )
     except (RuntimeConfigError, ValueError, OSError) as exc:
         log.error("the function runtime cannot start: %s", exc)
+        if env.get(PORT_FILE_ENV):
+            try:
+                _write_text(startup_error_file(Path(env[PORT_FILE_ENV])), str(exc))
+            except OSError as error:
+                log.error("cannot write why to %s: %s", env[PORT_FILE_ENV], error)
         return 1
     port_file = Path(env[PORT_FILE_ENV]) if env.get(PORT_FILE_ENV) else None
+    if port_file is not None:
+        startup_error_file(port_file).unlink(missing_ok=True)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(0)

@@ -442,6 +442,24 @@ def readme_function_example() -> FunctionExample:
     return FunctionExample(file_name, file_text + "\n", apply, calls)
 
 
+async def test_a_runtime_that_cannot_start_says_why_in_the_apps_cause(engine: NativeEngine) -> None:
+    """A handler whose module is not in the code config: the app is Failed, and its cause is the
+    runtime's own reason, not only its exit code."""
+    handler = {"name": "f", "handler": "absent.f", "codeConfig": "code"}
+    await engine.apply([function_app([handler], {"hello.py": HELLO})])
+
+    def failed_with_a_reason() -> str | None:
+        (status,) = engine.status()
+        cause = status.cause or ""
+        return cause if status.state is InstanceState.FAILED and ": " in cause else None
+
+    cause = await wait_for(failed_with_a_reason)
+    assert cause == (
+        "exited with code 1: The module 'absent' of function 'f' cannot be imported "
+        "(ModuleNotFoundError: No module named 'absent'); check the code config holds absent.py."
+    )
+
+
 @pytest.fixture
 async def paris_proxy(cloud: RunningCloud, api: Api, tmp_path: Path) -> AsyncIterator[str]:
     """The README's node: gw-1 labelled site=paris, activated, its agent running: proxy URL."""
@@ -521,4 +539,6 @@ async def test_the_readme_function_example_runs_as_written(
     rows = await until(both_reported, what="baetyl node get to show the failed app")
     assert rows["greeter"] == ["1", "Running", "<none>"]
     assert rows["broken"][:2] == ["1", "Failed"]
-    assert rows["broken"][2].startswith("exited with code 1"), rows
+    assert rows["broken"][2].startswith(
+        "exited with code 1: The module 'absent' of function 'f' cannot be imported"
+    ), rows
