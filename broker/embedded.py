@@ -40,6 +40,21 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _StartFailureReported(logging.LoggerAdapter[logging.Logger]):
+    """amqtt's broker logger, but a failed start is left to :class:`EmbeddedBroker` to report.
+
+    amqtt logs "Broker startup failed" with a traceback before it raises; the caller turns the
+    error into one sentence saying what to do (a port in use), so the traceback goes to DEBUG.
+    """
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if msg == "Broker startup failed":
+            kwargs.setdefault("exc_info", True)
+            self.debug(msg, *args, **kwargs)
+            return
+        super().exception(msg, *args, **kwargs)
+
+
 class EmbeddedBroker:
     """amqtt, hardened, with its TLS files watched for rotation and revocation."""
 
@@ -86,7 +101,9 @@ class EmbeddedBroker:
             max_packet_size=self.settings.max_packet_size,
             max_connections=self.settings.max_connections,
             events=self._events,
+            budgets=self.settings.budgets,
         )
+        self._broker.logger = _StartFailureReported(self._broker.logger, {})
         try:
             await self._broker.start()
         except AmqttBrokerError as exc:

@@ -1,11 +1,25 @@
 """amqtt's per-connection protocol handler, with a fast path and its gaps closed.
 
-The hot packets — PUBLISH at QoS 0/1, PUBACK, PINGREQ — are read, routed and answered inline in
-the reader loop: one ``readexactly`` per packet, no task, no packet object, no lock. Every other
-packet (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, the QoS 2 flow) goes through amqtt's own handling.
-Outgoing PUBLISH packets are encoded straight to bytes and written to the transport; QoS 1
-messages wait in the session's in-flight table until their PUBACK, and are resent with DUP set
-when a persistent session resumes [MQTT-4.4.0-1].
+Every packet a connected client may send — PUBLISH at any QoS, PUBACK, PUBREC, PUBREL, PUBCOMP,
+PINGREQ, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT — is read, checked and answered inline in the reader
+loop: one ``readexactly`` per packet, no task, no packet object, no lock. Outgoing PUBLISH packets
+are encoded straight to bytes and written to the transport.
+
+The QoS 1 and QoS 2 flows are ours (amqtt's QoS 2 flow ran a task per message, gave up after 5 s
+and forgot the message, so nothing was resent after a reconnect):
+
+* outgoing: a QoS 1 or 2 message waits in the session's in-flight table (``inflight_out``) until
+  its PUBACK, or its PUBREC and then PUBCOMP (the PUBREC marks it; a PUBREL answers). When a
+  persistent session resumes, unacknowledged messages are resent with DUP set, and a PUBREL is
+  resent for each that got its PUBREC [MQTT-4.4.0-1];
+* incoming QoS 2: the message is routed when its PUBLISH arrives, its packet id is kept in the
+  session's ``inflight_in`` until the PUBREL (across a reconnect of a persistent session), and a
+  PUBLISH resent with that id is answered with PUBREC without being routed again: exactly once
+  to the subscribers (MQTT 3.1.1 figure 4.3, "Method B").
+
+Packets MQTT 3.1.1 says close the connection do (``ProtocolViolation``): a malformed SUBSCRIBE or
+UNSUBSCRIBE (``packets.decode_subscribe``), wrong fixed-header flags on PUBREL [MQTT-3.6.1-1],
+an acknowledgement that is not two bytes, a PUBLISH at QoS 3, a packet type a client never sends.
 
 Stock gaps closed as well:
 
@@ -27,12 +41,15 @@ from typing import Any
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
 from amqtt.mqtt import packet_class
-from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.packet import (
     DISCONNECT,
     PINGREQ,
     PUBACK,
+    PUBCOMP,
     PUBLISH,
+    PUBREC,
+    PUBREL,
     RESERVED_0,
     RESERVED_15,
     SUBSCRIBE,
@@ -45,7 +62,16 @@ from amqtt.session import OutgoingApplicationMessage
 from broker.acl import valid_topic
 from broker.connect import CONNACK_UNACCEPTABLE_VERSION, protocol_refusal, read_packet
 from broker.events import DisconnectReason
-from broker.packets import encode_puback, encode_publish
+from broker.packets import (
+    MalformedPacket,
+    decode_subscribe,
+    decode_unsubscribe,
+    encode_puback,
+    encode_pubcomp,
+    encode_publish,
+    encode_pubrec,
+    encode_pubrel,
+)
 from broker.queues import LazyQueue
 
 __all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly", "enqueue"]
@@ -97,7 +123,6 @@ def flow_of(session: Any) -> FlowLimits:
 
 
 PINGRESP = b"\xd0\x00"
-_NO_TASKS: set[Any] = set()  # shared and never added to: a reader loop's "no tasks yet"
 _STOCK_LOG = logging.getLogger("amqtt.mqtt.protocol.handler")
 
 # (session, topic, payload, qos, retain) -> None; routes a client's PUBLISH, synchronously.
@@ -105,6 +130,10 @@ PublishCallback = Callable[[Any, str, bytes, int, bool], None]
 # (session, handler, packet id, [(filter, qos)]) -> awaitable; answers SUBSCRIBE/UNSUBSCRIBE.
 SubscribeCallback = Callable[[Any, "HardenedHandler", int, list[tuple[str, int]]], Awaitable[None]]
 UnsubscribeCallback = Callable[[Any, "HardenedHandler", int, list[str]], Awaitable[None]]
+# session -> how many subscriptions its client may hold (and so filters in one SUBSCRIBE).
+SubscriptionLimit = Callable[[Any], int]
+# Filters in one (UN)SUBSCRIBE when no limit is set: what a 256 KiB packet can carry anyway.
+NO_SUBSCRIPTION_LIMIT = 1 << 20
 
 
 def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = False) -> None:
@@ -119,6 +148,23 @@ def enqueue(session: Any, topic: str, data: bytes, qos: int, *, retain: bool = F
     elif session.attributes.get(DROPPING):
         session.attributes[DROPPING] = False
     queue.put_nowait(OutgoingApplicationMessage(None, topic, qos, data, retain))
+
+
+def _next_packet_id(session: Any) -> int:
+    """A packet id for an outgoing message, not in use by another one in flight.
+
+    amqtt's ``next_packet_id`` also skips the ids of the client's QoS 2 messages awaiting PUBREL
+    (``inflight_in``), another id space [MQTT-2.3.1-4]: a client holding thousands of those
+    could exhaust it and make every delivery to it raise. The in-flight window is below 65,535.
+    """
+    inflight = session.inflight_out
+    packet_id: int = session._packet_id
+    for _ in range(65535):
+        packet_id = packet_id % 65535 + 1
+        if packet_id not in inflight:
+            session._packet_id = packet_id
+            return packet_id
+    raise RuntimeError("No free packet id: 65,535 messages in flight (the window prevents it).")
 
 
 class ProtocolViolation(Exception):
@@ -148,18 +194,19 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._out: list[bytes] = []
-        # Tasks of sends that must be awaited (WebSocket, QoS 2): made on the first one, as an
+        # Tasks of sends that must be awaited (WebSocket): made on the first one, as an
         # empty set costs 216 bytes on each of 10,000 idle connections.
         self._slow_sends: set[asyncio.Future[Any]] | None = None
         self._last_read = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
-        # Subscriptions are answered inline (handle_subscribe), so these stay empty.
+        # Subscriptions are answered inline (_on_subscribe), so these stay empty.
         self._pending_subscriptions: LazyQueue[Any] = LazyQueue()
         self._pending_unsubscriptions: LazyQueue[Any] = LazyQueue()
 
     on_publish: PublishCallback | None = None
     on_subscribe: SubscribeCallback | None = None
     on_unsubscribe: UnsubscribeCallback | None = None
+    subscription_limit: SubscriptionLimit | None = None
     max_packet_size: int = 256 * 1024
 
     # -- CONNECT ------------------------------------------------------------------------------
@@ -246,7 +293,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         self._track(send())
 
     def _track(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run a send that must be awaited (WebSocket, QoS 2), keeping a reference until done."""
+        """Run a send that must be awaited (WebSocket), keeping a reference until done."""
         task = asyncio.ensure_future(coroutine)
         if self._slow_sends is None:
             self._slow_sends = set()
@@ -292,10 +339,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
     def _send_now(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         session = self.session
-        if qos != QOS_1:  # QoS 2 keeps amqtt's four-packet flow
-            self._track(self.mqtt_publish(topic, data, qos, retain))
-            return
-        packet_id = session.next_packet_id
+        packet_id = _next_packet_id(session)
         session.inflight_out[packet_id] = OutgoingApplicationMessage(
             packet_id, topic, qos, data, retain
         )
@@ -307,16 +351,20 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         if session is None:
             return
         for message in list(session.inflight_out.values()):
-            if message.qos == QOS_1:
+            if message.pubrec_packet is not None:  # QoS 2, PUBREC received: on to PUBREL
+                self.send_bytes(encode_pubrel(message.packet_id))
+            else:
                 self.send_bytes(
                     encode_publish(
-                        message.topic.encode(), bytes(message.data), 1, message.packet_id, dup=True
+                        message.topic.encode(),
+                        bytes(message.data),
+                        message.qos,
+                        message.packet_id,
+                        dup=True,
+                        retain=message.retain,
                     )
                 )
-        if any(message.qos != QOS_1 for message in session.inflight_out.values()) or (
-            session.inflight_in
-        ):
-            await super()._retry_deliveries()  # the QoS 2 flows, amqtt's way
+        # Incoming QoS 2 ids in inflight_in wait for the client to resend its PUBREL.
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -332,7 +380,6 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             # One timer per keepalive period, not a timeout per packet read.
             self._last_read = loop.time()
             self._idle_timer = loop.call_later(keepalive, self._check_idle, keepalive)
-        slow_tasks: set[asyncio.Task[None]] = _NO_TASKS  # a set of its own from the first one
         try:
             while True:
                 first = await raw.readexactly(1)
@@ -345,27 +392,23 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                 body = await raw.readexactly(length) if length else b""
                 self._last_read = loop.time()
                 packet_type, flags = first[0] >> 4, first[0] & 0x0F
-                if packet_type == PUBLISH and (flags >> 1) & 0x03 == 3:
-                    raise ProtocolViolation("PUBLISH with QoS 3")  # [MQTT-3.3.1-4]
-                if packet_type == PUBLISH and (flags >> 1) & 0x03 < 2:
+                if packet_type == PUBLISH:
                     self._on_publish(flags, body)
-                elif packet_type == PUBACK and length == 2:
-                    self._on_puback(int.from_bytes(body, "big"))
+                elif packet_type in _ACKNOWLEDGEMENTS:
+                    self._on_acknowledgement(packet_type, flags, body)
                 elif packet_type == PINGREQ:
                     self.send_bytes(PINGRESP)
                 elif packet_type == SUBSCRIBE:
-                    await self.handle_subscribe(await self._decode(packet_type, flags, body))
+                    await self._on_subscribe(flags, body)
                 elif packet_type == UNSUBSCRIBE:
-                    await self.handle_unsubscribe(await self._decode(packet_type, flags, body))
+                    await self._on_unsubscribe(flags, body)
                 elif packet_type == DISCONNECT:
                     await self.handle_disconnect(await self._decode(packet_type, flags, body))
                     break
                 elif packet_type in (RESERVED_0, RESERVED_15):
                     raise ProtocolViolation(f"reserved packet type {packet_type}")
-                else:
-                    if slow_tasks is _NO_TASKS:
-                        slow_tasks = set()
-                    await self._stock_packet(packet_type, flags, body, slow_tasks)
+                else:  # CONNECT again [MQTT-3.1.0-2], or a packet only a server sends
+                    raise ProtocolViolation(f"unexpected packet type {packet_type} from a client")
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client went away
         except asyncio.CancelledError:
@@ -377,8 +420,6 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         except Exception as exc:
             log.warning("closing %s: unexpected %r", getattr(session, "client_id", "?"), exc)
         finally:
-            for task in slow_tasks:
-                task.cancel()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
         self._flush()
@@ -407,6 +448,8 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
     def _on_publish(self, flags: int, body: bytes) -> None:
         qos, retain = (flags >> 1) & 0x03, bool(flags & 0x01)
+        if qos == 3:
+            raise ProtocolViolation("PUBLISH with QoS 3")  # [MQTT-3.3.1-4]
         if len(body) < 2:
             raise ProtocolViolation("PUBLISH without a topic")
         topic_length = int.from_bytes(body[:2], "big")
@@ -419,53 +462,170 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             topic = body[2:end].decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolViolation("PUBLISH topic is not UTF-8") from None
-        if not valid_topic(topic):
-            raise ProtocolViolation(f"PUBLISH to an invalid topic {topic!r}")  # [MQTT-3.3.2-2]
         packet_id = 0
         if qos:
             if len(body) < end + 2:
-                raise ProtocolViolation("QoS 1 PUBLISH without a packet id")
+                raise ProtocolViolation(f"QoS {qos} PUBLISH without a packet id")
             packet_id = int.from_bytes(body[end : end + 2], "big")
             end += 2
+        self._accept_publish(topic, body[end:], qos, retain, packet_id)
+
+    def _accept_publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
+    ) -> None:
+        """Route a client's PUBLISH and acknowledge it; QoS 2 is routed once per packet id."""
+        if not valid_topic(topic):
+            raise ProtocolViolation(f"PUBLISH to an invalid topic {topic!r}")  # [MQTT-3.3.2-2]
+        session = self.session
+        if qos == QOS_2:
+            held = session.inflight_in
+            if packet_id in held:  # resent before its PUBREL: routed already [MQTT-4.3.3-2]
+                self.send_bytes(encode_pubrec(packet_id))
+                return
+            limit = flow_of(session).max_inflight
+            if len(held) >= limit:
+                raise ProtocolViolation(f"more than {limit} QoS 2 messages awaiting their PUBREL")
+            held[packet_id] = None  # only the id is needed: the message is routed now
         if self.on_publish is not None:
-            self.on_publish(self.session, topic, body[end:], qos, retain)
-        if qos:
+            self.on_publish(session, topic, payload, qos, retain)
+        if qos == QOS_1:
             self.send_bytes(encode_puback(packet_id))
+        elif qos == QOS_2:
+            self.send_bytes(encode_pubrec(packet_id))
+
+    def _on_acknowledgement(self, packet_type: int, flags: int, body: bytes) -> None:
+        """PUBACK, PUBREC, PUBREL or PUBCOMP: two bytes of packet id, flags as 3.1.1 fixes them."""
+        if len(body) != 2:
+            raise ProtocolViolation(f"packet type {packet_type} of {len(body)} bytes, not 2")
+        if flags != (0x02 if packet_type == PUBREL else 0):
+            raise ProtocolViolation(  # [MQTT-2.2.2-2, MQTT-3.6.1-1]
+                f"packet type {packet_type} with fixed-header flags {flags:04b}"
+            )
+        packet_id = int.from_bytes(body, "big")
+        if packet_type == PUBACK:
+            self._on_puback(packet_id)
+        elif packet_type == PUBREC:
+            self._on_pubrec(packet_id)
+        elif packet_type == PUBREL:
+            self._on_pubrel(packet_id)
+        else:
+            self._on_pubcomp(packet_id)
+
+    def _subscription_limit(self) -> int:
+        if self.subscription_limit is None or self.session is None:
+            return NO_SUBSCRIPTION_LIMIT
+        return self.subscription_limit(self.session)
+
+    async def _on_subscribe(self, flags: int, body: bytes) -> None:
+        try:
+            packet_id, topics = decode_subscribe(flags, body, self._subscription_limit())
+        except MalformedPacket as exc:
+            raise ProtocolViolation(str(exc)) from None
+        if self.on_subscribe is not None:
+            await self.on_subscribe(self.session, self, packet_id, topics)
+
+    async def _on_unsubscribe(self, flags: int, body: bytes) -> None:
+        try:
+            packet_id, filters = decode_unsubscribe(flags, body, self._subscription_limit())
+        except MalformedPacket as exc:
+            raise ProtocolViolation(str(exc)) from None
+        if self.on_unsubscribe is not None:
+            await self.on_unsubscribe(self.session, self, packet_id, filters)
+
+    # WebSocket connections keep amqtt's reader loop, which decodes each packet and calls these.
+
+    def _abandon(self, why: str) -> None:
+        """Close a WebSocket connection whose packet (handled in a task of its own) is invalid."""
+        session = self.session
+        if session is not None:
+            session.attributes.setdefault(REASON, DisconnectReason.PROTOCOL_ERROR)
+            log.warning("closing %s: %s", session.client_id, why)
+        if self._reader_task is not None and not self._reader_task.done():
+            self._reader_task.cancel()
 
     async def handle_publish(self, publish_packet: Any) -> None:
-        # QoS 2 only (0 and 1 never get here): amqtt runs the PUBREC/PUBREL/PUBCOMP flow and then
-        # queues the message; route it from the queue at once rather than through a waiter task.
-        await super().handle_publish(publish_packet)
-        session = self.session
-        while session is not None and not session.delivered_message_queue.empty():
-            message = session.delivered_message_queue.get_nowait()
-            retain = bool(message.publish_packet and message.publish_packet.retain_flag)
-            if self.on_publish is not None:
-                self.on_publish(session, message.topic, bytes(message.data), message.qos, retain)
+        packet_id = publish_packet.variable_header.packet_id if publish_packet.qos else 0
+        try:
+            self._accept_publish(
+                str(publish_packet.topic_name),
+                bytes(publish_packet.data or b""),
+                int(publish_packet.qos or 0),
+                bool(publish_packet.retain_flag),
+                int(packet_id or 0),
+            )
+        except ProtocolViolation as exc:
+            self._abandon(str(exc))
 
     async def handle_subscribe(self, subscribe: Any) -> None:
-        # Answered here rather than queued for a waiter task in the broker's client loop.
-        if self.on_subscribe is not None:
-            topics = [(str(f), int(q)) for f, q in subscribe.payload.topics]
+        # amqtt has decoded the packet (a filter that is not UTF-8 becomes the text "b'...'"):
+        # the other checks of decode_subscribe are made on what it decoded.
+        topics = [(str(f), int(q)) for f, q in subscribe.payload.topics]
+        flags = subscribe.fixed_header.flags
+        why = None
+        if flags != 0x02 or not topics:
+            why = "SUBSCRIBE with wrong flags or no filter"
+        elif len(topics) > self._subscription_limit():
+            why = "SUBSCRIBE with more filters than the client may hold"
+        elif any(qos > 2 or "\x00" in f for f, qos in topics):
+            why = "SUBSCRIBE requesting QoS 3 or with U+0000 in a filter"
+        if why is not None:
+            self._abandon(why)
+        elif self.on_subscribe is not None:
             await self.on_subscribe(self.session, self, subscribe.variable_header.packet_id, topics)
 
     async def handle_unsubscribe(self, unsubscribe: Any) -> None:
-        if self.on_unsubscribe is not None:
-            filters = [str(f) for f in unsubscribe.payload.topics]
+        filters = [str(f) for f in unsubscribe.payload.topics]
+        if unsubscribe.fixed_header.flags != 0x02 or not filters:
+            self._abandon("UNSUBSCRIBE with wrong flags or no filter")
+        elif self.on_unsubscribe is not None:
             packet_id = unsubscribe.variable_header.packet_id
             await self.on_unsubscribe(self.session, self, packet_id, filters)
+
+    async def handle_pubrec(self, pubrec: Any) -> None:
+        self._on_pubrec(pubrec.packet_id)
+
+    async def handle_pubrel(self, pubrel: Any) -> None:
+        self._on_pubrel(pubrel.packet_id)
+
+    async def handle_pubcomp(self, pubcomp: Any) -> None:
+        self._on_pubcomp(pubcomp.packet_id)
 
     async def handle_puback(self, puback: Any) -> None:
         self._on_puback(puback.variable_header.packet_id)
 
     def _on_puback(self, packet_id: int) -> None:
         session = self.session
-        acknowledged = session is not None and session.inflight_out.pop(packet_id, None)
-        if acknowledged and not session.retained_messages.empty():
-            self.drain()
-        waiter = self._puback_waiters.get(packet_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if session is None:
+            return
+        message = session.inflight_out.get(packet_id)
+        if message is not None and message.qos == QOS_1:
+            del session.inflight_out[packet_id]
+            if not session.retained_messages.empty():
+                self.drain()
+
+    def _on_pubrec(self, packet_id: int) -> None:
+        # The message may be discarded; the id stays in use until PUBCOMP [MQTT-4.3.3-1].
+        session = self.session
+        message = None if session is None else session.inflight_out.get(packet_id)
+        if message is not None and message.qos == QOS_2:
+            message.pubrec_packet = True  # marks it: a reconnect resends PUBREL, not PUBLISH
+            message.data = b""
+            self.send_bytes(encode_pubrel(packet_id))
+
+    def _on_pubrel(self, packet_id: int) -> None:
+        # Answered even for an id not held (its PUBCOMP was lost): the client waits for one.
+        session = self.session
+        if session is not None:
+            session.inflight_in.pop(packet_id, None)
+        self.send_bytes(encode_pubcomp(packet_id))
+
+    def _on_pubcomp(self, packet_id: int) -> None:
+        session = self.session
+        message = None if session is None else session.inflight_out.get(packet_id)
+        if message is not None and message.qos == QOS_2 and message.pubrec_packet is not None:
+            del session.inflight_out[packet_id]
+            if not session.retained_messages.empty():
+                self.drain()
 
     @staticmethod
     async def _decode(packet_type: int, flags: int, body: bytes) -> Any:
@@ -497,18 +657,6 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         await self._retry_deliveries()
         if self._disconnect_waiter is None or self._disconnect_waiter.done():
             self._disconnect_waiter = asyncio.get_running_loop().create_future()  # as amqtt's
-
-    async def _stock_packet(
-        self, packet_type: int, flags: int, body: bytes, tasks: set[asyncio.Task[None]]
-    ) -> None:
-        """Decode with amqtt and hand the packet to amqtt's handler, as its own loop would."""
-        handler = _STOCK_HANDLERS.get(packet_type)
-        if handler is None:
-            raise ProtocolViolation(f"unexpected packet type {packet_type} from a client")
-        packet = await self._decode(packet_type, flags, body)
-        task = asyncio.create_task(getattr(self, handler)(packet))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -550,11 +698,4 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
 
 
 _TCP_WRITERS = (StreamWriterAdapter,)
-
-# Packets a client may send that the fast path leaves to amqtt, by the handler amqtt uses.
-_STOCK_HANDLERS: dict[int, str] = {
-    3: "handle_publish",  # QoS 2 PUBLISH
-    5: "handle_pubrec",
-    6: "handle_pubrel",
-    7: "handle_pubcomp",
-}
+_ACKNOWLEDGEMENTS = frozenset({PUBACK, PUBREC, PUBREL, PUBCOMP})

@@ -8,6 +8,11 @@ dropping a session touches only its own subscriptions.
 
 The values stored are opaque to the index (the broker stores its session objects); subscribers
 are told apart by a hashable key (the client id).
+
+Storage is linear in a filter's length: a trie node keeps its children by level and nothing of
+the path above it, and each subscription holds the one filter string it was added with (the
+same object the per-subscriber index keys on). Nodes once kept their full path, so a filter of
+n levels stored n prefixes of itself: a 64 KiB filter of one-letter levels cost about 1 GB.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Subscription(Generic[K, V]):
     key: K
     value: V
     qos: int
+    topic_filter: str
     # Which topics this subscriber may receive, for the few whose filter may reach more than
     # their role allows (operators: no secrets); None: every topic the filter matches.
     accepts: Callable[[str], bool] | None = None
@@ -36,13 +42,15 @@ class Subscription(Generic[K, V]):
 
 @dataclass(slots=True)
 class _Node(Generic[K, V]):
-    path: str = ""  # the filter up to this node, e.g. "$baetyl/node/+"
     children: dict[str, _Node[K, V]] = field(default_factory=dict)
-    here: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending here
-    hash: dict[K, Subscription[K, V]] = field(default_factory=dict)  # filters ending "/#" here
+    # Filters ending here, and ending "/#" here; None until the first (most nodes of a deep
+    # filter hold neither, and an empty dict costs 64 bytes a level).
+    here: dict[K, Subscription[K, V]] | None = None
+    hash: dict[K, Subscription[K, V]] | None = None
 
 
 WILDCARD_CACHE_SIZE = 65536
+WILDCARD_CACHE_CHARS = 16 * 1024 * 1024
 
 
 def _has_wildcard(topic_filter: str) -> bool:
@@ -60,6 +68,7 @@ class SubscriptionIndex(Generic[K, V]):
         # topics are published again and again (a node's report, its desire), and wildcard
         # subscriptions change rarely (the cloud's own services, operators).
         self._wild_cache: dict[str, tuple[tuple[str, Subscription[K, V]], ...]] = {}
+        self._cache_chars = 0  # characters of the topics it holds, bounded as their number is
 
     def __len__(self) -> int:
         return sum(len(filters) for filters in self._by_key.values())
@@ -73,18 +82,23 @@ class SubscriptionIndex(Generic[K, V]):
         accepts: Callable[[str], bool] | None = None,
     ) -> bool:
         """Add or replace ``key``'s subscription to ``topic_filter``; True if it is new."""
-        subscription = Subscription(key, value, qos, accepts)
+        subscription = Subscription(key, value, qos, topic_filter, accepts)
         if _has_wildcard(topic_filter):
             self._wild_cache.clear()
+            self._cache_chars = 0
             node = self._root
             levels = topic_filter.split("/")
             for level in levels[:-1]:
                 node = self._child(node, level)
             last = levels[-1]
             if last == "#":
+                if node.hash is None:
+                    node.hash = {}
                 bucket = node.hash
             else:
                 node = self._child(node, last)
+                if node.here is None:
+                    node.here = {}
                 bucket = node.here
         else:
             bucket = self._exact.setdefault(topic_filter, {})
@@ -93,12 +107,20 @@ class SubscriptionIndex(Generic[K, V]):
         self._by_key.setdefault(key, {})[topic_filter] = subscription
         return new
 
-    def _child(self, node: _Node[K, V], level: str) -> _Node[K, V]:
+    @staticmethod
+    def _child(node: _Node[K, V], level: str) -> _Node[K, V]:
         child = node.children.get(level)
         if child is None:
-            path = level if node is self._root else f"{node.path}/{level}"
-            child = node.children[level] = _Node(path=path)
+            child = node.children[level] = _Node()
         return child
+
+    def count(self, key: K) -> int:
+        """How many subscriptions ``key`` holds."""
+        return len(self._by_key.get(key, ()))
+
+    def holds(self, key: K, topic_filter: str) -> bool:
+        """Whether ``key`` is subscribed to ``topic_filter``."""
+        return topic_filter in self._by_key.get(key, ())
 
     def remove(self, topic_filter: str, key: K) -> bool:
         """Remove ``key``'s subscription to ``topic_filter``; True if there was one."""
@@ -114,6 +136,7 @@ class SubscriptionIndex(Generic[K, V]):
                 del self._exact[topic_filter]
             return True
         self._wild_cache.clear()
+        self._cache_chars = 0
         self._remove_wildcard(topic_filter.split("/"), key)
         return True
 
@@ -124,10 +147,12 @@ class SubscriptionIndex(Generic[K, V]):
             path.append((node, level))
             node = node.children[level]
         if levels[-1] == "#":
+            assert node.hash is not None
             del node.hash[key]
         else:
             path.append((node, levels[-1]))
             node = node.children[levels[-1]]
+            assert node.here is not None
             del node.here[key]
         # Prune empty branches so a churn of unique filters does not leak nodes.
         for parent, level in reversed(path):
@@ -152,7 +177,7 @@ class SubscriptionIndex(Generic[K, V]):
         exact = self._exact.get(topic)
         if exact:
             for subscription in exact.values():
-                yield topic, subscription
+                yield subscription.topic_filter, subscription
         if not self._root.children and not self._root.hash:
             return
         cached = self._wild_cache.get(topic)
@@ -161,9 +186,15 @@ class SubscriptionIndex(Generic[K, V]):
             # [MQTT-4.7.2-1] a filter starting with a wildcard never matches a $ topic.
             dollar = topic.startswith("$")
             cached = tuple(self._walk(self._root, levels, 0, dollar))
-            if len(self._wild_cache) >= WILDCARD_CACHE_SIZE:
-                self._wild_cache.clear()  # bounded: a flood of unique topics cannot grow it
+            if (
+                len(self._wild_cache) >= WILDCARD_CACHE_SIZE
+                or self._cache_chars > WILDCARD_CACHE_CHARS
+            ):
+                # Bounded: a flood of unique (or long) topics cannot grow it.
+                self._wild_cache.clear()
+                self._cache_chars = 0
             self._wild_cache[topic] = cached
+            self._cache_chars += len(topic)
         yield from cached
 
     def _walk(
@@ -172,12 +203,13 @@ class SubscriptionIndex(Generic[K, V]):
         wildcard_allowed = not (dollar and depth == 0)
         if node.hash and wildcard_allowed:
             # "a/#" matches "a" itself as well as everything below it [MQTT-4.7.1-2].
-            topic_filter = "#" if node is self._root else f"{node.path}/#"
             for subscription in node.hash.values():
-                yield topic_filter, subscription
+                yield subscription.topic_filter, subscription
         if depth == len(levels):
+            if not node.here:
+                return
             for subscription in node.here.values():
-                yield node.path, subscription
+                yield subscription.topic_filter, subscription
             return
         child = node.children.get(levels[depth])
         if child is not None:

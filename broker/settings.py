@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.limits import MAX_TOPIC_LEVELS_CEILING, Budgets
+
+_DEFAULT_BUDGETS = Budgets()
+
 __all__ = ["BrokerSettings", "TLSFiles"]
 
 
@@ -20,6 +24,12 @@ class BrokerSettings:
     max_packet_size: int = 256 * 1024
     connect_timeout: float = 10.0
     crl_poll_interval: float = 0.25
+    # Per-client budgets (broker/limits.py, PROTOCOL.md "Limits"): a filter or topic over them
+    # is refused (SUBACK 0x80, or the PUBLISH dropped), and so is a subscription past the count.
+    max_topic_levels: int = _DEFAULT_BUDGETS.max_topic_levels
+    max_topic_length: int = _DEFAULT_BUDGETS.max_topic_length
+    max_subscriptions: int = _DEFAULT_BUDGETS.max_subscriptions
+    service_max_subscriptions: int = _DEFAULT_BUDGETS.service_max_subscriptions
     # Bytes of the read buffer asyncio gives each TLS connection for its handshake (it defaults
     # to 256 KiB, zeroed, per connection: 2.5 GB for 10,000 idle nodes). Once connected, a
     # connection reads into one buffer shared by the broker's connections (broker/core.py).
@@ -48,6 +58,29 @@ class BrokerSettings:
             )
         if not 0.05 <= self.crl_poll_interval <= 60:
             raise ValueError("broker.crl_poll_interval must be between 0.05 and 60 seconds.")
+        # The floors keep pybaetyl's own topics ($baetyl/node/<id>/resource/rejected: 5 levels,
+        # under 200 bytes) and a node's subscriptions (about 7) within any configuration.
+        if not 8 <= self.max_topic_levels <= MAX_TOPIC_LEVELS_CEILING:
+            raise ValueError(
+                f"broker.max_topic_levels must be between 8 and {MAX_TOPIC_LEVELS_CEILING}."
+            )
+        if not 256 <= self.max_topic_length <= 65535:
+            raise ValueError("broker.max_topic_length must be between 256 and 65535 bytes.")
+        if not 8 <= self.max_subscriptions <= self.service_max_subscriptions <= 10_000_000:
+            raise ValueError(
+                "broker.max_subscriptions must be at least 8, and "
+                "broker.service_max_subscriptions at least as large (at most 10,000,000)."
+            )
+
+    @property
+    def budgets(self) -> Budgets:
+        """The per-client budgets these settings give."""
+        return Budgets(
+            max_topic_levels=self.max_topic_levels,
+            max_topic_length=self.max_topic_length,
+            max_subscriptions=self.max_subscriptions,
+            service_max_subscriptions=self.service_max_subscriptions,
+        )
 
 
 @dataclass(frozen=True, slots=True)

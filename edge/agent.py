@@ -14,12 +14,17 @@ the session is back; reconnects back off with jitter so a fleet does not stamped
 ``desire/get`` unanswered for 30 s, or refused (429, 500), is sent again.
 
 What the agent knows survives a restart in ``<state-dir>/agent.json`` (0600): the desired
-document and version, and every spec fetched.
+document and version, and every spec fetched, secret values (secret data, registry passwords,
+certificate keys) in clear: a node restarting offline must still run its apps, and the native
+engine writes the same values into volume files anyway. File modes are their only protection.
 
 The certificate is renewed before it expires (``edge.renewal``), checked at start and every
 ``renew_interval``: once the new one is in place (renewed here or by ``baetyl edge renew``) the
 MQTT client is rebuilt with it and reconnects, the apps untouched; connected again, the agent
-has the cloud retire the old certificate.
+has the cloud retire the old certificate. Those checks read the certificate without
+``cryptography`` (``edge.certfile``); ``edge.renewal``, and ``cryptography`` with it, is loaded
+only when there is a renewal to do or a replaced certificate to retire, so an agent at rest does
+not hold it.
 
 The node's properties (``edge.properties``) get the desired ``nodeprops`` with every desired
 document; a new ``baetyl.keepalive`` among them makes the agent reconnect with it.
@@ -43,19 +48,19 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.certfile import (
+    DEFAULT_THRESHOLD,
+    NEW_CERT_FILE,
+    PREVIOUS_CERT_FILE,
+    read_certificate,
+    renewal_due,
+)
 from edge.engines import AppSpec, Engine, references
 from edge.errors import EdgeError
 from edge.node import node_info, node_stats
 from edge.properties import KEEPALIVE_RANGE, NodeProperties
-from edge.renewal import (
-    DEFAULT_THRESHOLD,
-    finish_interrupted_renewal,
-    renew_if_due,
-    retire_previous,
-)
 from edge.reports import ReportQueue, ReportSettings
 from shadow import (
     PRESENCE,
@@ -201,7 +206,10 @@ class Agent:
         )
         self.properties.desire(self._desired.get("nodeprops"))
         self._keepalive = self.properties.keepalive  # the one the current client connects with
-        finish_interrupted_renewal(config.state_dir)
+        if (config.state_dir / NEW_CERT_FILE).exists():
+            from edge.renewal import finish_interrupted_renewal
+
+            finish_interrupted_renewal(config.state_dir)
         self._next_renewal_check = 0.0  # monotonic; 0: at start
         self._retire_due = True  # a certificate renewed before a restart may await retiring
         self._client_serial = 0
@@ -358,7 +366,7 @@ class Agent:
             self._reports.on_disconnect()
 
         self._call(lost)
-        log.info("disconnected from the cloud (%s); apps keep running", reason)
+        log.info("%s; apps keep running", _disconnect_cause(reason))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         item = (message.topic, bytes(message.payload))
@@ -492,12 +500,8 @@ class Agent:
             self._next_renewal_check = now + self.config.renew_interval
             self._retire_due = True
             try:
-                await asyncio.to_thread(
-                    renew_if_due,
-                    self.config.state_dir,
-                    now=datetime.now(UTC),
-                    threshold=self.config.renew_threshold,
-                )
+                if self._renewal_may_be_due():
+                    await asyncio.to_thread(_renew_now_if_due, self.config)
             except EdgeError as exc:
                 log.warning("could not renew the certificate; keeping the current one: %s", exc)
             if _serial(self.identity.cert) != self._client_serial:
@@ -510,11 +514,27 @@ class Agent:
             and _serial(self.identity.cert) == self._client_serial
         ):
             self._retire_due = False
+            previous = self.config.state_dir / PREVIOUS_CERT_FILE
             try:
-                if await asyncio.to_thread(retire_previous, self.config.state_dir):
+                if previous.exists() and await asyncio.to_thread(_retire_now, previous.parent):
                     log.info("the cloud retired the certificate the renewal replaced")
             except EdgeError as exc:
                 log.warning("could not retire the previous certificate (retrying later): %s", exc)
+
+    def _renewal_may_be_due(self) -> bool:
+        """Whether ``edge.renewal`` has work: a renewal left half done, or the certificate due.
+
+        A certificate this cannot read counts as due: ``renew_if_due`` then says what is wrong.
+        """
+        if (self.config.state_dir / NEW_CERT_FILE).exists():
+            return True
+        try:
+            certificate = read_certificate(self.identity.cert)
+        except (OSError, ValueError):
+            return True
+        return renewal_due(
+            certificate, now=datetime.now(UTC), threshold=self.config.renew_threshold
+        )
 
     def _reconnect(self, why: str) -> None:
         """Replace the MQTT client with one using the certificate now on disk and the keepalive
@@ -678,9 +698,41 @@ def _spec_retry_delay(attempts: int) -> float:
     return min(5.0 * 2.0**attempts, 60.0) * (1.0 + random.random() / 2)  # noqa: S311
 
 
+def _disconnect_cause(reason: Any) -> str:
+    """paho's reason for a disconnect, in words.
+
+    Over MQTT 3.1.1 a broker cannot say why it closes a connection: paho reports a closed
+    socket as "Unspecified error", whether the cloud stopped cleanly or the network failed.
+    """
+    match str(reason):
+        case "Success":  # our own disconnect: stopping, or a renewal's new session
+            return "disconnected from the cloud"
+        case "Unspecified error":
+            return (
+                "the connection to the cloud closed (the cloud stopped or the network failed), "
+                "reconnecting"
+            )
+        case "Keep alive timeout":
+            return "the cloud stopped answering within the keepalive, reconnecting"
+        case other:
+            return f"disconnected from the cloud ({other}), reconnecting"
+
+
 def _serial(path: Path) -> int:
     """The serial of the certificate in ``path``; 0 if it cannot be read."""
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        return read_certificate(path).serial_number
     except (OSError, ValueError):
         return 0
+
+
+def _renew_now_if_due(config: AgentConfig) -> None:
+    from edge.renewal import renew_if_due  # loads cryptography: only when there is work
+
+    renew_if_due(config.state_dir, now=datetime.now(UTC), threshold=config.renew_threshold)
+
+
+def _retire_now(state_dir: Path) -> bool:
+    from edge.renewal import retire_previous  # loads cryptography: only when there is work
+
+    return retire_previous(state_dir)

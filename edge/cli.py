@@ -1,32 +1,35 @@
-"""``baetyl edge``: the node side. Reads only the edge's own state directory."""
+"""``baetyl edge``: the node side. Reads only the edge's own state directory.
+
+The parser needs only the standard library; each command imports what it runs when it runs
+(``cryptography`` for keys and certificates, paho and the engine for the agent), so the agent's
+process holds no more than the agent needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edge.activation import (
-    ActivationError,
-    BatchCredentials,
-    FingerprintSource,
-    TokenCredentials,
-    activate,
-    read_fingerprint,
-)
+from edge.certfile import DEFAULT_THRESHOLD
 from edge.errors import EdgeError
-from edge.identity import create_key_and_csr
-from edge.renewal import DEFAULT_THRESHOLD
-from edge.state import StateDir
+
+if TYPE_CHECKING:
+    from edge.activation import BatchCredentials, TokenCredentials
 
 __all__ = ["EdgeError", "add_parser"]
 
 DEFAULT_STATE_DIR = Path("baetyl-edge")
+# The values of edge.activation.FingerprintSource, spelled out so that building the parser does
+# not load cryptography with that module (tests/edge/test_activation_cli.py checks them).
+FINGERPRINT_SOURCES = ("serialNumber", "hostname", "machineId")
 
 
 def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = groups.add_parser(
         "edge",
-        help="the edge agent: the node's key, CSR and (later) activation and sync",
+        help="the node side: its key, activation, certificate renewal, and the agent that "
+        "runs its apps as the cloud desires",
         description="Commands that run on an edge node. They use the node's own state directory "
         "and never the cloud's data directory.",
     )
@@ -204,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
             # Native: the engine knows its function apps; kube: the endpoint serves properties.
             locator = engine if isinstance(engine, NativeEngine) else _NoFunctions()
             proxy = FunctionProxy(
-                locator, port=args.functions_port, routes=property_routes(agent.properties)
+                locator, port=args.functions_port, routes=lambda: property_routes(agent.properties)
             )
             try:
                 await stack.enter_async_context(proxy)
@@ -255,6 +258,7 @@ def _renew(args: argparse.Namespace) -> int:
     from cryptography import x509
 
     from edge.renewal import renew_if_due
+    from edge.state import StateDir
 
     state = StateDir(args.state_dir)
     renewed = renew_if_due(args.state_dir, now=datetime.now(UTC), force=args.force)
@@ -300,7 +304,7 @@ def _add_activate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     fingerprint.add_argument("--fingerprint", help="this device's fingerprint, given as is")
     fingerprint.add_argument(
         "--fingerprint-from",
-        choices=[source.value for source in FingerprintSource],
+        choices=FINGERPRINT_SOURCES,
         help="read the fingerprint from the serial number (DMI), host name or /etc/machine-id",
     )
     parser.add_argument(
@@ -313,6 +317,14 @@ def _add_activate_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def _credentials(args: argparse.Namespace) -> TokenCredentials | BatchCredentials:
+    from edge.activation import (
+        ActivationError,
+        BatchCredentials,
+        FingerprintSource,
+        TokenCredentials,
+        read_fingerprint,
+    )
+
     batch_options = {
         "--namespace": args.namespace,
         "--secret": args.secret,
@@ -338,6 +350,8 @@ def _credentials(args: argparse.Namespace) -> TokenCredentials | BatchCredential
 
 
 def _activate(args: argparse.Namespace) -> int:
+    from edge.activation import activate
+
     result = activate(args.url, args.ca_sha256, _credentials(args), args.state_dir)
     state = result.state
     made = "made now" if result.key_created else "kept"
@@ -350,6 +364,8 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from edge.identity import create_key_and_csr
+
     files = create_key_and_csr(args.state_dir, common_name=args.common_name)
     print(f"private key: {files.key} (0600, stays on this node)")
     print(f"CSR:         {files.csr}")

@@ -28,11 +28,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Final
 
 from shadow import JSONObject, Limits, RequestError, merge, validate
+
+if TYPE_CHECKING:  # aiohttp is loaded with the local endpoint's server (edge.functions.forward)
+    from aiohttp import web
 
 __all__ = [
     "KEEPALIVE",
@@ -273,6 +274,8 @@ class NodeProperties:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
+    from aiohttp import web
+
     return web.json_response({"code": code, "message": message}, status=status)
 
 
@@ -289,6 +292,7 @@ def is_loopback(remote: str | None) -> bool:
 
 def property_routes(properties: NodeProperties) -> list[web.RouteDef]:
     """``GET`` and ``PATCH /node/properties`` on the agent's local endpoint."""
+    from aiohttp import web
 
     def refused_caller(request: web.Request) -> web.Response | None:
         if is_loopback(request.remote):

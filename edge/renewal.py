@@ -32,7 +32,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -46,6 +46,13 @@ from edge.activation import (
     ActivationRefused,
     _parse_url,
     _request,
+)
+from edge.certfile import (
+    DEFAULT_THRESHOLD,
+    NEW_CERT_FILE,
+    NEW_KEY_FILE,
+    PREVIOUS_CERT_FILE,
+    renewal_due,
 )
 from edge.errors import EdgeError, KeyFileError
 from edge.state import StateDir, write_atomically
@@ -62,12 +69,7 @@ __all__ = [
     "retire_previous",
 ]
 
-DEFAULT_THRESHOLD: Final = 0.3
-"""Renew when less than this part of the certificate's lifetime is left."""
 
-_NEW_KEY: Final = "node.key.new"
-_NEW_CERT: Final = "node.crt.new"
-_PREVIOUS_CERT: Final = "node.crt.previous"
 _PEM = serialization.Encoding.PEM
 _SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 
@@ -94,14 +96,6 @@ class Renewed:
     serial: int
     not_after: datetime
     previous_serial: int
-
-
-def renewal_due(certificate: x509.Certificate, *, now: datetime, threshold: float) -> bool:
-    """Whether less than ``threshold`` (0..1) of ``certificate``'s lifetime is left at ``now``."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, not {threshold}.")
-    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-    return end - now < (end - start) * threshold
 
 
 def renew_if_due(
@@ -131,7 +125,7 @@ def renew(state_dir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Renewed:
     ca_pem = _read(state.ca)
     key = ec.generate_private_key(ec.SECP256R1())
     write_atomically(
-        state.root / _NEW_KEY,
+        state.root / NEW_KEY_FILE,
         key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
         mode=0o600,
     )
@@ -144,10 +138,10 @@ def renew(state_dir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Renewed:
     try:
         certificate = _renewed_certificate(state, node_id, url, ca_pem, key, csr, timeout)
     except RenewalError:
-        (state.root / _NEW_KEY).unlink(missing_ok=True)  # a refused renewal leaves no trace
+        (state.root / NEW_KEY_FILE).unlink(missing_ok=True)  # a refused renewal leaves no trace
         raise
-    write_atomically(state.root / _PREVIOUS_CERT, current_pem)
-    write_atomically(state.root / _NEW_CERT, certificate.public_bytes(_PEM))
+    write_atomically(state.root / PREVIOUS_CERT_FILE, current_pem)
+    write_atomically(state.root / NEW_CERT_FILE, certificate.public_bytes(_PEM))
     _swap(state, key_too=True)
     write_atomically(state.csr, csr)
     return Renewed(
@@ -202,7 +196,7 @@ def retire_previous(state_dir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> boo
     one as soon as it is revoked.
     """
     state = StateDir(state_dir)
-    path = state.root / _PREVIOUS_CERT
+    path = state.root / PREVIOUS_CERT_FILE
     if not path.exists():
         return False
     previous = _load_certificate(path)
@@ -217,11 +211,11 @@ def retire_previous(state_dir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> boo
 def finish_interrupted_renewal(state_dir: Path) -> None:
     """Finish a swap a crash interrupted, or drop a new certificate that matches no key."""
     state = StateDir(state_dir)
-    new_cert = state.root / _NEW_CERT
+    new_cert = state.root / NEW_CERT_FILE
     if not new_cert.exists():
         return
     certificate = _load_certificate(new_cert)
-    new_key = state.root / _NEW_KEY
+    new_key = state.root / NEW_KEY_FILE
     if new_key.exists() and _matches(certificate, new_key):
         _swap(state, key_too=True)
     elif _matches(certificate, state.key):
@@ -237,8 +231,8 @@ def _swap(state: StateDir, *, key_too: bool) -> None:
     """Rename the new key (if ``key_too``) and then the new certificate over the current ones."""
     try:
         if key_too:
-            os.replace(state.root / _NEW_KEY, state.key)
-        os.replace(state.root / _NEW_CERT, state.certificate)
+            os.replace(state.root / NEW_KEY_FILE, state.key)
+        os.replace(state.root / NEW_CERT_FILE, state.certificate)
         directory = os.open(state.root, os.O_RDONLY)
         try:
             os.fsync(directory)

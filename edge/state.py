@@ -8,6 +8,9 @@
       node.crt            0644  the node's certificate, from activation
       ca.crt              0644  the cloud's CA, pinned by the SHA-256 of the install command
       node.json           0644  {nodeId, broker: {host, port}, activatedAt, url, activationId}
+      agent.json          0600  the agent's memory (edge.agent): desired document and fetched
+                                specs, secret values in clear (secret data, registry passwords,
+                                certificate keys), so a node restarting offline still runs its apps
 
 Every file but the key is replaced atomically (a temporary file in the same directory, then a
 rename), so a crash leaves either the old file or the new one, never half of one.

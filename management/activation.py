@@ -98,7 +98,7 @@ async def activate(request: web.Request) -> web.Response:
     ):
         raise Unauthorized(
             "This activation token was used already; get a new install command "
-            f"(GET /v1/nodes/{claims.node}/init)."
+            f"('baetyl node init {claims.node}')."
         )
     # Again, now that the token is used up: a revocation that committed while this request ran.
     _refuse_revoked(claims, await ctx.store.find(claims.namespace, Kind.NODE, claims.node))
@@ -117,8 +117,8 @@ def _refuse_revoked(claims: ActivationClaims, node: Resource | None) -> None:
     """401 if the node's install commands were revoked since the token was made."""
     if node is not None and claims.generation < int(node.body.get(INSTALL_GENERATION, 0)):
         raise Unauthorized(
-            "This install command was revoked (DELETE /v1/nodes/{name}/init); get a new one "
-            f"(GET /v1/nodes/{claims.node}/init)."
+            f"This install command was revoked ('baetyl node revoke-init {claims.node}'); get a "
+            f"new one ('baetyl node init {claims.node}')."
         )
 
 

@@ -15,9 +15,16 @@ from cryptography import x509
 
 from broker import TLSFiles
 from certs import CertificateAuthority, write_private_file, write_public_file
-from management.config import Settings
+from management.config import ConfigError, Settings
 
-__all__ = ["CLOUD_SERVICE_NAME", "RENEW_SERVER_BEFORE", "ensure_pki", "ensure_service_cert"]
+__all__ = [
+    "CLOUD_SERVICE_NAME",
+    "RENEW_SERVER_BEFORE",
+    "DataDirectoryBusy",
+    "ensure_pki",
+    "ensure_service_cert",
+    "serving",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,43 @@ SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 # The cloud's own client identity on an external broker: CN "service:cloud".
 CLOUD_SERVICE_NAME = "cloud"
 SERVICE_CERT, SERVICE_KEY = "service.crt", "service.key"
+# Held (flock) by the process that serves from the data directory; it holds that process's pid.
+SERVING_LOCK = "serving.lock"
+
+
+class DataDirectoryBusy(ConfigError):
+    """Another process already serves from the data directory."""
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[None]:
+    """Hold the data directory for this process's broker, or refuse if another process holds it.
+
+    The embedded broker and the SQLite file are one process's: a second ``baetyl up`` on the
+    same directory would start its own broker on other ports beside the first, the nodes split
+    between two brokers that know nothing of each other. The lock is a ``flock``, gone with its
+    process, so a SIGKILLed cloud leaves no stale lock behind. Replicas on an external broker
+    share the directory on purpose and do not take it.
+    """
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = settings.data_dir / SERVING_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", errors="replace").strip()
+            which = f" (pid {holder})" if holder.isdigit() else ""
+            raise DataDirectoryBusy(
+                f"Another 'baetyl up' or 'baetyl broker run'{which} already serves from the "
+                f"data directory {settings.data_dir.resolve()}; stop it first, or give this one "
+                "a directory of its own with --data-dir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def ensure_pki(settings: Settings) -> tuple[CertificateAuthority, TLSFiles]:

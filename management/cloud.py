@@ -34,7 +34,7 @@ from certs import CertificateAuthority, Identity
 from management.activation import create_activation_app
 from management.api import ApiContext, create_app
 from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
-from management.config import BusMode, Settings
+from management.config import BusMode, ConfigError, Settings
 from management.crypto import SecretBox
 from management.matching import Matcher, NodeResources
 from management.store import ResourceStore, all_migrations
@@ -124,13 +124,14 @@ class Cloud:
                 settings.api.activation_host,
                 settings.api.activation_port,
                 _server_context(self.files),
+                key="api.activation_port",
             )
             # The install commands name the port the activation endpoint really got.
             self.context = dataclasses.replace(
                 self.context, activation_port=self._ports["activation"]
             )
             self._ports["api"] = await self._serve(
-                create_app(self.context), settings.api.host, settings.api.port, None
+                create_app(self.context), settings.api.host, settings.api.port, None, key="api.port"
             )
             # Not before serving: at a restart the whole fleet reconnects at once, and each of
             # the reconciliation's queries waited behind that storm of TLS handshakes (the API
@@ -187,13 +188,20 @@ class Cloud:
         )
 
     async def _serve(
-        self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
+        self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None, *, key: str
     ) -> int:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, host, port, ssl_context=tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a port in use, or an address this host does not have
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ConfigError(
+                f"The cloud cannot listen on {host}:{port} ({reason}); choose another port "
+                f"with --set {key}=..., or stop what uses it."
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port

@@ -3,7 +3,9 @@
 Parsed once at start from three layers, later ones winning:
 
 1. ``baetyl.toml`` in the data directory (or the file named by ``--config`` / ``BAETYL_CONFIG``);
-2. environment variables ``BAETYL_<SECTION>__<KEY>`` (``BAETYL_BROKER__PORT=8884``);
+2. environment variables ``BAETYL_<SECTION>__<KEY>`` (``BAETYL_BROKER__PORT=8884``) and
+   ``BAETYL_LOG_LEVEL``; the other ``BAETYL_*`` variables belong to other programs (the API
+   client's ``BAETYL_API_TOKEN``, an app's ``BAETYL_APP_NAME``) and are not settings;
 3. command-line overrides (``--set broker.port=8884`` and the flags of each command).
 
 Unknown keys are refused with the key named, so a typo never silently falls back to a default.
@@ -47,6 +49,11 @@ CONFIG_FILE_NAME = "baetyl.toml"
 ENV_PREFIX = "BAETYL_"
 # Environment variables that are not configuration keys but select where configuration lives.
 _ENV_LOCATORS = frozenset({"BAETYL_DATA_DIR", "BAETYL_CONFIG"})
+# The API client's variables (management/cli/client.py), known by name: the README exports them
+# in the shell that also runs 'baetyl up' and 'baetyl certs', and BAETYL_API_* would otherwise
+# read as the api section. Named here rather than imported: the client module loads the API's
+# schemas, which settings have no use for.
+_ENV_CLIENT = frozenset({"BAETYL_API_URL", "BAETYL_API_TOKEN", "BAETYL_CLIENT_CONFIG"})
 
 
 class ConfigError(Exception):
@@ -280,11 +287,30 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings among the ``BAETYL_*`` variables.
+
+    A setting is ``BAETYL_<SECTION>__<KEY>`` (two underscores) or a top-level key
+    (``BAETYL_LOG_LEVEL``). Other ``BAETYL_*`` names are other programs' (the API client, the
+    apps the agent starts) and are left alone, except one that starts with a section's name and
+    one underscore, ``BAETYL_BROKER_PORT``: a setting with a typo, refused rather than ignored.
+    """
+    sections, top_level = _setting_names()
     tree: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name in _ENV_LOCATORS:
+        if not name.startswith(ENV_PREFIX) or name in _ENV_LOCATORS or name in _ENV_CLIENT:
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        rest = name[len(ENV_PREFIX) :]
+        if "__" not in rest:
+            if rest.lower() in top_level:
+                _set_path(tree, [rest.lower()], value, f"environment variable {name}")
+            elif rest.split("_", 1)[0].lower() in sections:
+                section, _sep, key = rest.partition("_")
+                raise ConfigError(
+                    f"The environment variable {name} is not a config key; a setting's variable "
+                    f"has two underscores between section and key: {ENV_PREFIX}{section}__{key}."
+                )
+            continue
+        path = [part.lower() for part in rest.split("__")]
         if not all(path):
             raise ConfigError(
                 f"The environment variable {name} is not a config key; "
@@ -292,6 +318,18 @@ def _from_environ(env: Mapping[str, str]) -> dict[str, Any]:
             )
         _set_path(tree, path, value, f"environment variable {name}")
     return tree
+
+
+def _setting_names() -> tuple[frozenset[str], frozenset[str]]:
+    """The sections of :class:`Settings` and its top-level keys an environment variable may set."""
+    sections: set[str] = set()
+    top_level: set[str] = set()
+    for item in dataclasses.fields(Settings):
+        if item.name == "data_dir":  # a locator: BAETYL_DATA_DIR
+            continue
+        is_section = dataclasses.is_dataclass(typing.get_type_hints(Settings)[item.name])
+        (sections if is_section else top_level).add(item.name)
+    return frozenset(sections), frozenset(top_level)
 
 
 def _from_overrides(overrides: Sequence[str]) -> dict[str, Any]:

@@ -104,8 +104,20 @@ def mounts(app: Resource) -> set[tuple[Kind, str]]:
     return found
 
 
+def pulls_images(app: Resource) -> bool:
+    """Whether the app is a container app, the only type that pulls images with registries."""
+    return bool(app.body.get("type", "container") == "container")
+
+
 def registries(app: Resource) -> set[str]:
-    """The names of the registries the app pulls its images with (``registries: [{name}]``)."""
+    """The names of the registries the app pulls its images with (``registries: [{name}]``).
+
+    Only a container app has any: the API refuses registries on a native or function app, and
+    one stored before it did (or written past the API) names none here, so no node is ever
+    served a registry password through it and its registries' updates do not bump it.
+    """
+    if not pulls_images(app):
+        return set()
     return {
         entry["name"]
         for entry in app.body.get("registries", []) or []
@@ -361,7 +373,9 @@ class NodeResources:
                     volume[kind.value] = await self._versioned(app, kind, source)
             volumes.append(volume)
         spec["volumes"] = volumes
-        if spec.get("registries"):
+        if not pulls_images(app):
+            spec.pop("registries", None)  # see registries(): a non-container app has none
+        elif spec.get("registries"):
             spec["registries"] = [
                 await self._versioned(app, Kind.REGISTRY, entry) for entry in spec["registries"]
             ]

@@ -88,7 +88,8 @@ _MAC_BYTES: Final = 32
 _MAX_TOKEN_CHARS: Final = 4096
 _CLOCK_SKEW: Final = 300
 _CLAIM_FIELDS: Final = frozenset({"kind", "namespace", "node", "jti", "issued_at", "expires_at"})
-_ASK_AGAIN: Final = "ask the operator for a new install command (GET /v1/nodes/<name>/init)"
+# The operator's command, not the HTTP route: whoever reads these holds a node, not a client.
+_ASK_AGAIN: Final = "ask the operator for a new install command ('baetyl node init <node name>')"
 
 
 class TokenError(Exception):
@@ -347,7 +348,11 @@ class TokenSigner:
                 f"right, then {_ASK_AGAIN}."
             )
         if now >= claims.expires_at:
-            raise TokenExpired(f"The activation token has expired; {_ASK_AGAIN}.")
+            raise TokenExpired(
+                "The activation token has expired; "
+                + _ASK_AGAIN.replace("<node name>", claims.node)
+                + "."
+            )
         return claims
 
     def _mac(self, signed: str) -> bytes:

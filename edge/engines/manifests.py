@@ -103,7 +103,12 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
             )
         return {"name": name, "namespace": namespace, "labels": dict(labels)}
 
-    data_objects: list[dict[str, Any]] = []
+    # Keyed by what they hold (``config/<name>``, ...). Two volumes may mount the same config,
+    # secret or certificate (at different paths, or for different containers): Kubernetes allows
+    # two volumes of one ConfigMap or Secret, and a native node writes each volume's own files.
+    # Keyed so, its object is rendered once and both volumes name it; listed twice, it would be
+    # two objects of one name, which the check at the end refuses.
+    data_objects: dict[str, dict[str, Any]] = {}
     pod_volumes: list[dict[str, Any]] = []
     mounted: dict[str, dict[str, str]] = {}
     for volume in spec.get("volumes", ()):
@@ -112,44 +117,38 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
             config = volume["config"]["name"]
             data = _volume_data(app, app.configs, config, "config")
             object_name = f"{app.name}-{config}"
-            data_objects.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": meta(object_name, "ConfigMap"),
-                    "data": dict(data),
-                }
-            )
+            data_objects[f"config/{config}"] = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": meta(object_name, "ConfigMap"),
+                "data": dict(data),
+            }
             pod_volumes.append({"name": name, "configMap": {"name": object_name}})
             mounted[f"config/{config}"] = data
         elif "secret" in volume:
             secret = volume["secret"]["name"]
             data = _volume_data(app, app.secrets, secret, "secret")
             object_name = f"{app.name}-{secret}"
-            data_objects.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": meta(object_name, "Secret"),
-                    "type": "Opaque",
-                    "data": {key: _b64(value) for key, value in data.items()},
-                }
-            )
+            data_objects[f"secret/{secret}"] = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta(object_name, "Secret"),
+                "type": "Opaque",
+                "data": {key: _b64(value) for key, value in data.items()},
+            }
             pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
             mounted[f"secret/{secret}"] = data
         elif "certificate" in volume:
             certificate = volume["certificate"]["name"]
             data = _volume_data(app, app.certificates, certificate, "certificate")
             object_name = f"{app.name}-cert-{certificate}"
-            data_objects.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": meta(object_name, "certificate Secret"),
-                    "type": "kubernetes.io/tls",
-                    "data": {key: _b64(value) for key, value in data.items()},
-                }
-            )
+            data_objects[f"certificate/{certificate}"] = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta(object_name, "certificate Secret"),
+                "type": "kubernetes.io/tls",
+                "data": {key: _b64(value) for key, value in data.items()},
+            }
             pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
             mounted[f"certificate/{certificate}"] = data
         else:
@@ -164,15 +163,13 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
     registries = _registries(app)
     if registries:
         pull_secret = f"{app.name}-image-pull"
-        data_objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": meta(pull_secret, "image pull Secret"),
-                "type": "kubernetes.io/dockerconfigjson",
-                "data": {".dockerconfigjson": _b64(_docker_config(registries))},
-            }
-        )
+        data_objects["registries"] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": meta(pull_secret, "image pull Secret"),
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": _b64(_docker_config(registries))},
+        }
         pod["imagePullSecrets"] = [{"name": pull_secret}]
 
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod}
@@ -181,7 +178,7 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
         template["metadata"]["annotations"] = {ANNOTATION_DATA_HASH: digest[:16]}
     objects = [
         _workload(app, meta(app.name, "workload"), template),
-        *data_objects,
+        *data_objects.values(),
         *_services(app, labels, namespace),
     ]
     seen: set[tuple[str, str]] = set()
@@ -232,8 +229,19 @@ def _registries(app: AppSpec) -> dict[str, Registry]:
             str(data.get("username", "")),
             str(data.get("password", "")),
         )
-        if registry.username or registry.password:
-            found[name] = registry
+        if not (registry.username or registry.password):
+            continue
+        # .dockerconfigjson's auths keep one login per address: a second would replace the first
+        # without a word, and the pull would fail later as unauthorised. The cloud refuses such
+        # an app; this holds for a spec that reached the node anyway.
+        clash = next((other for other, r in found.items() if r.address == registry.address), None)
+        if clash is not None:
+            raise ManifestError(
+                f"App {app.name!r} pulls with the registries {clash!r} and {name!r}, which both "
+                f"log in to {registry.address!r}; an image pull secret holds one login per "
+                "address: remove one of them from the app's registries."
+            )
+        found[name] = registry
     return found
 
 

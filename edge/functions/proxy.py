@@ -10,28 +10,33 @@ restarting) and 504 ``FunctionTimeout`` (no answer within the proxy's timeout).
 
 The same address serves the agent's other local routes (``routes``, e.g. the node properties
 of ``edge.properties``), matched before the function route; they use methods other than POST,
-so an app may still have any name.
+so an app may still have any name. ``routes`` is a callable made into route definitions when
+the server starts, so that building them, too, waits for the first connection.
+
+The port is bound when the proxy is entered (so a port in use fails at start), but the HTTP
+server behind it, aiohttp in ``edge.functions.forward``, is loaded when the first connection
+waits on the socket: until a program calls a function the agent does not hold aiohttp. That
+connection waits in the listen backlog meanwhile and is served like any other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator, Iterable
+import socket
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
-import aiohttp
-from aiohttp import web
-
-from edge.functions.runtime import INVOKE_ID_HEADER
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["DEFAULT_PORT", "FunctionLocator", "FunctionProxy"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 50080
-_MAX_BODY: Final = 16 * 1024 * 1024
+_BACKLOG: Final = 128
 
 
 class FunctionLocator(Protocol):
@@ -42,15 +47,12 @@ class FunctionLocator(Protocol):
         ...
 
 
-_LOCATOR: Final = web.AppKey("locator", FunctionLocator)
-_SESSION: Final = web.AppKey("session", aiohttp.ClientSession)
-
-
 class FunctionProxy:
     """An async context manager serving the proxy on ``host:port`` (0: a free port).
 
     ``timeout`` is how long a call may take end to end; keep it above the runtimes' own (30 s)
-    so that their 504 is the one the caller sees. ``routes`` are the agent's other local routes.
+    so that their 504 is the one the caller sees. ``routes`` makes the agent's other local
+    routes (called once, when the server starts).
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class FunctionProxy:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         timeout: float = 35.0,
-        routes: Iterable[web.RouteDef] = (),
+        routes: Callable[[], Iterable[web.RouteDef]] | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout}.")
@@ -68,8 +70,9 @@ class FunctionProxy:
         self._host = host
         self._port = port
         self._timeout = timeout
-        self._routes = list(routes)
-        self._runner: web.AppRunner | None = None
+        self._routes = routes
+        self._socket: socket.socket | None = None
+        self._serving: asyncio.Task[web.AppRunner] | None = None
         self._bound: int | None = None
 
     @property
@@ -79,36 +82,42 @@ class FunctionProxy:
             raise RuntimeError("The FunctionProxy is not running; enter it first.")
         return self._bound
 
-    def _app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY)
-        app[_LOCATOR] = self._locator
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
-
-        async def session(app: web.Application) -> AsyncIterator[None]:
-            async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as client:
-                app[_SESSION] = client
-                yield
-
-        app.cleanup_ctx.append(session)
-        app.router.add_routes(self._routes)  # before the function route: matched first
-        app.router.add_post("/{app}/{function}", _forward)
-        return app
-
     async def __aenter__(self) -> Self:
-        if self._runner is not None:
+        if self._socket is not None:
             raise RuntimeError("This FunctionProxy is already running; enter it only once.")
-        runner = web.AppRunner(self._app(), access_log=None)
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.create_server((self._host, self._port), family=family, backlog=_BACKLOG)
+        sock.setblocking(False)
+        self._socket = sock
+        self._bound = int(sock.getsockname()[1])
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._first_connection)
+        log.info("function proxy listening on %s:%d", self._host, self._bound)
+        return self
+
+    def _first_connection(self) -> None:
+        """A connection waits: start the HTTP server on the socket (once)."""
+        assert self._socket is not None
+        asyncio.get_running_loop().remove_reader(self._socket.fileno())
+        if self._serving is None:
+            self._serving = asyncio.create_task(self._serve(self._socket))
+            self._serving.add_done_callback(self._served)
+
+    async def _serve(self, sock: socket.socket) -> web.AppRunner:
+        from aiohttp import web
+
+        from edge.functions.forward import make_app
+
+        runner = web.AppRunner(
+            make_app(self._locator, self._timeout, self._routes() if self._routes else ()),
+            access_log=None,
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
+            await web.SockSite(runner, sock).start()
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
-        self._bound = int(runner.addresses[0][1])
-        log.info("function proxy listening on %s:%d", self._host, self._bound)
-        return self
+        return runner
 
     async def __aexit__(
         self,
@@ -116,66 +125,26 @@ class FunctionProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        runner, self._runner = self._runner, None
+        sock, self._socket = self._socket, None
+        serving, self._serving = self._serving, None
         self._bound = None
-        if runner is not None:
-            await runner.cleanup()
+        if sock is None:
+            return
+        if serving is None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        else:
+            try:
+                runner = await serving
+            except Exception:  # noqa: S110 # logged by _served when it happened
+                pass
+            else:
+                await runner.cleanup()  # stops the server, which closes the socket
+        sock.close()
 
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"code": code, "message": message}, status=status)
-
-
-async def _forward(request: web.Request) -> web.StreamResponse:
-    app, function = request.match_info["app"], request.match_info["function"]
-    try:
-        endpoint = request.app[_LOCATOR].function_endpoint(app, function)
-    except LookupError:
-        return _error(
-            404,
-            "UnknownFunction",
-            f"This node runs no function {function!r} of an app {app!r}; check both names.",
-        )
-    if endpoint is None:
-        return _error(
-            503,
-            "FunctionUnavailable",
-            f"The runtime of app {app!r} is not listening (starting or restarting); try again.",
-        )
-    host, port = endpoint
-    body = await request.read()
-    invoke_id = request.headers.get(INVOKE_ID_HEADER) or uuid.uuid4().hex
-    headers = {INVOKE_ID_HEADER: invoke_id}
-    # The caller's content type as it is, or none: aiohttp would make a missing one
-    # application/octet-stream (raw bytes to the handler), and the runtime tells them apart.
-    content_type = request.headers.get("Content-Type")
-    if content_type and body:
-        headers["Content-Type"] = content_type
-    skip = () if "Content-Type" in headers else ("Content-Type",)
-    url = f"http://{host}:{port}/{function}"
-    try:
-        async with request.app[_SESSION].post(
-            url, data=body, headers=headers, skip_auto_headers=skip
-        ) as answer:
-            content = await answer.read()
-            return web.Response(
-                status=answer.status,
-                body=content,
-                headers={
-                    "Content-Type": answer.headers.get("Content-Type", "application/octet-stream"),
-                    INVOKE_ID_HEADER: invoke_id,
-                },
-            )
-    except TimeoutError:
-        return _error(
-            504,
-            "FunctionTimeout",
-            f"The function {function!r} of app {app!r} did not answer in time.",
-        )
-    except aiohttp.ClientError as exc:
-        log.warning("function %s of app %s is unreachable: %s", function, app, exc)
-        return _error(
-            503,
-            "FunctionUnavailable",
-            f"The runtime of app {app!r} cannot be reached ({type(exc).__name__}); try again.",
-        )
+    def _served(self, task: asyncio.Task[web.AppRunner]) -> None:
+        """The server could not start: say so, and refuse calls rather than leave them waiting."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the function proxy cannot serve, calls are refused until the agent "
+                      "restarts: %s", task.exception())  # fmt: skip
+            if self._socket is not None:
+                self._socket.close()

@@ -30,6 +30,7 @@ from management.matching import (
     mounts,
     node_id,
     references,
+    registries,
 )
 from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource, ResourceConflict
@@ -138,13 +139,50 @@ async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, An
                         f"{ref.get('name')!r}; create it first.",
                         field=f"volumes[{index}].{source.value}.name",
                     )
-        for index, entry in enumerate(body.get("registries") or []):
-            name = str(entry.get("name"))
-            if await ctx.store.find(namespace, Kind.REGISTRY, name) is None:
+        await _check_registries(ctx, namespace, body.get("registries") or [])
+    if kind is Kind.REGISTRY:
+        await _check_address_of_used(ctx, namespace, str(body["name"]), str(body["address"]))
+
+
+async def _check_registries(ctx: ApiContext, namespace: str, entries: list[Any]) -> None:
+    """An app's registries must exist and differ in address: the image pull secret keeps one
+    login per address (``.dockerconfigjson``'s ``auths``), so a second would silently replace
+    the first."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        name, field = str(entry.get("name")), f"registries[{index}].name"
+        found = await ctx.store.find(namespace, Kind.REGISTRY, name)
+        if found is None:
+            raise BadRequest(
+                f"{field}: there is no registry named {name!r}; create it first.", field=field
+            )
+        address = str(found.body.get("address", ""))
+        if address in seen:
+            raise BadRequest(
+                f"{field}: the registry {name!r} has the address {address!r}, as "
+                f"registries[{seen[address]}] has; an image pull secret holds one login per "
+                "address, so name only one of them.",
+                field=field,
+            )
+        seen[address] = index
+
+
+async def _check_address_of_used(ctx: ApiContext, namespace: str, name: str, address: str) -> None:
+    """A registry's new address must not be that of another registry an app using it names
+    (``_check_registries`` from the other side)."""
+    for app in await ctx.store.list(namespace, Kind.APP):
+        others = registries(app)
+        if name not in others:
+            continue
+        for other in sorted(others - {name}):
+            found = await ctx.store.find(namespace, Kind.REGISTRY, other)
+            if found is not None and str(found.body.get("address", "")) == address:
                 raise BadRequest(
-                    f"registries[{index}].name: there is no registry named {name!r}; "
-                    "create it first.",
-                    field=f"registries[{index}].name",
+                    f"address: the app {app.name!r} pulls with this registry and with the "
+                    f"registry {other!r}, which has the address {address!r} already; an image "
+                    "pull secret holds one login per address: give another address, or remove "
+                    f"one of them from the app's registries first.",
+                    field="address",
                 )
         if body.get("type") == "function":
             _check_function_code(body)

@@ -410,12 +410,19 @@ _APP_WRITE = _resource_write(
         "registries": {
             **_unique(ref("RegistryRef"), max_items=16),
             "description": "The registries a container app pulls its images with: on a "
-            "Kubernetes node they become the pod's image pull secret. Native and function "
-            "apps pull nothing and ignore them.",
+            "Kubernetes node they become the pod's image pull secret. Only a container app "
+            "may name them (native and function apps pull no images).",
         },
     },
     ["services"],
 )
+# Only a container app pulls images: registries elsewhere would hand their passwords to nodes
+# that have no use for them (the cloud serves them to container apps only, too).
+_NO_REGISTRIES: Final[JsonSchema] = {
+    "not": {"type": "array", "minItems": 1},  # an empty list names none
+    "x-hint": "registries apply only to container apps, which pull images; remove them, or "
+    'make the app a container app ("type": "container")',
+}
 # The service shape depends on the app type; an absent type is a container app.
 _APP_WRITE["allOf"] = [
     {
@@ -423,7 +430,12 @@ _APP_WRITE["allOf"] = [
             "properties": {"type": {"const": kind}},
             **({} if i == 0 else {"required": ["type"]}),
         },
-        "then": {"properties": {"services": {"items": ref(service)}}},
+        "then": {
+            "properties": {
+                "services": {"items": ref(service)},
+                **({} if kind == "container" else {"registries": _NO_REGISTRIES}),
+            }
+        },
     }
     for i, (kind, service) in enumerate(_APP_TYPES.items())
 ]
@@ -1052,6 +1064,8 @@ def _failure(found: ValidationError) -> ValidationFailed:
         message = f"{subject} must be one of {options}, not {_shown(instance)}."
     elif kind == "oneOf" and hint:
         message = f"{subject} is not valid; {hint}."
+    elif kind == "not" and hint:
+        message = f"{subject} is not allowed here: {hint}."
     elif kind in ("pattern", "format"):
         shown = "" if secret else f" {_shown(instance)}"
         message = f"{subject}{shown} is not valid; {hint or f'it must be a valid {value}'}."

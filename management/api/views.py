@@ -9,6 +9,7 @@ in clear (``node_data``) only for what its own apps use (``NodeResources``).
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,14 @@ __all__ = ["INSTALL_GENERATION", "decrypt_data", "node_data", "stored_body", "vi
 
 # Fields every kind keeps in its body besides the common ones.
 _COMMON = ("name", "labels", "description")
+
+# A PEM block (RFC 7468) after optional whitespace: a BEGIN and an END line around base64 text.
+# The labels are matched apart so that a block whose END does not match its BEGIN is found and
+# refused, not skipped.
+_PEM_BLOCK = re.compile(
+    r"\s*-----BEGIN ([^\r\n]{0,64}?)-----(.*?)-----END ([^\r\n]{0,64}?)-----", re.S
+)
+_PEM_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
 
 INSTALL_GENERATION = "installGeneration"
 """A node's body field kept by the server (never written by clients, never shown): its install
@@ -63,33 +72,67 @@ def stored_body(kind: Kind, namespace: str, body: dict[str, Any], box: SecretBox
             "certificate": data["certificate"],
             "key": box.encrypt(str(data["key"]).encode(), context=_context(resource, "key")),
         }
+        _check_certificates(
+            str(data["certificate"]),
+            "data.certificate",
+            "data.certificate is not a PEM certificate; paste the '-----BEGIN CERTIFICATE-----' "
+            "block (the certificate first, then any intermediate CAs).",
+        )
         if "ca" in data:
-            _check_ca(str(data["ca"]))
+            _check_certificates(
+                str(data["ca"]),
+                "data.ca",
+                "data.ca is not a PEM certificate bundle; paste one or more "
+                "'-----BEGIN CERTIFICATE-----' blocks of the issuing CA.",
+            )
             kept["data"]["ca"] = data["ca"]
         kept["info"] = _certificate_info(str(data["certificate"]), str(data["key"]))
     return resource
 
 
-def _check_ca(ca_pem: str) -> None:
-    try:
-        x509.load_pem_x509_certificates(ca_pem.encode())
-    except ValueError:
+def _check_certificates(pem: str, field: str, not_pem: str) -> None:
+    """Refuse a certificate field holding anything but CERTIFICATE blocks and whitespace.
+
+    ``cryptography``'s loaders skip blocks of other labels and text between blocks: a private
+    key between two certificates would load, then be stored in clear, shown by every GET and
+    written world-readable as ``tls.crt`` or ``ca.crt`` on the nodes. So the blocks are split
+    here and each label checked; only the label is named in the error, never the content.
+    """
+    position, blocks, malformed = 0, 0, False
+    while True:
+        # Anchored, block after block: each character is read once, whatever was sent.
+        block = _PEM_BLOCK.match(pem, position)
+        if block is None:
+            malformed = pem[position:].strip() != ""
+            break
+        label, body, end_label = block.groups()
+        if label != end_label or not _PEM_BASE64.fullmatch(body):
+            malformed = True
+            break
+        if label != "CERTIFICATE":
+            raise BadRequest(
+                f"{field} holds a {label!r} block, but only certificates belong there: a "
+                "certificate field is stored and shown in clear and mounted world-readable. "
+                f"Remove the block{' (the key goes in data.key)' if 'KEY' in label else ''}.",
+                field=field,
+            )
+        position, blocks = block.end(), blocks + 1
+    if malformed or blocks == 0:
         raise BadRequest(
-            "data.ca is not a PEM certificate bundle; paste one or more "
-            "'-----BEGIN CERTIFICATE-----' blocks of the issuing CA.",
-            field="data.ca",
-        ) from None
+            f"{field} holds text outside its '-----BEGIN CERTIFICATE-----' blocks, or a block "
+            "that is not well formed; send only the certificate blocks, each ending with its "
+            "'-----END CERTIFICATE-----' line.",
+            field=field,
+        )
+    try:
+        x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise BadRequest(not_pem, field=field) from None
 
 
 def _certificate_info(certificate_pem: str, key_pem: str) -> dict[str, Any]:
-    try:
-        certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
-    except ValueError:
-        raise BadRequest(
-            "data.certificate is not a PEM certificate; paste the '-----BEGIN CERTIFICATE-----' "
-            "block.",
-            field="data.certificate",
-        ) from None
+    # The first block is the certificate itself (_check_certificates read them all).
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except (ValueError, TypeError):

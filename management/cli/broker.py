@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ipaddress
 import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from broker import EmbeddedBroker, TLSFiles, freeze_long_lived
-from certs import (
-    CertificateAuthority,
-    CertsError,
-    Identity,
-    write_private_file,
-    write_public_file,
-)
-from management.bootstrap import ensure_pki
-from management.config import BusMode, Settings
+if TYPE_CHECKING:  # the handlers import them: building the parser loads none of the cloud
+    from broker import TLSFiles
+    from certs import CertificateAuthority
+    from management.config import Settings
 
 __all__ = ["add_parser", "add_up_parser"]
 
@@ -35,7 +29,8 @@ def add_up_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="run the cloud on embedded defaults (generated CA, embedded broker)",
         description="Run the cloud in one process: on first start it creates the data directory, "
         "the CA and the server certificate, then serves MQTT over mTLS (port 8883). "
-        "Stops cleanly on Ctrl-C or SIGTERM.",
+        "One process serves a data directory: a second one on it is refused (replicas on an "
+        "external broker excepted). Stops cleanly on Ctrl-C or SIGTERM.",
     )
     parser.set_defaults(func=_run, cloud=True)
 
@@ -106,6 +101,8 @@ def _port(text: str) -> int:
 
 
 def _export_config(args: argparse.Namespace) -> int:
+    from certs import CertsError, Identity, write_private_file, write_public_file
+    from management.bootstrap import ensure_pki
     from management.brokerconfig import (
         BrokerLayout,
         emqx_acl,
@@ -172,20 +169,33 @@ def _export_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from management.bootstrap import ensure_pki, serving
+    from management.config import BusMode
+
     settings: Settings = args.settings
-    ca, files = ensure_pki(settings)
-    asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
+    # An embedded broker is this process's alone; replicas on an external broker share the
+    # data directory (and the database) on purpose.
+    alone = not args.cloud or settings.bus.mode is BusMode.EMBEDDED
+    with serving(settings) if alone else contextlib.nullcontext():
+        ca, files = ensure_pki(settings)
+        asyncio.run(_serve(settings, ca, files, cloud=args.cloud))
     return 0
 
 
 async def _serve(
     settings: Settings, ca: CertificateAuthority, files: TLSFiles, *, cloud: bool
 ) -> None:
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from broker import EmbeddedBroker, freeze_long_lived
     from management.cloud import Cloud  # the whole server stack: loaded only to serve
+    from management.config import BusMode
 
     async with contextlib.AsyncExitStack() as stack:
         if cloud:
@@ -236,6 +246,8 @@ async def _serve(
 
 async def _refresh_crl(ca: CertificateAuthority) -> None:
     """Keep crl.pem inside its validity: TLS refuses every client once the CRL has expired."""
+    import asyncio
+
     while True:
         await asyncio.sleep(CRL_REFRESH_INTERVAL)
         try:

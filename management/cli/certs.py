@@ -13,27 +13,25 @@ import ipaddress
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
+if TYPE_CHECKING:  # the handlers import the PKI (and cryptography) when they run
+    from cryptography import x509
 
-from certs import (
-    CertificateAuthority,
-    CertificateRecord,
-    CertsError,
-    Identity,
-    IssuedCertificate,
-    KeyType,
-    Status,
-    parse_serial,
-    write_private_file,
-    write_public_file,
-)
-from management.config import Settings
+    from certs import CertificateAuthority, CertificateRecord, IssuedCertificate
+    from management.config import Settings
 
 __all__ = ["add_parser"]
 
-_REASONS = [r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl]
+# The values of cryptography's x509.ReasonFlags (but removeFromCRL), certs.KeyType and
+# certs.Status, spelled out so that building the parser loads no cryptography
+# (tests/certs/test_cli.py checks that they match).
+REASONS = (
+    "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+    "cessationOfOperation", "certificateHold", "privilegeWithdrawn", "aACompromise",
+)  # fmt: skip
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+STATUSES = ("valid", "revoked", "superseded", "expired")
 
 
 def _setting(args: argparse.Namespace, name: str) -> Any:
@@ -52,10 +50,14 @@ def _ca_dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> CertificateAuthority:
+    from certs import CertificateAuthority
+
     return CertificateAuthority.load(_ca_dir(args))
 
 
 def _read(path: Path, what: str) -> bytes:
+    from certs import CertsError
+
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -73,6 +75,8 @@ def _positive(text: str) -> int:
 
 
 def _serial(text: str) -> int:
+    from certs import parse_serial
+
     try:
         return parse_serial(text)
     except ValueError as exc:
@@ -89,6 +93,8 @@ def _summary(issued: IssuedCertificate) -> str:
 
 def _emit(data: bytes, out: Path | None, summary: str) -> None:
     """Write public PEM to `out`, or to stdout (with the summary on stderr to keep stdout clean)."""
+    from certs import write_public_file
+
     if out is None:
         sys.stdout.write(data.decode())
         print(summary, file=sys.stderr)
@@ -99,6 +105,8 @@ def _emit(data: bytes, out: Path | None, summary: str) -> None:
 
 def _write_bundle(out_dir: Path, stem: str, issued: IssuedCertificate, ca_pem: bytes) -> None:
     """Write ``<stem>.crt``, ``<stem>.key`` (0600, if the CA made the key) and ``ca.crt``."""
+    from certs import write_private_file, write_public_file
+
     write_public_file(out_dir / f"{stem}.crt", issued.certificate_pem)
     written = [out_dir / f"{stem}.crt"]
     if issued.private_key_pem is not None:
@@ -115,6 +123,8 @@ def _write_bundle(out_dir: Path, stem: str, issued: IssuedCertificate, ca_pem: b
 
 
 def _init(args: argparse.Namespace) -> int:
+    from certs import CertificateAuthority, KeyType
+
     ca = CertificateAuthority.init(
         _ca_dir(args),
         common_name=args.common_name or _setting(args, "ca_common_name"),
@@ -128,6 +138,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _issue_node(args: argparse.Namespace) -> int:
+    from certs import Identity
+
     ca = _load(args)
     issued = ca.issue_from_csr(
         _read(args.csr, "CSR"),
@@ -157,6 +169,8 @@ def _issue_service(args: argparse.Namespace) -> int:
 
 
 def _issue_server(args: argparse.Namespace) -> int:
+    from certs import CertsError, KeyType
+
     dns_names, ips = args.dns, args.ip
     if not dns_names and not ips:
         dns_names = list(_setting(args, "server_dns_names") or [])
@@ -185,6 +199,8 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
     ca = _load(args)
     record = ca.revoke(args.serial, x509.ReasonFlags(args.reason))
     reason = record.reason.value if record.reason is not None else "unspecified"
@@ -226,10 +242,14 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    from cryptography import x509
+
     return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
 
 def _crl(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
     ca = _load(args)
     data = ca.crl_pem()
     crl = x509.load_pem_x509_crl(data)
@@ -258,7 +278,7 @@ def _add_days(parser: argparse.ArgumentParser, shown: str) -> None:
 def _add_key_type(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--key-type",
-        choices=[k.value for k in KeyType],
+        choices=KEY_TYPES,
         default=None,
         help="key algorithm (default: pki.key_type, ec-p256)",
     )
@@ -383,7 +403,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     revoke.add_argument("serial", type=_serial, metavar="SERIAL", help="hexadecimal serial")
     revoke.add_argument(
-        "--reason", choices=_REASONS, default="unspecified", help="(default: %(default)s)"
+        "--reason", choices=REASONS, default="unspecified", help="(default: %(default)s)"
     )
     revoke.set_defaults(func=_revoke)
 
@@ -393,9 +413,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="List every certificate the CA issued: serial, kind, subject, expiry, status.",
     )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.add_argument(
-        "--status", choices=[s.value for s in Status], help="only certificates in this status"
-    )
+    listing.add_argument("--status", choices=STATUSES, help="only certificates in this status")
     listing.set_defaults(func=_list)
 
     crl = commands.add_parser(

@@ -27,20 +27,17 @@ Errors::
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
-import tomllib
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from management.api.schemas import ValidationFailed, validate
+# urllib.request (and the ssl it loads), tomllib and the API's schemas are imported where used:
+# 'baetyl --help' builds this parser and needs none of them.
 from management.cli.resources import (
     APPLY_ORDER,
     KINDS,
@@ -123,6 +120,8 @@ def config_path(environ: Mapping[str, str]) -> Path:
 
 
 def _read_config(path: Path, *, required: bool) -> dict[str, str]:
+    import tomllib
+
     try:
         with path.open("rb") as file:
             tree = tomllib.load(file)
@@ -186,6 +185,10 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
     ) -> Any:
         """The JSON answer (None for an empty one) of ``method`` on ``/v1<path>``."""
+        import http.client
+        import urllib.error
+        import urllib.request
+
         if self.endpoint.token is None:
             raise ClientError(
                 f'No API token is set; pass --token, set {TOKEN_ENV}, or put token = "..." in '
@@ -511,6 +514,8 @@ def _manifests(args: argparse.Namespace) -> list[Manifest]:
 
 def _same(manifest: Manifest, current: Mapping[str, Any]) -> bool:
     """Whether writing ``manifest`` would store what is there (write-only fields never are)."""
+    from management.api.schemas import ValidationFailed, validate
+
     try:
         wanted = validate(manifest.kind.write_schema, manifest.body)
     except ValidationFailed:

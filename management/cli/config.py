@@ -1,4 +1,8 @@
-"""``baetyl config``: show the effective configuration after file, environment and flags."""
+"""``baetyl config``: show the effective configuration after file, environment and flags.
+
+``baetyl config show --defaults --format toml > baetyl-data/baetyl.toml`` writes a starting
+configuration file: every key with its default, to edit.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import json
 from enum import Enum
 from pathlib import Path
 from typing import Any
-
-from management.config import Settings
 
 __all__ = ["add_parser"]
 
@@ -28,15 +30,65 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Print the effective configuration as JSON; exits 1 naming the bad key "
         "if the configuration is invalid.",
     )
+    show.add_argument(
+        "--defaults",
+        action="store_true",
+        help="the built-in defaults, without baetyl.toml, BAETYL_* variables or --set",
+    )
+    show.add_argument(
+        "--format",
+        choices=["json", "toml"],
+        default="json",
+        help="json (default), or toml as baetyl.toml takes it: "
+        "'baetyl config show --defaults --format toml > baetyl-data/baetyl.toml' starts one",
+    )
     show.set_defaults(func=_show)
 
 
 def _show(args: argparse.Namespace) -> int:
+    from management.config import Settings
+
     settings: Settings = args.settings
+    if args.defaults:
+        settings = Settings(data_dir=settings.data_dir)
     tree = _plain(dataclasses.asdict(settings))
     tree["database"]["url"] = settings.database.redacted()  # never print a password
-    print(json.dumps(tree, indent=2, sort_keys=True))
+    if args.format == "toml":
+        del tree["data_dir"]  # chosen with --data-dir or BAETYL_DATA_DIR, never in the file
+        print(_toml(tree), end="")
+    else:
+        print(json.dumps(tree, indent=2, sort_keys=True))
     return 0
+
+
+def _toml(tree: dict[str, Any]) -> str:
+    """``tree`` as TOML: its plain keys first, then one table per section (no nested tables)."""
+    lines = [_toml_line(key, value) for key, value in sorted(tree.items())
+             if not isinstance(value, dict)]  # fmt: skip
+    for section, keys in sorted(tree.items()):
+        if isinstance(keys, dict):
+            lines += ["", f"[{section}]"]
+            lines += [_toml_line(key, value) for key, value in sorted(keys.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_line(key: str, value: Any) -> str:
+    if value is None:  # TOML has no null: an unset key stays out of the file, shown commented
+        return f"# {key} =   (unset)"
+    return f"{key} = {_toml_value(value)}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for the escapes of astral characters.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")  # pragma: no cover
 
 
 def _plain(value: Any) -> Any:

@@ -9,7 +9,8 @@
 A file holds one object, a list of objects, several YAML documents, or a list response (an
 object with ``items``), so the output of ``-o yaml`` can be edited and applied again: the fields
 the server sets (``version``, ``createTime``, a node's ``online``...) are dropped on reading.
-Tables never show secret values: a secret's row shows its keys only.
+Tables never show secret values: a secret's row shows its keys only. PyYAML and the API's
+schemas are loaded when a file is read or YAML printed, not for a table.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
-from management.api.schemas import COMPONENTS
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "APPLY_ORDER",
@@ -108,10 +108,12 @@ def _age(item: Mapping[str, Any]) -> str:
     except ValueError:
         return "?"
     seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
-    for unit, size, below in (("s", 1, 120), ("m", 60, 120 * 60), ("h", 3600, 48 * 3600)):
-        if seconds < below:
+    # The largest unit that fits, so ages of one size read alike: 119 s is "1m" beside "2m",
+    # not "119s".
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
             return f"{seconds // size}{unit}"
-    return f"{seconds // 86400}d"
+    return f"{seconds}s"
 
 
 def _text(key: str) -> Callable[[Mapping[str, Any]], str]:
@@ -216,6 +218,8 @@ def kind_named(text: str) -> ResourceKind | None:
 @cache
 def server_fields(kind: ResourceKind) -> frozenset[str]:
     """The fields the server sets on a read of ``kind`` that a write does not take."""
+    from management.api.schemas import COMPONENTS
+
     read: dict[str, Any] = COMPONENTS[kind.read_schema]["properties"]
     write: dict[str, Any] = COMPONENTS[kind.write_schema]["properties"]
     return frozenset(
@@ -242,6 +246,8 @@ def _read_text(path: str) -> str:
 
 
 def _documents(path: str, text: str) -> list[Any]:
+    import yaml
+
     if path.endswith(".json"):
         try:
             return [json.loads(text)]
@@ -337,16 +343,20 @@ def load_manifests(path: str, default: ResourceKind | None) -> list[Manifest]:
 # -- output ----------------------------------------------------------------------------------------
 
 
-class _Dumper(yaml.SafeDumper):
-    """YAML with multi-line strings (PEM blocks, config files) as ``|`` blocks."""
+@cache
+def _dumper() -> type[yaml.SafeDumper]:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        """YAML with multi-line strings (PEM blocks, config files) as ``|`` blocks."""
+
+    Dumper.add_representer(str, _represent_str)
+    return Dumper
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
 
 
 def render_table(kind: ResourceKind, items: Sequence[Mapping[str, Any]]) -> str:
@@ -440,7 +450,9 @@ def render(value: Any, output: Literal["json", "yaml"]) -> str:
     """``value`` (the API's JSON) as indented JSON or as YAML."""
     if output == "json":
         return json.dumps(value, indent=2, ensure_ascii=False)
+    import yaml
+
     text: str = yaml.dump(
-        value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+        value, Dumper=_dumper(), sort_keys=False, allow_unicode=True, default_flow_style=False
     )
     return text.rstrip("\n")

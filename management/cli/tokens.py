@@ -7,14 +7,12 @@ hash to the database and prints the token once.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import time
 from typing import TYPE_CHECKING
 
-from management.config import ConfigError, Settings
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the handlers import the store when they run
+    from management.config import Settings
     from management.store import ApiTokenRecord
 
 __all__ = ["add_parser"]
@@ -50,6 +48,8 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _namespace(text: str) -> str:
+    from management.config import ConfigError
+
     if not _NAMESPACE.match(text):
         raise ConfigError(
             f"{text!r} is not a namespace name: use 1 to 63 lower-case letters, digits and '-'."
@@ -58,6 +58,9 @@ def _namespace(text: str) -> str:
 
 
 def _create(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from management.config import ConfigError
     from management.store import ApiTokenRecord, ResourceStore, all_migrations
     from management.tokens import new_api_token
     from shadow.server import TortoiseStore
@@ -88,6 +91,8 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    import asyncio
+
     from management.store import ResourceStore, all_migrations
     from shadow.server import TortoiseStore
 
@@ -112,6 +117,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from management.config import ConfigError
     from management.store import ResourceStore, all_migrations
     from shadow.server import TortoiseStore
 

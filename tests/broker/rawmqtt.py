@@ -18,6 +18,7 @@ from tests.broker.helpers import HOST, WAIT, Creds
 # -- raw MQTT ------------------------------------------------------------------------------------
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 14
+PUBREC, PUBREL, PUBCOMP, UNSUBSCRIBE, UNSUBACK, PINGRESP = 5, 6, 7, 10, 11, 13
 
 
 def _string(value: str | bytes) -> bytes:
@@ -61,6 +62,24 @@ def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
     return packet(SUBSCRIBE, 2, struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos]))
 
 
+def publish_packet(
+    topic: str, payload: bytes, qos: int = 0, packet_id: int = 0, *, dup: bool = False
+) -> bytes:
+    flags = (0x08 if dup else 0) | qos << 1
+    variable = _string(topic) + (struct.pack("!H", packet_id) if qos else b"")
+    return packet(PUBLISH, flags, variable + payload)
+
+
+def ack_packet(kind: int, packet_id: int) -> bytes:
+    """PUBACK, PUBREC, PUBREL (flags 0010) or PUBCOMP for ``packet_id``."""
+    return packet(kind, 2 if kind == PUBREL else 0, struct.pack("!H", packet_id))
+
+
+def string(value: str | bytes) -> bytes:
+    """An MQTT UTF-8 string: two bytes of length, then the bytes (not checked)."""
+    return _string(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Packet:
     """A received control packet: type, fixed-header flags and body."""
@@ -90,16 +109,19 @@ class Packet:
 class RawClient:
     """MQTT 3.1.1 by hand over a TLS socket; a context manager that closes the socket."""
 
-    def __init__(self, port: int, ca: Path, creds: Creds) -> None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=ca)
-        context.load_cert_chain(creds.cert, creds.key)
+    def __init__(self, port: int, ca: Path, creds: Creds, *, plain: bool = False) -> None:
+        """TLS with ``creds``, or with ``plain=True`` the loopback listener (no certificate)."""
         raw = socket.create_connection((HOST, port), timeout=WAIT)
-        try:
-            self.sock = context.wrap_socket(raw, server_hostname=HOST)
-        except BaseException:
-            raw.close()
-            raise
+        self.sock: socket.socket = raw
+        if not plain:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_verify_locations(cafile=ca)
+            context.load_cert_chain(creds.cert, creds.key)
+            try:
+                self.sock = context.wrap_socket(raw, server_hostname=HOST)
+            except BaseException:
+                raw.close()
+                raise
         self._buffer = b""
 
     def __enter__(self) -> RawClient:

@@ -53,7 +53,6 @@ BROKER_METHODS: dict[str, tuple[list[str], bool]] = {
     # called, not overridden
     "_client_message_loop": (["self", "client_session", "handler"], True),
     "_get_handler": (["self", "session"], False),
-    "_matches": (["self", "topic", "a_filter"], False),
 }
 
 HANDLER_METHODS: dict[str, tuple[list[str], bool]] = {
@@ -64,13 +63,13 @@ HANDLER_METHODS: dict[str, tuple[list[str], bool]] = {
     "init_from_connect": (["reader", "writer", "plugins_manager", "loop"], True),  # classmethod
     # called, not overridden
     "handle_connection_closed": (["self"], True),
-    "mqtt_publish": (["self", "topic", "data", "qos", "retain", "ack_timeout"], True),
     "mqtt_connack_authorize": (["self", "authorize"], True),
     "attach": (["self", "session", "reader", "writer"], False),
     "start": (["self"], True),
     "_stop_waiters": (["self"], False),
-    # the packets the fast reader loop leaves to amqtt
+    # what amqtt's reader loop (WebSocket connections) calls for each packet: ours
     "handle_publish": (["self", "publish_packet"], True),
+    "handle_puback": (["self", "puback"], True),
     "handle_pubrec": (["self", "pubrec"], True),
     "handle_pubrel": (["self", "pubrel"], True),
     "handle_pubcomp": (["self", "pubcomp"], True),

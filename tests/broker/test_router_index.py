@@ -114,3 +114,40 @@ def test_matches_stay_right_while_subscriptions_change(
         got = sorted((f, s.key) for f, s in index.match(topic))
         want = sorted((f, k) for f, k in live if reference_matches(f, topic))
         assert got == want
+
+
+def _characters_held(index: SubscriptionIndex[int, None]) -> int:
+    """Characters of every distinct string reachable from the index's own objects."""
+    seen: set[int] = set()
+    total = 0
+    stack: list[object] = list(vars(index).values())
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif hasattr(item, "__slots__"):
+            stack.extend(getattr(item, name) for name in item.__slots__ if hasattr(item, name))
+    return total
+
+
+def test_storage_is_linear_in_the_filter_length() -> None:
+    """A filter of n levels is stored in O(n) characters, not a copy of its path per level.
+
+    Pins the hole found from outside: each trie node kept its full path, so a 64 KiB filter of
+    one-letter levels stored about a gigabyte of prefixes.
+    """
+    index: SubscriptionIndex[int, None] = SubscriptionIndex()
+    deep = "abc/" * 199 + "+"  # 200 levels, the most broker.max_topic_levels allows
+    index.add(deep, 1, None, 1)
+    assert [f for f, _ in index.match("abc/" * 199 + "d")] == [deep]
+    assert _characters_held(index) <= 3 * len(deep)  # with per-level paths: ~100 x len(deep)
+    index.remove_all(1)
+    assert _characters_held(index) == 0

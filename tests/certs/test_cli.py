@@ -15,10 +15,11 @@ from certs import (
     CANotFoundError,
     CertificateAuthority,
     Identity,
+    KeyType,
     Status,
     format_serial,
 )
-from management.cli.certs import add_parser
+from management.cli.certs import KEY_TYPES, REASONS, STATUSES, add_parser
 from management.config import load_settings
 from tests.certs.helpers import new_csr, openssl
 
@@ -255,3 +256,11 @@ def test_every_parser_has_help_and_description() -> None:
     walk(subparsers)
     assert {"certs", "init", "issue", "node", "operator", "service", "server"} <= set(seen)
     assert {"renew", "revoke", "list", "crl"} <= set(seen)
+
+
+def test_parser_choices_match_the_pki() -> None:
+    """The choices spelled out for the parser (which loads no cryptography) are the PKI's own."""
+    reasons = [r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl]
+    assert list(REASONS) == reasons
+    assert list(KEY_TYPES) == [k.value for k in KeyType]
+    assert list(STATUSES) == [s.value for s in Status]

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from edge import ActivationError, FingerprintSource, read_fingerprint
+from edge.cli import FINGERPRINT_SOURCES
 from management.batches import batch_node_name
 from management.cli import main
 from tests.broker.clients import MqttClient
@@ -337,3 +338,8 @@ def test_unreadable_or_placeholder_fingerprint_is_refused(tmp_path: Path) -> Non
     (dmi / "product_serial").write_text("To Be Filled By O.E.M.\n")
     with pytest.raises(ActivationError, match="placeholder"):
         read_fingerprint(FingerprintSource.SERIAL_NUMBER, root=tmp_path)
+
+
+def test_parser_fingerprint_sources_match_the_activation() -> None:
+    """The sources spelled out for the parser (which loads no cryptography) are activation's."""
+    assert list(FINGERPRINT_SOURCES) == [source.value for source in FingerprintSource]

@@ -11,11 +11,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edge.agent import Agent, AgentConfig, NodeIdentity
 from edge.engines import references
+from management.store import Kind
 from shadow import DesiredFollower
 from tests.edge.kube_standin import KubeStandIn
 from tests.edge.test_agent_e2e import (  # noqa: F401 # agent_dir and start_agent are fixtures
@@ -26,7 +28,7 @@ from tests.edge.test_agent_e2e import (  # noqa: F401 # agent_dir and start_agen
     written,
 )
 from tests.management.api_samples import key_and_certificate
-from tests.management.conftest import Api
+from tests.management.conftest import Api, RunningCloud
 
 NS = "baetyl-edge"
 PASSWORD = "pull-pw-in-clear"
@@ -72,10 +74,12 @@ async def test_a_native_app_gets_its_certificate_files_and_no_registry(
     agent_dir: Path,  # noqa: F811
     start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
     tmp_path: Path,
+    cloud: RunningCloud,
 ) -> None:
     """The native app finds tls.crt, tls.key (0600) and ca.crt through BAETYL_VOLUME_TLS; an
-    updated certificate bumps the app, which restarts with the new files. The app's registry is
-    never fetched: a native node has no use for its password."""
+    updated certificate bumps the app, which restarts with the new files. The registry of a
+    native app stored with one before the API refused that never reaches the node: a native node
+    has no use for its password."""
     out = tmp_path / "volume-dir.txt"
     first = certificate("plc.example.com")
     await call(api, "POST", "/certificates", first)
@@ -85,26 +89,32 @@ async def test_a_native_app_gets_its_certificate_files_and_no_registry(
         "services": [{"name": "web", "command": [sys.executable, "-c", APP],
                       "env": [{"name": "OUT", "value": str(out)}]}],
         "volumes": [{"name": "tls", "certificate": {"name": "plc"}}],
-        "registries": [{"name": "company"}],
     }  # fmt: skip
     await call(api, "POST", "/apps", app)
+    # As stored before the API refused registries on a native app (the API now answers 400).
+    store = cloud.context.store
+    stored = await store.get(api.namespace, Kind.APP, "web")
+    with_registry = {**stored.body, "registries": [{"name": "company"}]}
+    updated = await store.update(replace(stored, body=with_registry), expected_version=1)
+    await cloud.context.matcher.after_app_change(api.namespace, stored, updated)
     start_agent()
     await until(lambda: node_online(api), what="the node to be online")
     old_dir = Path(await until(lambda: asyncio.sleep(0, written(out)), what="the app to start"))
-    assert old_dir.parent.parent.name == "1"  # <apps>/web/<version>/volumes/tls
+    assert old_dir.parent.parent.name == "2"  # <apps>/web/<version>/volumes/tls
     expect_files(old_dir, first)
 
     renewed = certificate("renewed.example.com")
     out.unlink()
     await call(api, "PUT", "/certificates/plc", renewed)
     new_dir = Path(await until(lambda: asyncio.sleep(0, written(out)), what="the app restarted"))
-    assert new_dir.parent.parent.name == "2"
+    assert new_dir.parent.parent.name == "3"
     expect_files(new_dir, renewed)
     assert renewed["data"]["key"] != first["data"]["key"]
 
     state = (agent_dir / "agent.json").read_text()
     assert PASSWORD not in state
     assert '"registry/' not in state
+    assert '"registries"' not in state  # the cloud served the app spec without them
 
 
 async def test_the_kube_engine_gets_the_pull_secret_and_the_certificate_secret(

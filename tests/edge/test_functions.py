@@ -294,6 +294,32 @@ async def test_proxy_times_out_and_reports_unreachable_runtimes(
         assert (code, body["code"]) == (503, "FunctionUnavailable")
 
 
+class NoFunctions:
+    """A locator that knows no function."""
+
+    def function_endpoint(self, app: str, function: str) -> tuple[str, int] | None:
+        raise LookupError(app)
+
+
+async def test_proxy_holds_its_port_from_entry_to_exit_and_serves_waiting_calls(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The port is taken on entry (a second proxy on it fails at once), the first calls,
+    made together before the HTTP server is loaded, are all answered, and exit frees the port,
+    whether a call came or not."""
+    async with FunctionProxy(NoFunctions(), port=0) as proxy:
+        port = proxy.port
+        with pytest.raises(OSError, match="in use"):
+            async with FunctionProxy(NoFunctions(), port=port):
+                pass
+        calls = [post(session, f"http://127.0.0.1:{port}/a/f{i}", {}) for i in range(5)]
+        answers = await asyncio.gather(*calls)
+        assert [(code, body["code"]) for code, body, _ in answers] == [(404, "UnknownFunction")] * 5
+    for _ in range(2):  # once after serving, once never called
+        async with FunctionProxy(NoFunctions(), port=port) as again:
+            assert again.port == port
+
+
 def proxy_port_closed() -> int:
     """A local port nothing listens on (bound, then released)."""
     with socket.socket() as sock:

@@ -227,6 +227,108 @@ def test_registry_whose_credentials_are_missing_is_refused() -> None:
         render(_app(registries=[{"name": "company", "version": "1"}]), namespace="edge")
 
 
+def test_two_registries_with_one_address_are_refused() -> None:
+    """The dockerconfigjson keeps one login per address: a second registry at the same address
+    would replace the first without a word, so the app is refused naming both."""
+    base = _app(registries=[{"name": "a", "version": "1"}, {"name": "b", "version": "1"}])
+    same = {"address": "registry.example.com:5000", "username": "robot"}
+    app = AppSpec(
+        base.name,
+        base.version,
+        base.spec,
+        base.configs,
+        base.secrets,
+        registries={"a": {**same, "password": "pw-a"}, "b": {**same, "password": "pw-b"}},
+    )
+    with pytest.raises(ManifestError) as caught:
+        render(app, namespace="edge")
+    message = str(caught.value)
+    assert "registries 'a' and 'b', which both log in to 'registry.example.com:5000'" in message
+    assert "pw-" not in message
+    public = AppSpec(
+        base.name,
+        base.version,
+        base.spec,
+        base.configs,
+        base.secrets,
+        registries={
+            "a": {**same, "password": "pw-a"},
+            "b": {**same, "username": "", "password": ""},
+        },
+    )
+    objects = _by_kind(render(public, namespace="edge"))  # a public one logs in to nothing
+    config = json.loads(
+        base64.b64decode(objects[("Secret", "web-image-pull")]["data"][".dockerconfigjson"])
+    )
+    assert base64.b64decode(config["auths"]["registry.example.com:5000"]["auth"]) == b"robot:pw-a"
+
+
+def test_two_volumes_of_one_source_share_its_object() -> None:
+    """A config, secret or certificate mounted by two volumes is rendered once and both pod
+    volumes name it (Kubernetes allows it); objects of different sources that would share a name
+    are still refused."""
+    base = _app()
+    spec = {
+        **base.spec,
+        "volumes": [
+            {"name": f"{kind}-{n}", kind: {"name": "x", "version": "1"}}
+            for kind in ("config", "secret", "certificate")
+            for n in (1, 2)
+        ],
+    }
+    spec["services"] = [
+        {
+            "name": "web",
+            "image": "nginx:1.27",
+            "volumeMounts": [
+                {"name": volume["name"], "mountPath": f"/m/{volume['name']}"}
+                for volume in spec["volumes"]
+            ],
+        }
+    ]
+    app = AppSpec(
+        base.name,
+        base.version,
+        spec,
+        configs={"x": {"a": "1"}},
+        secrets={"x": {"s": "2"}},
+        certificates={"x": {"tls.crt": "C", "tls.key": "K"}},
+    )
+    objects = render(app, namespace="edge")
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Deployment", "web"),
+        ("ConfigMap", "web-x"),
+        ("Secret", "web-x"),
+        ("Secret", "web-cert-x"),
+    ]
+    for obj in objects:
+        _validated(obj)
+    assert objects[0]["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "config-1", "configMap": {"name": "web-x"}},
+        {"name": "config-2", "configMap": {"name": "web-x"}},
+        {"name": "secret-1", "secret": {"secretName": "web-x"}},
+        {"name": "secret-2", "secret": {"secretName": "web-x"}},
+        {"name": "certificate-1", "secret": {"secretName": "web-cert-x"}},
+        {"name": "certificate-2", "secret": {"secretName": "web-cert-x"}},
+    ]
+    clash = {
+        **spec,
+        "volumes": [
+            {"name": "s", "secret": {"name": "cert-x", "version": "1"}},
+            {"name": "c", "certificate": {"name": "x", "version": "1"}},
+        ],
+    }
+    clashing = AppSpec(
+        base.name,
+        base.version,
+        clash,
+        secrets={"cert-x": {"s": "2"}},
+        certificates=app.certificates,
+    )
+    with pytest.raises(ManifestError, match="renders two Secret objects named 'web-cert-x'"):
+        render(clashing, namespace="edge")
+
+
 def test_certificate_volume_becomes_a_tls_secret() -> None:
     """A certificate volume is a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) mounted in
     the pod; new certificate data changes the template hash, so pods roll."""

@@ -207,7 +207,7 @@ async def test_the_local_endpoint_reads_and_reports_properties(tmp_path: Path) -
     props = make(tmp_path, reports)
     props.desire({"region": "eu"})
     async with (
-        FunctionProxy(NoFunctions(), port=0, routes=property_routes(props)) as proxy,
+        FunctionProxy(NoFunctions(), port=0, routes=lambda: property_routes(props)) as proxy,
         aiohttp.ClientSession() as http,
     ):
         url = f"http://127.0.0.1:{proxy.port}/node/properties"

@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import yaml
 
 from management.cli import main
 from management.cli.client import DEFAULT_URL, ClientError, resolve_endpoint
+from management.cli.resources import KINDS, render_table
 from management.store import Kind
 from tests.management.api_samples import key_and_certificate, sample
 from tests.management.conftest import RunningCloud
@@ -449,3 +451,16 @@ def test_node_get_shows_each_apps_reported_status_and_cause() -> None:
     ]
     assert table(render_app_statuses(node))[0] == ["APP", "VERSION", "STATUS", "CAUSE"]
     assert render_app_statuses({"name": "idle", "apps": [], "report": {}}) == ""
+
+
+@pytest.mark.parametrize(
+    ("seconds", "age"),
+    [(5, "5s"), (59, "59s"), (60, "1m"), (119, "1m"), (120, "2m"), (3599, "59m"),
+     (3600, "1h"), (86399, "23h"), (86400, "1d"), (3 * 86400 + 5, "3d")],
+)  # fmt: skip
+def test_the_age_column_uses_the_largest_unit_that_fits(seconds: int, age: str) -> None:
+    """AGE reads alike across a list: 119 s shows as 1m beside 2m, never as 119s."""
+    created = datetime.now(UTC) - timedelta(seconds=seconds, milliseconds=300)
+    item = {"name": "gw-1", "createTime": created.isoformat().replace("+00:00", "Z")}
+    header, row = table(render_table(KINDS["node"], [item]))
+    assert row[header.index("AGE")] == age

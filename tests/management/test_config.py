@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from management.config import ConfigError, LogLevel, Settings, load_settings
+from management.config import BrokerSettings, ConfigError, LogLevel, Settings, load_settings
 
 
 def _write(path: Path, text: str) -> Path:
@@ -83,6 +83,31 @@ def test_removed_sharing_key_on_the_command_line(tmp_path: Path) -> None:
     """--set bus.sharing=shared (what export-config used to print for EMQX) is refused too."""
     with pytest.raises(ConfigError, match=r"'bus\.sharing' was removed"):
         load_settings(data_dir=tmp_path, environ={}, overrides=["bus.sharing=shared"])
+
+
+def test_client_and_app_variables_are_not_settings(tmp_path: Path) -> None:
+    """The README exports BAETYL_API_TOKEN/URL in the shell that runs the cloud's commands:
+    the client's variables and other programs' BAETYL_* names are no settings."""
+    from management.cli.client import CONFIG_ENV, TOKEN_ENV, URL_ENV
+
+    env = {
+        URL_ENV: "http://127.0.0.1:9004",
+        TOKEN_ENV: "bt_0123456789ab_x",
+        CONFIG_ENV: "/nowhere/client.toml",
+        "BAETYL_APP_NAME": "web",  # what the agent gives the apps it starts
+        "BAETYL_FUNCTION_PORT": "50080",
+        "BAETYL_BROKER__PORT": "2000",
+    }
+    settings = load_settings(data_dir=tmp_path, environ=env)
+    assert settings == Settings(data_dir=tmp_path, broker=BrokerSettings(port=2000))
+
+
+def test_a_setting_with_one_underscore_is_refused(tmp_path: Path) -> None:
+    """BAETYL_BROKER_PORT looks like a setting with a typo: refused with the right name."""
+    with pytest.raises(ConfigError, match=r"BAETYL_BROKER_PORT .*BAETYL_BROKER__PORT"):
+        load_settings(data_dir=tmp_path, environ={"BAETYL_BROKER_PORT": "1"})
+    with pytest.raises(ConfigError, match=r"BAETYL_API__HOST"):
+        load_settings(data_dir=tmp_path, environ={"BAETYL_API_HOST": "127.0.0.2"})
 
 
 def test_bad_value_names_key_and_fix(tmp_path: Path) -> None:

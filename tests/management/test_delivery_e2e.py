@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from management.store import Kind
+from management.store import Kind, Resource
 from tests.management.api_samples import key_and_certificate
 from tests.management.conftest import Api, RunningCloud
 from tests.management.test_matching_e2e import (  # noqa: F401 # connect_node is a fixture
@@ -212,3 +212,109 @@ async def test_a_certificate_shows_its_ca_but_never_its_key(api: Api) -> None:
     }
     status, answer = await api.call("POST", "/certificates", bad)
     assert (status, answer["field"]) == (400, "data.ca"), answer
+
+
+async def test_registries_are_refused_on_native_and_function_apps(api: Api) -> None:
+    """Only a container app pulls images: registries on another type are 400 naming the field,
+    on create and on update; an empty list names none and is accepted."""
+    await create(api, "registries", registry())
+    native = {"name": "sensor", "selector": "site=x", "type": "native",
+              "services": [{"name": "s", "command": ["/usr/bin/sensor"]}]}  # fmt: skip
+    handlers = [{"name": "h", "handler": "m.f"}]
+    function = {"name": "rules", "selector": "site=x", "type": "function",
+                "services": [{"name": "f", "handlers": handlers}]}  # fmt: skip
+    for body in (native, function):
+        status, answer = await api.call(
+            "POST", "/apps", {**body, "registries": [{"name": "company"}]}
+        )
+        assert (status, answer["code"], answer["field"]) == (400, "ValidationFailed", "registries")
+        assert "registries apply only to container apps" in answer["message"], answer
+        await create(api, "apps", {**body, "registries": []})
+    await create(api, "apps", {**app("web", "site=x"), "registries": [{"name": "company"}]})
+    moved = {**native, "name": "web", "registries": [{"name": "company"}]}
+    status, answer = await api.call("PUT", "/apps/web", moved)
+    assert (status, answer["field"]) == (400, "registries"), answer
+    assert (await api.call("GET", "/apps/web"))[1]["type"] == "container"
+
+
+async def test_a_stored_native_app_with_registries_leaks_no_password(
+    cloud: RunningCloud,
+    api: Api,
+    connect_node: ConnectNode,  # noqa: F811
+) -> None:
+    """A native app stored with registries before the API refused them: its spec names none,
+    the node is refused the registry, the registry's updates do not bump it and it is not in
+    use."""
+    node = await node_at(api, connect_node, "gw-1", site="x")
+    await create(api, "registries", registry())
+    body = {"selector": "site=x", "type": "native", "replicas": 1, "workload": "deployment",
+            "hostNetwork": False, "services": [{"name": "s", "command": ["/usr/bin/sensor"]}],
+            "registries": [{"name": "company"}]}  # fmt: skip
+    stored = await cloud.context.store.create(Resource("default", Kind.APP, "sensor", body=body))
+    await cloud.context.matcher.after_app_change("default", None, stored)
+    assert await node.apps() == [ref("sensor", 1)]
+    spec = await node.spec("app", "sensor", "1")
+    assert "registries" not in spec
+    await node.refused("registry", "company", "1")
+    await update(api, "registries", registry(password="rotated"))
+    await node.nothing()
+    assert (await api.call("GET", "/apps/sensor"))[1]["version"] == "1"
+    assert (await api.call("DELETE", "/registries/company"))[0] == 204  # not in use
+
+
+async def test_an_app_cannot_name_two_registries_at_one_address(api: Api) -> None:
+    """An image pull secret holds one login per address: an app naming two registries at the
+    same address is 400 on the second, and a registry cannot move to the address of another
+    registry an app using it names."""
+    await create(api, "registries", registry("a"))
+    await create(api, "registries", registry("b"))
+    await create(api, "registries", {**registry("c"), "address": "other.example.com"})
+    both = {**app("web", "site=x"), "registries": [{"name": "c"}, {"name": "a"}, {"name": "b"}]}
+    status, answer = await api.call("POST", "/apps", both)
+    assert (status, answer["code"], answer["field"]) == (400, "BadRequest", "registries[2].name")
+    assert answer["message"] == (
+        "registries[2].name: the registry 'b' has the address 'registry.example.com:5000/ot', as "
+        "registries[1] has; an image pull secret holds one login per address, so name only one "
+        "of them."
+    )
+    await create(
+        api, "apps", {**app("web", "site=x"), "registries": [{"name": "a"}, {"name": "c"}]}
+    )
+    status, answer = await api.call("PUT", "/registries/c", registry("c"))
+    assert (status, answer["field"]) == (400, "address"), answer
+    assert "the app 'web' pulls with this registry and with the registry 'a'" in answer["message"]
+    status, kept = await api.call("GET", "/registries/c")
+    assert (kept["address"], kept["version"]) == ("other.example.com", "1")
+    await update(api, "registries", registry("b", "x"))  # no app names b with a
+
+
+async def test_a_private_key_is_refused_in_a_certificate_field(
+    cloud: RunningCloud, api: Api
+) -> None:
+    """cryptography's loaders skip blocks that are not certificates: a PRIVATE KEY block among
+    the certificates of data.ca or data.certificate is refused naming the field, never stored
+    (it would be shown in clear and mounted world-readable); so is text between blocks."""
+    body = certificate()
+    key, cert, ca = body["data"]["key"], body["data"]["certificate"], body["data"]["ca"]
+    cases = [
+        ("data.ca", {"ca": ca + key + ca}, "holds a 'PRIVATE KEY' block"),
+        ("data.certificate", {"certificate": cert + key + ca}, "holds a 'PRIVATE KEY' block"),
+        ("data.ca", {"ca": ca + key.replace("PRIVATE KEY", "EC PRIVATE KEY") + ca},
+         "holds a 'EC PRIVATE KEY' block"),
+        ("data.ca", {"ca": ca + "Bag Attributes: leaked\n" + ca}, "holds text outside"),
+        ("data.certificate", {"certificate": cert.replace("-----END CERTIFICATE-----",
+                                                           key + "-----END CERTIFICATE-----")},
+         "or a block that is not well formed"),
+    ]  # fmt: skip
+    for field, change, message in cases:
+        sent = {**body, "data": {**body["data"], **change}}
+        status, answer = await api.call("POST", "/certificates", sent)
+        assert (status, answer["code"], answer["field"]) == (400, "BadRequest", field), answer
+        assert message in answer["message"], answer
+        assert "MII" not in answer["message"]
+    assert (await api.call("GET", "/certificates"))[1]["total"] == 0
+    chain = {**body, "data": {**body["data"], "certificate": cert + ca}}
+    created = await create(api, "certificates", chain)
+    assert created["data"]["certificate"] == cert + ca  # a chain: the certificate, then its CA
+    rows = cloud.database.execute("SELECT body FROM resources WHERE kind='certificate'")
+    assert "PRIVATE KEY" not in json.dumps(rows)

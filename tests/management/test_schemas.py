@@ -30,8 +30,11 @@ def _example(schema: str, /, **changes: Any) -> dict[str, Any]:
 
 
 def _app(*, service: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
-    """The example app with its one service replaced by ``service`` when given."""
+    """The example app with its one service replaced by ``service`` when given; an app of
+    another type than container drops the example's registries unless they are given."""
     body = _example("AppWrite", **changes)
+    if body.get("type", "container") != "container" and "registries" not in changes:
+        del body["registries"]
     if service is not None:
         body["services"] = [service]
     return body
@@ -173,6 +176,24 @@ def test_validate_fills_top_level_defaults_without_touching_the_body() -> None:
 def test_native_and_function_apps_are_accepted(kind: str, service: dict[str, Any]) -> None:
     """The other two app types validate with their own service shapes."""
     validate("AppWrite", _app(type=kind, service=service, volumes=[]))
+
+
+@pytest.mark.parametrize(
+    ("kind", "service"),
+    [
+        ("native", {"name": "sensor", "command": ["/usr/bin/python3", "-m", "sensor"]}),
+        ("function", {"name": "rules", "handlers": [{"name": "f", "handler": "rules.f"}]}),
+    ],
+)
+def test_registries_belong_to_container_apps_only(kind: str, service: dict[str, Any]) -> None:
+    """A native or function app pulls no images: naming registries is refused on the field (an
+    empty list names none); a container app may name them."""
+    body = _app(type=kind, service=service, volumes=[], registries=[{"name": "company"}])
+    failure = _refused("AppWrite", body)
+    assert failure.field == "registries"
+    assert "registries apply only to container apps" in failure.message
+    validate("AppWrite", {**body, "registries": []})
+    validate("AppWrite", _app(registries=[{"name": "company"}]))
 
 
 # --- refusals -----------------------------------------------------------------------------------
