@@ -140,6 +140,8 @@ async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, An
                         field=f"volumes[{index}].{source.value}.name",
                     )
         await _check_registries(ctx, namespace, body.get("registries") or [])
+        if body.get("type") == "function":
+            _check_function_code(body)
     if kind is Kind.REGISTRY:
         await _check_address_of_used(ctx, namespace, str(body["name"]), str(body["address"]))
 
@@ -184,8 +186,6 @@ async def _check_address_of_used(ctx: ApiContext, namespace: str, name: str, add
                     f"one of them from the app's registries first.",
                     field="address",
                 )
-        if body.get("type") == "function":
-            _check_function_code(body)
 
 
 def _check_function_code(app: dict[str, Any]) -> None:
