@@ -453,8 +453,9 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             )
         except (TimeoutError, PacketTooLarge) as exc:
             await close_quietly(writer)
+            why = str(exc) or f"none came within {self._connect_timeout:g} s"
             raise AMQTTError(
-                f"no valid CONNECT from {remote_address}:{remote_port}: {exc}"
+                f"no valid CONNECT from {remote_address}:{remote_port}: {why}"
             ) from exc
         except MQTTError:
             await close_quietly(writer)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
-from amqtt.errors import ProtocolHandlerError
+from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.packet import (
@@ -60,6 +60,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OutgoingApplicationMessage
 
 from broker.acl import valid_topic
+from broker.connect import CONNACK_UNACCEPTABLE_VERSION, protocol_refusal, read_packet
 from broker.events import DisconnectReason
 from broker.packets import (
     MalformedPacket,
@@ -213,6 +214,40 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
     subscription_limit: SubscriptionLimit | None = None
     on_queue_drop: Callable[[], None] = staticmethod(lambda: None)  # a full queue dropped one
     max_packet_size: int = 256 * 1024
+
+    # -- CONNECT ------------------------------------------------------------------------------
+
+    @classmethod
+    async def init_from_connect(
+        cls,
+        reader: Any,
+        writer: Any,
+        plugins_manager: Any,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> tuple[HardenedHandler, Any]:
+        """amqtt's, after the CONNECT is read whole and any version but 3.1.1 refused (see
+        ``broker.connect``): stock parsed an MQTT 5 CONNECT as 3.1.1 and hung until the timeout."""
+        host, port = writer.get_peer_info() or ("?", "?")
+        packet = await read_packet(reader)
+        refusal = protocol_refusal(packet)
+        if refusal is not None:
+            if refusal.answer:
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    writer.write(CONNACK_UNACCEPTABLE_VERSION)
+                    await writer.drain()
+            await close_quietly(writer)
+            raise MQTTError(f"refused CONNECT from {host}:{port}: {refusal.reason}")
+        try:
+            handler, session = await super().init_from_connect(
+                BufferReader(packet), writer, plugins_manager, loop
+            )
+        except NoDataError:  # the buffer ran out: the CONNECT is shorter than its fields say
+            await close_quietly(writer)
+            raise MQTTError(
+                f"refused CONNECT from {host}:{port}: it is shorter than its fields say; "
+                "closed without a CONNACK"
+            ) from None
+        return handler, session
 
     # -- sending ------------------------------------------------------------------------------
 

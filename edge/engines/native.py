@@ -56,7 +56,7 @@ from edge.engines.appdir import (
 from edge.engines.base import AppSpec, AppStatus, InstanceState, InstanceStatus
 from edge.engines.plan import Plan, Service, SpecError, Workload, check_file_name, env_suffix
 from edge.engines.processes import Exit, Process, poll, spawn, stop, sweep_group
-from edge.functions import PORT_FILE_ENV
+from edge.functions import PORT_FILE_ENV, startup_error_file
 
 __all__ = ["NativeEngine"]
 
@@ -66,6 +66,7 @@ _AGENT_ENV: Final = ("PATH", "HOME", "LANG")
 _DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 _UNSUPPORTED: Final = {"container": "container apps need the kube engine"}
 _LOCALHOST: Final = "127.0.0.1"
+_MAX_CAUSE: Final = 500  # characters of a runtime's startup error kept in a reported cause
 # The app's state is its worst instance's.
 _RANK: Final = {
     InstanceState.SUCCEEDED: 0,
@@ -408,8 +409,9 @@ class NativeEngine:
     def _exited(self, app: _App, instance: _Instance, ended: Exit, now: float) -> None:
         if instance.process is not None:
             sweep_group(instance.process)
+        reason = None if ended.succeeded else _startup_error(instance)
         instance.process = None
-        instance.cause = ended.describe()
+        instance.cause = ended.describe() + (f": {reason}" if reason else "")
         if instance.launch.job and ended.succeeded:
             instance.state = InstanceState.SUCCEEDED
             log.info("app %s: %s succeeded", app.name, instance.name)
@@ -537,6 +539,22 @@ def _listening_port(instance: _Instance) -> int | None:
     except (OSError, ValueError):
         return None  # not listening yet
     return port if 0 < port < 65536 else None
+
+
+def _startup_error(instance: _Instance) -> str | None:
+    """Why the instance's function runtime could not start (a handler that cannot be imported),
+    as its current process wrote it next to its port file; None for any other program."""
+    port_file = instance.launch.env.get(PORT_FILE_ENV)
+    if not port_file or instance.process is None:
+        return None
+    path = startup_error_file(Path(port_file))
+    try:
+        if path.stat().st_mtime < instance.process.started_at - 1.0:
+            return None  # left by an earlier process
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    return " ".join(text.split())[:_MAX_CAUSE] or None
 
 
 def _restore(instance: _Instance, saved: InstanceRecord) -> None:

@@ -13,6 +13,7 @@ from edge.functions.runtime import (
     TIMEOUT_ENV,
     RuntimeConfigError,
     runtime_command,
+    startup_error_file,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "FunctionProxy",
     "RuntimeConfigError",
     "runtime_command",
+    "startup_error_file",
 ]

@@ -71,11 +71,17 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     invoke_id = request.headers.get(INVOKE_ID_HEADER) or uuid.uuid4().hex
     headers = {INVOKE_ID_HEADER: invoke_id}
-    if request.content_type and body:
-        headers["Content-Type"] = request.headers.get("Content-Type", request.content_type)
+    # The caller's content type as it is, or none: aiohttp would make a missing one
+    # application/octet-stream (raw bytes to the handler), and the runtime tells them apart.
+    content_type = request.headers.get("Content-Type")
+    if content_type and body:
+        headers["Content-Type"] = content_type
+    skip = () if "Content-Type" in headers else ("Content-Type",)
     url = f"http://{host}:{port}/{function}"
     try:
-        async with request.app[_SESSION].post(url, data=body, headers=headers) as answer:
+        async with request.app[_SESSION].post(
+            url, data=body, headers=headers, skip_auto_headers=skip
+        ) as answer:
             content = await answer.read()
             return web.Response(
                 status=answer.status,

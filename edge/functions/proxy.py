@@ -3,10 +3,10 @@
 Programs on the node call the functions of the node's function apps through one address
 (``127.0.0.1:50080`` unless configured). The proxy asks a :class:`FunctionLocator` (the native
 engine) where the runtime serving the function listens and forwards the body and its content
-type; the runtime's answer comes back as it is. The proxy's own errors are JSON
-``{"code", "message"}``: 404 ``UnknownFunction`` (no such app or function on this node), 503
-``FunctionUnavailable`` (its runtime is not listening, e.g. starting or restarting) and 504
-``FunctionTimeout`` (no answer within the proxy's timeout).
+type (none if the caller sent none); the runtime's answer comes back as it is. The proxy's own
+errors are JSON ``{"code", "message"}``: 404 ``UnknownFunction`` (no such app or function on
+this node), 503 ``FunctionUnavailable`` (its runtime is not listening, e.g. starting or
+restarting) and 504 ``FunctionTimeout`` (no answer within the proxy's timeout).
 
 The same address serves the agent's other local routes (``routes``, e.g. the node properties
 of ``edge.properties``), matched before the function route; they use methods other than POST,

@@ -18,17 +18,29 @@ what to serve through the environment:
 ``BAETYL_APP_NAME``
     The app's name, passed to the handlers in their context.
 
-``POST /<function>`` calls ``handler(event, context)``. The event is the body: parsed when its
-content type is JSON, ``None`` when it is empty, the raw ``bytes`` otherwise. The context is a
+``POST /<function>`` calls ``handler(event, context)``. The event is the body:
+
+* ``None`` when the body is empty;
+* the raw ``bytes`` when the content type is ``application/octet-stream``;
+* the parsed JSON value when the content type is JSON (``application/json``, ``*+json``); a body
+  that does not parse is answered 400 ``BadRequest``;
+* under any other content type, or none (``curl -d`` sends ``application/x-www-form-urlencoded``),
+  the parsed JSON value if the body is UTF-8 JSON; otherwise 415 ``UnsupportedMediaType``, saying
+  to send JSON, or bytes as ``application/octet-stream``.
+
+So a handler gets JSON values unless the caller asks for bytes by name. The context is a
 dict of ``functionName``, ``appName`` and ``invokeId`` (the request's ``X-Baetyl-Invoke-Id``, or
 a new one). The result is answered 200 as JSON (``bytes`` are answered as they are). Errors are
-JSON ``{"code", "message"}``: 404 ``UnknownFunction``, 400 ``BadRequest``, 500 ``FunctionError``
+JSON ``{"code", "message"}``: 404 ``UnknownFunction``, 400 ``BadRequest``, 415
+``UnsupportedMediaType``, 500 ``FunctionError``
 (the exception's type and message; the traceback goes to the log only) and 504
 ``FunctionTimeout``. Each call runs in a thread of its own, so a slow handler never blocks the
 server; one that overruns its timeout is left to finish in the background.
 
 A handler that cannot be imported stops the runtime with exit code 1 and a log line saying why,
-so the engine reports the app Failed and retries with back-off.
+so the engine reports the app Failed and retries with back-off. The reason is also written next
+to the port file (:func:`startup_error_file`), where the engine reads it into the cause it
+reports, so ``baetyl node get`` says why.
 """
 
 from __future__ import annotations
@@ -64,6 +76,7 @@ __all__ = [
     "load_handlers",
     "main",
     "runtime_command",
+    "startup_error_file",
 ]
 
 FUNCTIONS_ENV: Final = "BAETYL_FUNCTIONS"
@@ -93,6 +106,11 @@ class Handler:
     name: str
     target: str
     call: Function
+
+
+def startup_error_file(port_file: Path) -> Path:
+    """Where the runtime whose port file is ``port_file`` writes why it could not start."""
+    return port_file.with_name(port_file.name + ".error")
 
 
 def runtime_command() -> tuple[str, ...]:
@@ -269,23 +287,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             )
             return
         content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        event: Any
-        if not raw:
-            event = None
-        elif content_type == "application/json" or content_type.endswith("+json"):
-            try:
-                event = json.loads(raw)
-            except ValueError as exc:
-                self._send(
-                    *_error(
-                        HTTPStatus.BAD_REQUEST,
-                        "BadRequest",
-                        f"The body is not valid JSON ({exc}); fix it or send another content type.",
-                    )
-                )
-                return
-        else:
-            event = raw
+        event = _event(raw, content_type)
+        if isinstance(event, _Refusal):
+            self._send(*event.answer)
+            return
         invoke_id = self.headers.get(INVOKE_ID_HEADER) or uuid.uuid4().hex
         self._send(*self.server.invoke(handler, event, invoke_id), invoke_id=invoke_id)
 
@@ -304,6 +309,43 @@ class _RequestHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A body the runtime does not hand to the handler, and the error answered instead."""
+
+    answer: tuple[int, bytes, str]
+
+
+def _event(raw: bytes, content_type: str) -> Any:
+    """The handler's event for a body of ``content_type`` (the rule in the module docstring)."""
+    if not raw:
+        return None
+    if content_type == "application/octet-stream":
+        return raw
+    declared = content_type == "application/json" or content_type.endswith("+json")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        if declared:
+            return _Refusal(
+                _error(
+                    HTTPStatus.BAD_REQUEST,
+                    "BadRequest",
+                    f"The body is not valid JSON ({exc}); fix it, or send it as "
+                    "Content-Type: application/octet-stream to get the raw bytes.",
+                )
+            )
+    shown = content_type or "no Content-Type"
+    return _Refusal(
+        _error(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            f"The body ({shown}) is not JSON; send JSON (Content-Type: application/json), or "
+            "raw bytes with Content-Type: application/octet-stream.",
+        )
+    )
+
+
 def _error(status: HTTPStatus, code: str, message: str) -> tuple[int, bytes, str]:
     body = json.dumps({"code": code, "message": message}).encode()
     return int(status), body, "application/json"
@@ -311,10 +353,15 @@ def _error(status: HTTPStatus, code: str, message: str) -> tuple[int, bytes, str
 
 def _write_port(path: Path, port: int) -> None:
     """Write ``port`` to ``path`` through a rename, so a reader never sees half of it."""
+    _write_text(path, f"{port}\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a rename, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as file:
-        file.write(f"{port}\n")
+        file.write(text)
     os.replace(tmp, path)
 
 
@@ -338,8 +385,15 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         )
     except (RuntimeConfigError, ValueError, OSError) as exc:
         log.error("the function runtime cannot start: %s", exc)
+        if env.get(PORT_FILE_ENV):
+            try:
+                _write_text(startup_error_file(Path(env[PORT_FILE_ENV])), str(exc))
+            except OSError as error:
+                log.error("cannot write why to %s: %s", env[PORT_FILE_ENV], error)
         return 1
     port_file = Path(env[PORT_FILE_ENV]) if env.get(PORT_FILE_ENV) else None
+    if port_file is not None:
+        startup_error_file(port_file).unlink(missing_ok=True)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(0)

@@ -15,6 +15,7 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
+    "Unprocessable",
 ]
 
 
@@ -58,6 +59,13 @@ class Conflict(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "PayloadTooLarge"
+
+
+class Unprocessable(ApiError):
+    """A body of the right shape that asks for what cannot work (a node could not run it)."""
+
+    status = 422
+    code = "Unprocessable"
 
 
 class Unavailable(ApiError):

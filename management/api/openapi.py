@@ -31,6 +31,8 @@ _READ = {
     "CertificateWrite": "Certificate",
 }
 _LIST = {"Secret": "SecretList"}
+# The kinds whose writes are also checked for what cannot work (422): apps (routes._check).
+_SEMANTIC: dict[str, tuple[int, ...]] = {"app": (422,)}
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
@@ -40,6 +42,8 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         404: "No such resource in the token's namespace.",
         409: "The name is taken, the version is stale, or the resource is in use.",
         413: "The body is over 2 MiB.",
+        422: "The body has the right shape but cannot work (e.g. a function app whose code "
+        "config no volume mounts); `field` names what to fix.",
         503: "The database is unavailable; retry after `Retry-After` seconds.",
     }
     retry_after = {
@@ -120,7 +124,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _body(write),
                 "responses": {
                     "201": _json(read, "Created."),
-                    **_error_responses(400, 401, 409, 413, 503),
+                    **_error_responses(400, 401, 409, 413, *_SEMANTIC.get(kind, ()), 503),
                 },
             },
         }
@@ -140,7 +144,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _body(write),
                 "responses": {
                     "200": _json(read, "Updated."),
-                    **_error_responses(400, 401, 404, 409, 413, 503),
+                    **_error_responses(400, 401, 404, 409, 413, *_SEMANTIC.get(kind, ()), 503),
                 },
             },
             "delete": {

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 
 from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
-from management.api.errors import BadRequest, Conflict
+from management.api.errors import BadRequest, Conflict, Unprocessable
 from management.api.schemas import COMPONENTS, ValidationFailed, validate
 from management.api.views import INSTALL_GENERATION, stored_body, view
 from management.matching import (
@@ -140,6 +140,8 @@ async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, An
                         field=f"volumes[{index}].{source.value}.name",
                     )
         await _check_registries(ctx, namespace, body.get("registries") or [])
+        if body.get("type") == "function":
+            _check_function_code(body)
     if kind is Kind.REGISTRY:
         await _check_address_of_used(ctx, namespace, str(body["name"]), str(body["address"]))
 
@@ -183,6 +185,34 @@ async def _check_address_of_used(ctx: ApiContext, namespace: str, name: str, add
                     "pull secret holds one login per address: give another address, or remove "
                     f"one of them from the app's registries first.",
                     field="address",
+                )
+
+
+def _check_function_code(app: dict[str, Any]) -> None:
+    """Each handler's code must be in a config volume of the app, as the node's engine finds it
+    (edge/engines/plan.py): the config its ``codeConfig`` names (by config name, else by volume
+    name), or, without one, any config volume. Otherwise the app is stored, and the node shows
+    it failed and answers its calls 404, with the reason only in the node's stats."""
+    volumes = [v for v in app.get("volumes") or [] if isinstance(v.get("config"), dict)]
+    held = {str(v["config"].get("name")) for v in volumes} | {str(v.get("name")) for v in volumes}
+    for i, service in enumerate(app.get("services") or []):
+        for j, handler in enumerate(service.get("handlers") or []):
+            function, config = handler.get("name"), handler.get("codeConfig")
+            field = f"services[{i}].handlers[{j}].codeConfig"
+            if config is not None and str(config) not in held:
+                raise Unprocessable(
+                    f"{field}: the function {function!r} takes its code from the config "
+                    f"{config!r}, which no volume of the app mounts, so the node could not run "
+                    f'it; add {{"name": "code", "config": {{"name": "{config}"}}}} to volumes.',
+                    field=field,
+                )
+            if config is None and not volumes:
+                raise Unprocessable(
+                    f"{field}: the function {function!r} names no codeConfig and the app mounts "
+                    "no config, so the node would find no code for it; put its module in a "
+                    'config, mount it (volumes: [{"name": "code", "config": {"name": '
+                    '"<config>"}}]) and name it in codeConfig.',
+                    field=field,
                 )
 
 

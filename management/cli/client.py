@@ -4,6 +4,7 @@ kubectl-like commands over the management REST API, synchronous, on ``urllib``::
 
     baetyl app list [--selector S] [--name N] [-o table|json|yaml]
     baetyl app get NAME [-o ...]
+    baetyl node get NAME             # the node, then its apps' status and cause as reported
     baetyl app create -f FILE        # POST each object
     baetyl app apply -f FILE         # POST, or PUT if it exists (nothing if it is the same)
     baetyl app delete NAME [NAME...]
@@ -45,6 +46,7 @@ from management.cli.resources import (
     ResourceKind,
     load_manifests,
     render,
+    render_app_statuses,
     render_properties,
     render_table,
     server_fields,
@@ -431,6 +433,8 @@ def _get(args: argparse.Namespace) -> int:
     _show(kind, [item], item, args.output)
     if kind.word == "node" and args.output == "table" and (properties := render_properties(item)):
         print(f"\n{properties}")
+    if kind.word == "node" and args.output == "table" and (apps := render_app_statuses(item)):
+        print(f"\n{apps}")  # each app's status and cause, as the node last reported them
     return 0
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "kind_named",
     "load_manifests",
     "render",
+    "render_app_statuses",
     "render_properties",
     "render_table",
     "server_fields",
@@ -400,6 +401,49 @@ def render_properties(node: Mapping[str, Any]) -> str:
     ]
     lines += [f"refused {key}: {cause}" for key, cause in sorted(refused.items())]
     return "\n".join(lines)
+
+
+def app_statuses(node: Mapping[str, Any]) -> list[list[str]]:
+    """``[app, version, status, cause]`` for each app the node should run, from what the node
+    last reported (``report.appstats``): an app it has not reported yet is Pending, one still
+    at another version says so."""
+    report = node.get("report") if isinstance(node.get("report"), dict) else {}
+    reported = {
+        str(entry.get("name")): entry
+        for entry in (report or {}).get("appstats") or []
+        if isinstance(entry, dict)
+    }
+    rows = []
+    for app in node.get("apps") or []:
+        if not isinstance(app, dict):
+            continue
+        name, version = str(app.get("name")), str(app.get("version"))
+        entry = reported.get(name)
+        if entry is None:
+            rows.append([name, version, "Pending", "not reported by the node yet"])
+            continue
+        cause = str(entry.get("cause") or "")
+        if str(entry.get("version")) != version:
+            cause = f"version {version} not applied yet" + (f"; {cause}" if cause else "")
+        rows.append(
+            [name, str(entry.get("version")), str(entry.get("status") or "?"), cause or NONE]
+        )
+    return rows
+
+
+def render_app_statuses(node: Mapping[str, Any]) -> str:
+    """The table of a node's apps with their reported status and its cause ('' if none)."""
+    rows = app_statuses(node)
+    if not rows:
+        return ""
+    rows = [["APP", "VERSION", "STATUS", "CAUSE"]] + [
+        [" ".join(c.split()) for c in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def render(value: Any, output: Literal["json", "yaml"]) -> str:

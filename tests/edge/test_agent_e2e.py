@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from edge import TokenCredentials, activate
+from edge.engines.native import NativeEngine
 from shadow import DesiredFollower
 from tests.edge.kube_standin import KubeStandIn
 from tests.management.conftest import Api, RunningCloud
@@ -133,8 +134,8 @@ async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess.Popen[str]]]:
-    """Start `baetyl edge run` on the activated node (more options after its own); everything
-    it started is stopped after."""
+    """Start `baetyl edge run` on the activated node (more options after its own); the agents
+    and every app they started are stopped after."""
     running: list[subprocess.Popen[str]] = []
 
     def start(*options: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -156,6 +157,15 @@ async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess
         if proc.poll() is None:
             proc.kill()
             await asyncio.to_thread(proc.communicate)
+    await stop_left_apps(agent_dir)
+
+
+async def stop_left_apps(state_dir: Path) -> None:
+    """Stop the native apps the agents of ``state_dir`` left running: they outlive their agent
+    by design. An engine adopts them from their ``state.json`` and stops them, as the next agent
+    would on the app's deletion."""
+    async with NativeEngine(state_dir / "native", stop_timeout=2.0) as engine:
+        await engine.stop_all()
 
 
 async def test_agent_runs_the_nodes_apps_end_to_end(

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +35,12 @@ from edge.functions import (
     FunctionProxy,
     runtime_command,
 )
-from tests.edge.test_agent_e2e import agent_dir, until  # noqa: F401 # the fixture is reused
+from tests.edge.test_agent_e2e import (  # noqa: F401 # the fixture is reused
+    activate_node,
+    agent_dir,
+    stop_left_apps,
+    until,
+)
 from tests.management.conftest import Api, RunningCloud
 from tests.support.up import BAETYL
 
@@ -332,11 +339,12 @@ async def test_function_app_without_its_code_config_fails(engine: NativeEngine) 
         engine.function_endpoint("fn", "h")
 
 
-@pytest.fixture
-async def agent_proxy(agent_dir: Path) -> AsyncIterator[str]:  # noqa: F811 # the fixture reused
-    """`baetyl edge run` on an activated node, its proxy on a free port: the proxy's URL."""
+@contextlib.asynccontextmanager
+async def agent_with_proxy(state_dir: Path) -> AsyncIterator[str]:
+    """`baetyl edge run` on the node activated in ``state_dir``, its proxy on a free port: the
+    proxy's URL. The agent and the apps it left running are stopped after."""
     proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; its output is read in a thread
-        [BAETYL, "edge", "run", "--state-dir", str(agent_dir), "--report-interval", "1",
+        [BAETYL, "edge", "run", "--state-dir", str(state_dir), "--report-interval", "1",
          "--functions-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -346,19 +354,15 @@ async def agent_proxy(agent_dir: Path) -> AsyncIterator[str]:  # noqa: F811 # th
         assert line.startswith("function proxy on 127.0.0.1:"), line
         yield "http://" + line.rsplit(" ", 1)[1].strip()
     finally:
-        stop_process(proc)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(_stop_apps, agent_dir)
+        await asyncio.to_thread(stop_process, proc)
+        await stop_left_apps(state_dir)
 
 
-def _stop_apps(state_dir: Path) -> None:
-    """Stop whatever apps the agent left running (they outlive it by design)."""
-
-    async def stop() -> None:
-        async with NativeEngine(state_dir / "native", stop_timeout=2.0) as engine:
-            await engine.stop_all()
-
-    asyncio.run(stop())
+@pytest.fixture
+async def agent_proxy(agent_dir: Path) -> AsyncIterator[str]:  # noqa: F811 # the fixture reused
+    """`baetyl edge run` on the activated node gw-1 (site=x): its proxy's URL."""
+    async with agent_with_proxy(agent_dir) as url:
+        yield url
 
 
 async def test_function_called_through_the_agents_proxy_end_to_end(
@@ -396,3 +400,171 @@ async def test_function_called_through_the_agents_proxy_end_to_end(
         return bool(entries and entries[0]["status"] == "Running")
 
     await until(reported_running, what="the API to show the function app Running")
+
+
+async def test_the_body_rule_json_unless_bytes_are_asked_for(
+    start_runtime: Callable[[str], Awaitable[Runtime]], session: aiohttp.ClientSession
+) -> None:
+    """JSON parses under any content type but octet-stream; a body that is not JSON is 415
+    unless it is sent as bytes (octet-stream) or claims JSON (400)."""
+    runtime = await start_runtime(functions(("echo", "fns.echo")))
+
+    async def call(data: bytes, content_type: str | None) -> tuple[int, Any]:
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        async with session.post(
+            f"{runtime.url}/echo", data=data, headers=headers, skip_auto_headers=["Content-Type"]
+        ) as response:
+            return response.status, await response.json()
+
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+        status, body = await call(b'{"name": "x"}', content_type)
+        assert (status, body["event"]) == (200, {"name": "x"}), content_type
+        status, body = await call(b"name=x", content_type)
+        assert (status, body["code"]) == (415, "UnsupportedMediaType"), content_type
+        shown = content_type or "no Content-Type"
+        assert body["message"] == (
+            f"The body ({shown}) is not JSON; send JSON (Content-Type: application/json), or raw "
+            "bytes with Content-Type: application/octet-stream."
+        )
+    status, body = await call(b'{"name": "x"}', "application/octet-stream")
+    assert (status, body["event"]) == (200, '{"name": "x"}')  # bytes: echo decoded them
+    status, body = await call(b"\xff\xfe", "application/x-www-form-urlencoded")
+    assert (status, body["code"]) == (415, "UnsupportedMediaType")  # not UTF-8: not JSON
+    status, body = await call(b"name=x", "application/json; charset=utf-8")
+    assert (status, body["code"]) == (400, "BadRequest")
+    status, body = await call(b"", None)
+    assert (status, body["event"]) == (200, None)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionExample:
+    """The README's function app example: the file it writes and applies, and each call with
+    the answer the README shows."""
+
+    file_name: str
+    file_text: str
+    apply: list[str]
+    calls: list[tuple[list[str], Any]]
+
+
+def readme_function_example() -> FunctionExample:
+    """The ``function-app`` block of README.md, read as a user pastes it."""
+    text = README.read_text()
+    block = text.split("<!-- example: function-app", 1)[1].split("```sh\n", 1)[1]
+    block = block.split("\n```\n", 1)[0]
+    head, rest = block.split("<<'YAML'\n", 1)
+    file_name = head.rsplit("cat > ", 1)[1].strip()
+    file_text, commands = rest.split("\nYAML\n", 1)
+    lines = [line for line in commands.splitlines() if line.strip()]
+    apply = next(shlex.split(line) for line in lines if line.startswith("baetyl apply"))
+    calls = [
+        (shlex.split(line), json.loads(lines[i + 1].removeprefix("#")))
+        for i, line in enumerate(lines)
+        if line.startswith("curl ")
+    ]
+    return FunctionExample(file_name, file_text + "\n", apply, calls)
+
+
+async def test_a_runtime_that_cannot_start_says_why_in_the_apps_cause(engine: NativeEngine) -> None:
+    """A handler whose module is not in the code config: the app is Failed, and its cause is the
+    runtime's own reason, not only its exit code."""
+    handler = {"name": "f", "handler": "absent.f", "codeConfig": "code"}
+    await engine.apply([function_app([handler], {"hello.py": HELLO})])
+
+    def failed_with_a_reason() -> str | None:
+        (status,) = engine.status()
+        cause = status.cause or ""
+        return cause if status.state is InstanceState.FAILED and ": " in cause else None
+
+    cause = await wait_for(failed_with_a_reason)
+    assert cause == (
+        "exited with code 1: The module 'absent' of function 'f' cannot be imported "
+        "(ModuleNotFoundError: No module named 'absent'); check the code config holds absent.py."
+    )
+
+
+@pytest.fixture
+async def paris_proxy(cloud: RunningCloud, api: Api, tmp_path: Path) -> AsyncIterator[str]:
+    """The README's node: gw-1 labelled site=paris, activated, its agent running: proxy URL."""
+    state = tmp_path / "edge"
+    await activate_node(api, "gw-1", {"site": "paris"}, state)
+    async with agent_with_proxy(state) as url:
+        yield url
+
+
+async def run_command(argv: list[str], env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run ``argv`` without blocking the loop (the cloud answers from it): exit code, stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=None if env is None else {**os.environ, **env},
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_readme_function_example_runs_as_written(
+    api: Api, cloud: RunningCloud, paris_proxy: str, tmp_path: Path
+) -> None:
+    """The README's config and app applied with `baetyl apply`, then its curl calls (with and
+    without Content-Type) answered exactly as the README shows, through a real agent."""
+    example = readme_function_example()
+    assert example.apply == ["baetyl", "apply", "-f", example.file_name]
+    assert len(example.calls) == 3
+    (tmp_path / example.file_name).write_text(example.file_text)
+    env = {"BAETYL_API_URL": cloud.api_url, "BAETYL_API_TOKEN": api.token}
+    code, out = await run_command(
+        [BAETYL, *example.apply[1:-1], str(tmp_path / example.file_name)], env
+    )
+    assert code == 0, out
+    assert "config/greeter-code created" in out
+    assert "app/greeter created" in out
+
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is not installed; apt-get install curl"
+    proxy = paris_proxy.removeprefix("http://")
+
+    async def answer(argv: list[str]) -> Any:
+        argv = [curl, *(arg.replace("localhost:50080", proxy) for arg in argv[1:])]
+        code, out = await run_command(argv)
+        assert code == 0, out
+        return json.loads(out)
+
+    first_call, first_answer = example.calls[0]
+
+    async def served() -> bool:
+        return bool(await answer(first_call) == first_answer)
+
+    await until(served, what="the node to serve the README's function")
+    for argv, expected in example.calls:
+        assert await answer(argv) == expected, argv
+
+    # `baetyl node get` shows each app's status as the node reported it, and why one fails: a
+    # function whose module is not in its (mounted) code config stops its runtime at import.
+    broken = {"name": "broken", "type": "function", "selector": "site=paris",
+              "services": [{"name": "python", "handlers": [
+                  {"name": "f", "handler": "absent.f", "codeConfig": "greeter-code"}]}],
+              "volumes": [{"name": "code", "config": {"name": "greeter-code"}}]}  # fmt: skip
+    assert (await api.call("POST", "/apps", broken))[0] == 201
+
+    async def node_get() -> dict[str, list[str]]:
+        code, out = await run_command([BAETYL, "node", "get", "gw-1"], env)
+        assert code == 0, out
+        sections = [part for part in out.split("\n\n") if part.startswith("APP ")]
+        rows = [line.split(None, 3) for line in "".join(sections).splitlines()]
+        return {row[0]: row[1:] for row in rows[1:]}
+
+    async def both_reported() -> dict[str, list[str]] | None:
+        rows = await node_get()
+        return rows if rows.get("broken", [""] * 2)[1] == "Failed" else None
+
+    rows = await until(both_reported, what="baetyl node get to show the failed app")
+    assert rows["greeter"] == ["1", "Running", "<none>"]
+    assert rows["broken"][:2] == ["1", "Failed"]
+    assert rows["broken"][2].startswith(
+        "exited with code 1: The module 'absent' of function 'f' cannot be imported"
+    ), rows

@@ -160,6 +160,52 @@ async def test_app_volume_must_reference_an_existing_config_or_secret(api: Api) 
     assert body["volumes"] == volumes
 
 
+async def test_function_app_whose_code_no_volume_mounts_is_422(api: Api) -> None:
+    """A handler's codeConfig that no config volume of the app holds (or no codeConfig and no
+    config volume) is refused 422 naming the function, the config and the volume to add, on
+    create and on update; nothing is stored. By config name or by volume name, it is taken."""
+    assert (await api.call("POST", "/configs", {"name": "code", "data": {"m.py": ""}}))[0] == 201
+    handler = {"name": "hello", "handler": "m.hello", "codeConfig": "hello-code"}
+    app = {
+        "name": "fn",
+        "type": "function",
+        "services": [{"name": "python", "handlers": [{"name": "other", "handler": "m.f"},
+                                                      handler]}],
+        "volumes": [{"name": "src", "config": {"name": "code"}}],
+    }  # fmt: skip
+    status, body = await api.call("POST", "/apps", app)
+    assert status == 422, body
+    assert_schema("Error", body)
+    assert body["code"] == "Unprocessable"
+    assert body["field"] == "services[0].handlers[1].codeConfig"
+    assert body["message"] == (
+        "services[0].handlers[1].codeConfig: the function 'hello' takes its code from the config "
+        "'hello-code', which no volume of the app mounts, so the node could not run it; add "
+        '{"name": "code", "config": {"name": "hello-code"}} to volumes.'
+    )
+    assert (await api.call("GET", "/apps/fn"))[0] == 404
+
+    for held in ("code", "src"):  # the config's name, or the volume's
+        handler["codeConfig"] = held
+        status, body = await api.call("POST", "/apps", app)
+        assert status == 201, body
+        assert (await api.call("DELETE", "/apps/fn"))[0] == 204
+
+    assert (await api.call("POST", "/apps", app))[0] == 201
+    handler["codeConfig"] = "hello-code"
+    status, body = await api.call("PUT", "/apps/fn", app)
+    assert (status, body["code"]) == (422, "Unprocessable"), body
+    assert (await api.call("GET", "/apps/fn"))[1]["services"][0]["handlers"][1][
+        "codeConfig"
+    ] == "src"
+
+    del handler["codeConfig"]
+    app["volumes"] = []
+    status, body = await api.call("PUT", "/apps/fn", app)
+    assert (status, body["field"]) == (422, "services[0].handlers[0].codeConfig"), body
+    assert "names no codeConfig and the app mounts no config" in body["message"]
+
+
 async def test_mounted_config_and_secret_cannot_be_deleted(api: Api) -> None:
     """Deleting a config or secret that an app mounts is 409 naming the app; the mounting apps
     are listed under .../apps; once no app mounts it, it can be deleted."""

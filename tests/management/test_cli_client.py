@@ -430,6 +430,29 @@ async def test_client_commands_read_no_cloud_configuration(
     assert (await run("config", "show")).err.startswith("error: ")  # the cloud's command does
 
 
+def test_node_get_shows_each_apps_reported_status_and_cause() -> None:
+    """From the node's view: reported status and cause per desired app; an app not reported yet
+    is Pending, one reported at another version says the desired one is not applied yet."""
+    from management.cli.resources import app_statuses, render_app_statuses
+
+    node = {
+        "name": "gw-1",
+        "apps": [{"name": "web", "version": "3"}, {"name": "fn", "version": "2"},
+                 {"name": "new", "version": "1"}],
+        "report": {"appstats": [
+            {"name": "web", "version": "3", "status": "Running", "cause": ""},
+            {"name": "fn", "version": "1", "status": "Failed", "cause": "exited with code 1"},
+        ]},
+    }  # fmt: skip
+    assert app_statuses(node) == [
+        ["web", "3", "Running", "<none>"],
+        ["fn", "1", "Failed", "version 2 not applied yet; exited with code 1"],
+        ["new", "1", "Pending", "not reported by the node yet"],
+    ]
+    assert table(render_app_statuses(node))[0] == ["APP", "VERSION", "STATUS", "CAUSE"]
+    assert render_app_statuses({"name": "idle", "apps": [], "report": {}}) == ""
+
+
 @pytest.mark.parametrize(
     ("seconds", "age"),
     [(5, "5s"), (59, "59s"), (60, "1m"), (119, "1m"), (120, "2m"), (3599, "59m"),

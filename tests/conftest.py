@@ -1,0 +1,144 @@
+"""What every test is held to: it ends every process it starts.
+
+The native engine's apps outlive the agent by design (a session of their own, re-parented to
+PID 1 once the agent exits), so a test that stops an agent without deleting its apps leaves them
+running after the suite, one more set per run. Two guards catch that, each naming the processes:
+
+* after each test, a process whose working directory, command line or environment names a path
+  under the test's ``tmp_path`` fails the test (an error at its teardown). A node's apps run in
+  their app directory under the agent's state directory, which the tests keep in ``tmp_path``;
+* at the end of the run, a process still descending from pytest, or naming a path under the
+  run's base temporary directory (module and session fixtures keep theirs there), fails the run.
+
+A process is ours only by those paths, unique to this run, never by program name: other runs of
+the same programs may share the machine. What a guard finds is killed after it is reported, so
+one leak does not pile up over runs or break the next test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ("pytester",)  # tests/test_process_guard.py runs the guards in a pytest of its own
+
+_SETTLE = 2.0  # seconds a process stopped at teardown may take to be gone
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of ``pid``, or None if it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1])
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _names(pid: int, root: str) -> bool:
+    """Whether process ``pid`` works in, or names in its command line or environment, ``root``."""
+    prefix = root.rstrip("/") + "/"
+    with contextlib.suppress(OSError):
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        if cwd == prefix.rstrip("/") or cwd.startswith(prefix):
+            return True
+    marker = prefix.encode()
+    for part in ("cmdline", "environ"):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+    return False
+
+
+def _live() -> dict[int, int]:
+    """Every live (not zombie) process: pid -> parent pid."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[0] not in ("Z", "X"):
+                found[int(entry.name)] = stat[1]
+    return found
+
+
+def _descendants(ancestor: int, parents: dict[int, int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found: set[int] = set()
+    todo = [ancestor]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def leaked(root: Path, *, descendants: bool = False) -> dict[int, str]:
+    """The live processes naming a path under ``root`` (and, with ``descendants``, every live
+    process descending from this one), other than this process: pid -> command line."""
+    me = os.getpid()
+    parents = _live()
+    pids = {pid for pid in parents if pid != me and _names(pid, str(root))}
+    if descendants:
+        pids |= _descendants(me, parents)
+    return {pid: _command(pid) for pid in sorted(pids)}
+
+
+def settled_leaks(root: Path, *, descendants: bool = False) -> dict[int, str]:
+    """``leaked``, once processes stopping at teardown had ``_SETTLE`` seconds to be gone."""
+    deadline = time.monotonic() + _SETTLE
+    while (found := leaked(root, descendants=descendants)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _kill(found: dict[int, str]) -> None:
+    for pid in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _report(found: dict[int, str], where: str) -> str:
+    lines = "\n".join(f"  pid {pid}: {command}" for pid, command in found.items())
+    return (
+        f"{where} left {len(found)} process(es) running (killed now); end every process the "
+        f"test starts, e.g. stop an agent's apps (they outlive the agent by design):\n{lines}"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Set up first, so torn down last: after every other fixture of the run."""
+    base = tmp_path_factory.getbasetemp()
+    yield
+    found = settled_leaks(base, descendants=True)
+    _kill(found)
+    assert not found, _report(found, f"The test run (base temporary directory {base})")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Torn down after the test's other fixtures (autouse, so set up before them)."""
+    yield
+    tmp_path = (getattr(request.node, "funcargs", None) or {}).get("tmp_path")
+    if not isinstance(tmp_path, Path):
+        return  # the test had no tmp_path: the end of the run checks it
+    found = settled_leaks(tmp_path)
+    _kill(found)
+    assert not found, _report(found, request.node.nodeid)
