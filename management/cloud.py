@@ -40,7 +40,7 @@ from management.matching import Matcher, NodeResources
 from management.store import ResourceStore, all_migrations
 from management.tokens import TokenSigner
 from shadow import StoreError
-from shadow.server import Bus, EmbeddedBus, MqttBus, ShadowService, TortoiseStore
+from shadow.server import Bus, Database, EmbeddedBus, MqttBus, ShadowService, SqlShadowStore
 
 __all__ = ["Cloud"]
 
@@ -77,7 +77,7 @@ class Cloud:
         stack = self._stack
         try:
             db = await stack.enter_async_context(
-                TortoiseStore.open(settings.database_url, migrations=all_migrations())
+                Database.open(settings.database_url, migrations=all_migrations())
             )
             external = settings.bus.mode is BusMode.EXTERNAL
             bus: Bus
@@ -98,7 +98,7 @@ class Cloud:
             shadow = await stack.enter_async_context(
                 ShadowService(
                     bus,
-                    db,
+                    SqlShadowStore(db),
                     settings.shadow,
                     resources=NodeResources(store, secrets),
                     shared_store=external,
