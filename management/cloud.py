@@ -31,8 +31,7 @@ from aiohttp import web
 
 from broker import EmbeddedBroker, TLSFiles
 from certs import CertificateAuthority, Identity
-from management.activation import create_activation_app
-from management.api import ApiContext, create_app
+from management.api import ApiContext, create_activation_app, create_app
 from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
 from management.config import BusMode, Settings
 from management.crypto import SecretBox

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from broker import BrokerSettings
+from management.errors import ManagementError
 from shadow import ShadowSettings
 
 __all__ = [
@@ -49,7 +50,7 @@ ENV_PREFIX = "BAETYL_"
 _ENV_LOCATORS = frozenset({"BAETYL_DATA_DIR", "BAETYL_CONFIG"})
 
 
-class ConfigError(Exception):
+class ConfigError(ManagementError):
     """The configuration is invalid; the message names the key and the source."""
 
 

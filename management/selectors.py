@@ -19,7 +19,8 @@ error (write ``a in (,)`` for the empty value). As in Kubernetes' ``metav1.Label
 structured ``matchExpressions`` form knows only ``In``, ``NotIn``, ``Exists`` and ``DoesNotExist``:
 ``Gt``/``Lt`` exist only in the string form.
 
-Error tree: :class:`SelectorError` (a :class:`ValueError`) for every invalid selector or label set.
+Error tree: :class:`SelectorError` (a :class:`ValueError`, and a ``ValidationFailed`` of
+``management.errors``) for every invalid selector or label set.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
+
+from management.errors import ValidationFailed
 
 __all__ = [
     "MAX_LABELS",
@@ -53,11 +56,11 @@ _VALUE_EXAMPLE = "write e.g. 'prod' or 'v1.2-rc_3'"
 _LIST_EXAMPLE = "write e.g. 'env in (prod,staging)'"
 
 
-class SelectorError(ValueError):
+class SelectorError(ValidationFailed, ValueError):
     """A label selector or a label set is invalid; the message says where and how to fix it."""
 
     def __init__(self, message: str, *, position: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__("selector", message)
         self.position = position  # 1-based, when the error is in the text of a selector
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from management.errors import Conflict, NotFound
 from shadow import StoreError
 from shadow.server import MIGRATIONS, Database, Migration
 
@@ -123,11 +124,11 @@ def all_migrations() -> tuple[Migration, ...]:
     return (*MIGRATIONS, *MANAGEMENT_MIGRATIONS)
 
 
-class ResourceMissing(StoreError):
+class ResourceMissing(StoreError, NotFound):
     """No such resource in the namespace."""
 
 
-class ResourceConflict(StoreError):
+class ResourceConflict(StoreError, Conflict):
     """The resource exists already, or changed since it was read."""
 
 

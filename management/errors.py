@@ -1,0 +1,111 @@
+"""The one error tree of management, each error with the HTTP status and code it is answered with.
+
+::
+
+    ManagementError             500 InternalError  the root; the message says what to do
+    ├── BadRequest              400 BadRequest     a request the API cannot take as sent
+    ├── Unauthorized            401 Unauthorized   no, a malformed or an unknown bearer token
+    ├── Forbidden               403 Forbidden
+    ├── NotFound                404 NotFound
+    ├── Conflict                409 Conflict
+    ├── PayloadTooLarge         413 PayloadTooLarge
+    ├── Unavailable             503 Unavailable    the database or the broker is not reachable now
+    ├── ValidationFailed        400 ValidationFailed  a body against its schema (``field``: where)
+    │   └── SelectorError       400 ValidationFailed  a label selector or set (also a ValueError)
+    ├── ResourceMissing         404 NotFound       (store.py; also the shadow's StoreError)
+    ├── ResourceConflict        409 Conflict       (store.py; also the shadow's StoreError)
+    ├── TokenError              401 Unauthorized   (tokens.py) an API or activation token refused
+    │   ├── TokenMalformed, TokenForged, TokenExpired
+    │   └── TokenKeyError       500 InternalError  the signing key file cannot be used
+    ├── CryptoError             500 InternalError  (crypto.py) a keyring or a ciphertext unusable
+    ├── ConfigError             500 InternalError  (config.py) the configuration is invalid
+    └── ClientError             (cli/client.py) the ``baetyl`` command's API client cannot go on
+        ├── ApiFailure          the API refused a request: its answer's status and code
+        ├── Unreachable         nothing usable answers at the API address
+        └── ManifestFileError   (cli/resources.py) a ``-f`` file is not resource objects
+
+The API's error middleware (``api/app.py``) answers a ``ManagementError`` with its ``status``,
+``code``, message and ``field``, except the 500s, which are logged and answered with a generic
+message (their text is for the operator's log, not for the caller). The shadow's errors come
+from its own tree (``shadow.errors``): its ``Unavailable`` is the MQTT protocol's 500, which the
+API answers 503 like a failed database (``StoreError``). The ``baetyl`` command prints any
+``ManagementError`` as one line. ``ClientError`` is under the root although it is raised on the
+client's side: it is what the command does with the API's answer (``ApiFailure`` carries that
+answer's status and code), and one root is what the command catches.
+
+Standard library only: the ``baetyl`` command imports this at start.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "ManagementError",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationFailed",
+]
+
+
+class ManagementError(Exception):
+    """An error answered with ``status`` and ``code``; ``message`` says what to do."""
+
+    status: int = 500
+    code: str = "InternalError"
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class BadRequest(ManagementError):
+    status = 400
+    code = "BadRequest"
+
+
+class Unauthorized(ManagementError):
+    status = 401
+    code = "Unauthorized"
+
+
+class Forbidden(ManagementError):
+    status = 403
+    code = "Forbidden"
+
+
+class NotFound(ManagementError):
+    status = 404
+    code = "NotFound"
+
+
+class Conflict(ManagementError):
+    status = 409
+    code = "Conflict"
+
+
+class PayloadTooLarge(ManagementError):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+class Unavailable(ManagementError):
+    status = 503
+    code = "Unavailable"
+
+
+class ValidationFailed(ManagementError):
+    """A request body does not have the shape its schema asks for; ``field`` names where."""
+
+    status = 400
+    code = "ValidationFailed"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field=field)
+
+    def __str__(self) -> str:
+        return self.message
