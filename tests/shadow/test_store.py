@@ -358,6 +358,20 @@ async def test_a_database_error_in_a_transaction_is_a_store_error(database: Data
         assert await store.select("SELECT id, body FROM notes") == []
 
 
+async def test_a_failed_transaction_names_the_database_not_the_shadow_store(
+    database: Database,
+) -> None:
+    """The database is shared (management's tables use it too), so its errors name it, not
+    the shadow store: a failed management query must not read as a shadow failure."""
+    async with Db(database.url, migrations=(*MIGRATIONS, EXTRA)) as db:
+        with pytest.raises(StoreError) as raised:  # noqa: PT012 # the failing statement is the second of the block
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (1, "a"))
+                await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (1, "b"))
+    assert str(raised.value).startswith("The database could not complete a transaction (")
+    assert "shadow" not in str(raised.value)
+
+
 def test_migration_ids_must_count_up_within_a_component() -> None:
     """A list whose ids skip within a component is a programming error caught at open."""
     broken = Migration(2, "skip", sqlite=("SELECT 1",), mysql=("SELECT 1",), component="notes")
