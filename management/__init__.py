@@ -18,7 +18,8 @@ with)::
     │   └── SelectorError           (also a ValueError)
     ├── ResourceMissing 404, ResourceConflict 409   (also the shadow's StoreError)
     ├── TokenError                  401 (TokenKeyError 500)
-    ├── CryptoError, ConfigError    500
-    └── ClientError                 the command's API client (ApiFailure, Unreachable,
-                                    ManifestFileError)
+    └── CryptoError, ConfigError    500
+
+The command's API client errors (``cli/client.py``'s ``ClientError``) stand apart: they are raised
+client-side and loaded with every command, the edge agent's included.
 """

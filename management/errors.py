@@ -18,20 +18,21 @@
     │   ├── TokenMalformed, TokenForged, TokenExpired
     │   └── TokenKeyError       500 InternalError  the signing key file cannot be used
     ├── CryptoError             500 InternalError  (crypto.py) a keyring or a ciphertext unusable
-    ├── ConfigError             500 InternalError  (config.py) the configuration is invalid
-    └── ClientError             (cli/client.py) the ``baetyl`` command's API client cannot go on
-        ├── ApiFailure          the API refused a request: its answer's status and code
-        ├── Unreachable         nothing usable answers at the API address
-        └── ManifestFileError   (cli/resources.py) a ``-f`` file is not resource objects
+    └── ConfigError             500 InternalError  (config.py) the configuration is invalid
 
 The API's error middleware (``api/app.py``) answers a ``ManagementError`` with its ``status``,
 ``code``, message and ``field``, except the 500s, which are logged and answered with a generic
 message (their text is for the operator's log, not for the caller). The shadow's errors come
 from its own tree (``shadow.errors``): its ``Unavailable`` is the MQTT protocol's 500, which the
 API answers 503 like a failed database (``StoreError``). The ``baetyl`` command prints any
-``ManagementError`` as one line. ``ClientError`` is under the root although it is raised on the
-client's side: it is what the command does with the API's answer (``ApiFailure`` carries that
-answer's status and code), and one root is what the command catches.
+``ManagementError`` as one line.
+
+Not under the root: the command's API client errors (``cli/client.py``: ``ClientError``, with
+``ApiFailure`` and ``Unreachable``; ``cli/resources.py``: ``ManifestFileError``). They are raised
+on the client's side, never answered by the API (``ApiFailure`` only carries the API's answer),
+and their modules are loaded by every ``baetyl`` command, the edge agent's ``baetyl edge run``
+included, which must load no module of the cloud (``tests/edge/test_agent_imports.py``); the
+command catches them beside the root.
 
 Standard library only: the ``baetyl`` command imports this at start.
 """

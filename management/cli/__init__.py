@@ -43,6 +43,7 @@ _USER_ERRORS = (
     ("broker", "BrokerError"),
     ("shadow", "ShadowError"),
     ("edge", "EdgeError"),
+    ("management.cli.client", "ClientError"),
 )
 
 

@@ -16,7 +16,7 @@ The API address and token come from ``--api-url``/``--token``, else ``BAETYL_API
 ``~/.config/baetyl/client.toml``: ``url = "..."`` and ``token = "..."``). The token is sent in the
 ``Authorization`` header and never printed. These commands never read the cloud's configuration.
 
-Errors (under ``ManagementError``, ``management/errors.py``)::
+Errors (not under ``ManagementError``: see ``management/errors.py``)::
 
     ClientError            what the root prints as one 'error:' line
     ├── ApiFailure         the API answered with an error: its message and request id
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+# urllib.request (and the ssl it loads), tomllib and the API's schemas are imported where used:
+# 'baetyl --help' builds this parser and needs none of them.
 from management.cli.resources import (
     APPLY_ORDER,
     KINDS,
@@ -47,10 +49,6 @@ from management.cli.resources import (
     render_table,
     server_fields,
 )
-
-# urllib.request (and the ssl it loads), tomllib and the API's schemas are imported where used:
-# 'baetyl --help' builds this parser and needs none of them.
-from management.errors import ManagementError
 
 __all__ = [
     "DEFAULT_URL",
@@ -72,7 +70,7 @@ EXIT_FAILED = 1
 T = TypeVar("T")
 
 
-class ClientError(ManagementError):
+class ClientError(Exception):
     """A client command cannot go on; the message says what to do."""
 
 

@@ -24,8 +24,6 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from management.errors import ManagementError
-
 if TYPE_CHECKING:
     import yaml
 
@@ -47,10 +45,7 @@ __all__ = [
 NONE = "<none>"
 
 
-class ManifestFileError(ManagementError):
-    status = 400
-    code = "BadRequest"
-
+class ManifestFileError(Exception):
     """A file given with ``-f`` cannot be read as resource objects; the message says why."""
 
 

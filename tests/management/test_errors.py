@@ -8,8 +8,6 @@ import pytest
 
 import management
 from management import errors
-from management.cli.client import ApiFailure, ClientError, Unreachable
-from management.cli.resources import ManifestFileError
 from management.config import ConfigError
 from management.crypto import CryptoError
 from management.errors import ManagementError
@@ -23,11 +21,8 @@ CLASSES: dict[str, type[Exception]] = {
     **{
         cls.__name__: cls
         for cls in (
-            ApiFailure,
-            ClientError,
             ConfigError,
             CryptoError,
-            ManifestFileError,
             ResourceConflict,
             ResourceMissing,
             SelectorError,
@@ -36,7 +31,6 @@ CLASSES: dict[str, type[Exception]] = {
             TokenForged,
             TokenKeyError,
             TokenMalformed,
-            Unreachable,
         )
     },
 }
@@ -71,5 +65,5 @@ def test_the_stores_errors_are_also_store_errors() -> None:
 def test_the_package_docstring_draws_the_tree() -> None:
     """management/__init__.py names the root and its branches, as the other packages do."""
     doc = management.__doc__ or ""
-    for name in ("ManagementError", "ValidationFailed", "TokenError", "ClientError"):
+    for name in ("ManagementError", "ValidationFailed", "TokenError", "CryptoError"):
         assert name in doc
