@@ -3,10 +3,10 @@
     python -m bench.shadow_server --db sqlite:///tmp/x.db --pki bench/results/pki
 
 Runs `EmbeddedBroker` (the settings `baetyl broker run` uses, on a free loopback port, with the
-garbage-collector policy), `TortoiseStore.open(--db)` (or, with `--db memory`, a store that keeps
-nothing durable) and `ShadowService` on one event loop, like `baetyl up`. Prints one JSON line
-when ready (``{"ready": true, "port": ..., "pid": ...}``), then takes commands on stdin, one per
-line, and answers each with one JSON line on stdout:
+garbage-collector policy), `SqlShadowStore` on `Database.open(--db)` (or, with `--db memory`, a
+store that keeps nothing durable) and `ShadowService` on one event loop, like `baetyl up`.
+Prints one JSON line when ready (``{"ready": true, "port": ..., "pid": ...}``), then takes
+commands on stdin, one per line, and answers each with one JSON line on stdout:
 
     desire <n> <tag>   write {"bench": <tag>} into the desired state of nodes bench.n0..n<n-1>
                        with one `write_desired_many` call; answers the wall-clock time
@@ -106,10 +106,10 @@ async def open_store(url: str) -> AsyncIterator[ShadowStore]:
     if url == "memory":
         yield MemoryStore()
         return
-    from shadow.server import TortoiseStore
+    from shadow.server import Database, SqlShadowStore
 
-    async with TortoiseStore.open(url) as store:
-        yield store
+    async with Database.open(url) as db:
+        yield SqlShadowStore(db)
 
 
 async def _desire(service: ShadowService, count: int, tag: str) -> dict[str, Any]:

@@ -34,6 +34,8 @@ __all__ = [
     "valid_topic",
 ]
 
+# shadow/topics.py names the same channels (the broker cannot import it);
+# tests/shadow/test_topics.py ties the two.
 NODE_UPSTREAM = ("report", "desire/get", "resource/get", "presence")
 # The downstream channel that carries secret values (resource answers): for the node alone.
 NODE_SECRETS = "resource"

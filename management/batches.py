@@ -62,7 +62,8 @@ from aiohttp import web
 
 from certs import CertsError, Identity, spki, validate_csr
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
-from management.api.errors import (
+from management.api.views import stored_body
+from management.errors import (
     BadRequest,
     Conflict,
     Forbidden,
@@ -70,9 +71,8 @@ from management.api.errors import (
     Unauthorized,
     Unavailable,
 )
-from management.api.schemas import validate
-from management.api.views import stored_body
 from management.matching import node_id
+from management.schemas import validate
 from management.selectors import Selector, validate_labels
 from management.store import Kind, Resource, ResourceConflict, ResourceMissing
 from management.tokens import hash_secret, verify_secret

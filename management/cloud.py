@@ -31,8 +31,7 @@ from aiohttp import web
 
 from broker import EmbeddedBroker, TLSFiles
 from certs import CertificateAuthority, Identity
-from management.activation import create_activation_app
-from management.api import ApiContext, create_app
+from management.api import ApiContext, create_activation_app, create_app
 from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
 from management.config import BusMode, ConfigError, Settings
 from management.crypto import SecretBox
@@ -41,7 +40,7 @@ from management.metrics import metrics_registry
 from management.store import ResourceStore, all_migrations
 from management.tokens import TokenSigner
 from shadow import StoreError
-from shadow.server import Bus, EmbeddedBus, MqttBus, ShadowService, TortoiseStore
+from shadow.server import Bus, Database, EmbeddedBus, MqttBus, ShadowService, SqlShadowStore
 
 __all__ = ["Cloud"]
 
@@ -78,7 +77,7 @@ class Cloud:
         stack = self._stack
         try:
             db = await stack.enter_async_context(
-                TortoiseStore.open(settings.database_url, migrations=all_migrations())
+                Database.open(settings.database_url, migrations=all_migrations())
             )
             external = settings.bus.mode is BusMode.EXTERNAL
             bus: Bus
@@ -99,7 +98,7 @@ class Cloud:
             shadow = await stack.enter_async_context(
                 ShadowService(
                     bus,
-                    db,
+                    SqlShadowStore(db),
                     settings.shadow,
                     resources=NodeResources(store, secrets),
                     shared_store=external,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from broker import BrokerSettings
+from management.errors import ManagementError
 from shadow import ShadowSettings
 
 __all__ = [
@@ -56,7 +57,7 @@ _ENV_LOCATORS = frozenset({"BAETYL_DATA_DIR", "BAETYL_CONFIG"})
 _ENV_CLIENT = frozenset({"BAETYL_API_URL", "BAETYL_API_TOKEN", "BAETYL_CLIENT_CONFIG"})
 
 
-class ConfigError(Exception):
+class ConfigError(ManagementError):
     """The configuration is invalid; the message names the key and the source."""
 
 

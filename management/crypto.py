@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certs import write_private_file
+from management.errors import ManagementError
 
 __all__ = ["CryptoError", "SecretBox", "read_or_create_private_file"]
 
@@ -58,7 +59,7 @@ _MAX_TOKEN_CHARS: Final = 16 * 1024 * 1024
 _AAD_PREFIX: Final = b"pybaetyl secretbox v1\x00"
 
 
-class CryptoError(Exception):
+class CryptoError(ManagementError):
     """A keyring cannot be used, or a ciphertext cannot be decrypted."""
 
 

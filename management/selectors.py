@@ -19,16 +19,38 @@ error (write ``a in (,)`` for the empty value). As in Kubernetes' ``metav1.Label
 structured ``matchExpressions`` form knows only ``In``, ``NotIn``, ``Exists`` and ``DoesNotExist``:
 ``Gt``/``Lt`` exist only in the string form.
 
-Error tree: :class:`SelectorError` (a :class:`ValueError`) for every invalid selector or label set.
+Label keys, values and sets are checked by ``management/labels.py``; one requirement (key,
+operator, values) is ``management/requirements.py``; this module joins them into selectors.
+
+Error tree: :class:`SelectorError` (a :class:`ValueError`, and a ``ValidationFailed`` of
+``management.errors``) for every invalid selector or label set.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any
+
+from management.labels import (
+    KEY_EXAMPLE,
+    MAX_LABELS,
+    VALUE_EXAMPLE,
+    SelectorError,
+    checked_labels,
+    key_problem,
+    validate_labels,
+    value_problem,
+)
+from management.requirements import (
+    LIST_EXAMPLE,
+    NO_VALUE_OPERATORS,
+    SET_OPERATORS,
+    Operator,
+    Requirement,
+    int64,
+)
 
 __all__ = [
     "MAX_LABELS",
@@ -39,183 +61,14 @@ __all__ = [
     "validate_labels",
 ]
 
-MAX_LABELS = 64
-_MAX_NAME = 63
-_MAX_PREFIX = 253
-_MAX_VALUE = 63
-_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(
-    r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
-)
-
-_KEY_EXAMPLE = "write e.g. 'app' or 'app.kubernetes.io/name'"
-_VALUE_EXAMPLE = "write e.g. 'prod' or 'v1.2-rc_3'"
-_LIST_EXAMPLE = "write e.g. 'env in (prod,staging)'"
-
-
-class SelectorError(ValueError):
-    """A label selector or a label set is invalid; the message says where and how to fix it."""
-
-    def __init__(self, message: str, *, position: int | None = None) -> None:
-        super().__init__(message)
-        self.position = position  # 1-based, when the error is in the text of a selector
-
-
-class Operator(StrEnum):
-    EQUALS = "="
-    NOT_EQUALS = "!="
-    IN = "in"
-    NOT_IN = "notin"
-    EXISTS = "exists"
-    NOT_EXISTS = "!"
-    GREATER_THAN = ">"
-    LESS_THAN = "<"
-
-
-_SET_OPERATORS = frozenset({Operator.IN, Operator.NOT_IN})
-_ONE_VALUE_OPERATORS = frozenset({Operator.EQUALS, Operator.NOT_EQUALS})
-_NO_VALUE_OPERATORS = frozenset({Operator.EXISTS, Operator.NOT_EXISTS})
-_COMPARISONS = frozenset({Operator.GREATER_THAN, Operator.LESS_THAN})
-_SINGLE_VALUE_OPERATORS = _ONE_VALUE_OPERATORS | _COMPARISONS
-# Go's strconv.ParseInt(s, 10, 64): an optional sign, ASCII digits, within int64. Python's int()
-# is wider (underscores, surrounding spaces, other scripts' digits), so the form is checked first.
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-
-def _int64(text: str) -> int | None:
-    """Read text as Go's ``strconv.ParseInt(text, 10, 64)`` does; None when it would fail."""
-    if not _INTEGER.fullmatch(text):
-        return None
-    number = int(text)
-    return number if _INT64_MIN <= number <= _INT64_MAX else None
-
-
-def _key_problem(key: str) -> str | None:
-    """Say what is wrong with a label key, or return None when it is valid."""
-    prefix, slash, name = key.rpartition("/")
-    if slash:
-        if "/" in prefix:
-            return "a key may contain at most one '/'"
-        if not prefix:
-            return "the prefix before '/' must not be empty"
-        if len(prefix) > _MAX_PREFIX:
-            return f"the prefix must be at most {_MAX_PREFIX} characters, not {len(prefix)}"
-        if not _DNS_SUBDOMAIN.fullmatch(prefix):
-            return (
-                f"the prefix {prefix!r} must be a lowercase DNS subdomain "
-                "(a-z, 0-9, '-' and '.', starting and ending with a letter or digit)"
-            )
-    if not name:
-        return "the name must not be empty"
-    if len(name) > _MAX_NAME:
-        return f"the name must be at most {_MAX_NAME} characters, not {len(name)}"
-    if not _NAME.fullmatch(name):
-        return (
-            "the name must consist of letters, digits, '-', '_' and '.', "
-            "and start and end with a letter or digit"
-        )
-    return None
-
-
-def _value_problem(value: str) -> str | None:
-    """Say what is wrong with a label value, or return None when it is valid."""
-    if len(value) > _MAX_VALUE:
-        return f"a value must be at most {_MAX_VALUE} characters, not {len(value)}"
-    if value and not _NAME.fullmatch(value):
-        return (
-            "a value must be empty or consist of letters, digits, '-', '_' and '.', "
-            "and start and end with a letter or digit"
-        )
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Requirement:
-    """One condition on one label key; values are sorted and deduplicated for ``in``/``notin``."""
-
-    key: str
-    operator: Operator
-    values: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        operator = Operator(self.operator)
-        values = tuple(self.values)
-        problem = _key_problem(self.key)
-        if problem is not None:
-            raise SelectorError(f"invalid label key {self.key!r}: {problem}; {_KEY_EXAMPLE}")
-        for value in values:
-            problem = _value_problem(value)
-            if problem is not None:
-                raise SelectorError(
-                    f"invalid value {value!r} for label key {self.key!r}: {problem}; "
-                    f"{_VALUE_EXAMPLE}"
-                )
-        if operator in _SET_OPERATORS:
-            if not values:
-                raise SelectorError(
-                    f"requirement '{self.key} {operator}' needs at least one value; {_LIST_EXAMPLE}"
-                )
-            values = tuple(sorted(set(values)))
-        elif operator in _SINGLE_VALUE_OPERATORS and len(values) != 1:
-            raise SelectorError(
-                f"requirement '{self.key}{operator}' needs exactly one value, not {len(values)}; "
-                f"write e.g. 'env{operator}{'3' if operator in _COMPARISONS else 'prod'}'"
-            )
-        elif operator in _NO_VALUE_OPERATORS and values:
-            raise SelectorError(
-                f"requirement {operator.name} on {self.key!r} takes no values, "
-                f"but {len(values)} were given; drop the values"
-            )
-        if operator in _COMPARISONS and _int64(values[0]) is None:
-            raise SelectorError(
-                f"requirement '{self.key}{operator}{values[0]}' compares with {values[0]!r}, "
-                "which is not an integer; write a whole number of at most 19 digits, "
-                f"e.g. '{self.key}{operator}3'"
-            )
-        object.__setattr__(self, "operator", operator)
-        object.__setattr__(self, "values", values)
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Say whether a label set satisfies this requirement (Kubernetes semantics)."""
-        match self.operator:
-            case Operator.EXISTS:
-                return self.key in labels
-            case Operator.NOT_EXISTS:
-                return self.key not in labels
-            case Operator.EQUALS | Operator.IN:
-                return self.key in labels and labels[self.key] in self.values
-            case Operator.NOT_EQUALS | Operator.NOT_IN:
-                return self.key not in labels or labels[self.key] not in self.values
-            case Operator.GREATER_THAN | Operator.LESS_THAN:
-                # Kubernetes: an absent key or a value that is not an integer does not match.
-                present = labels.get(self.key)
-                number = None if present is None else _int64(present)
-                if number is None:
-                    return False
-                bound = int(self.values[0])
-                return number > bound if self.operator is Operator.GREATER_THAN else number < bound
-
-    def __str__(self) -> str:
-        match self.operator:
-            case Operator.EXISTS:
-                return self.key
-            case Operator.NOT_EXISTS:
-                return f"!{self.key}"
-            case Operator.EQUALS | Operator.NOT_EQUALS | Operator.GREATER_THAN | Operator.LESS_THAN:
-                return f"{self.key}{self.operator}{self.values[0]}"
-            case Operator.IN | Operator.NOT_IN:
-                # The lone empty value is '(,)': Kubernetes reads '()' as ("") but we refuse it.
-                listed = "," if self.values == ("",) else ",".join(self.values)
-                return f"{self.key} {self.operator} ({listed})"
-
-
 _MATCH_OPERATORS: Mapping[str, Operator] = {
     "In": Operator.IN,
     "NotIn": Operator.NOT_IN,
     "Exists": Operator.EXISTS,
     "DoesNotExist": Operator.NOT_EXISTS,
 }
+
+
 _EXPRESSION_FIELDS = frozenset({"key", "operator", "values"})
 
 
@@ -243,7 +96,7 @@ class Selector:
         """Build a selector from the structured ``matchLabels`` / ``matchExpressions`` form."""
         requirements: list[Requirement] = []
         if match_labels is not None:
-            labels = _checked_labels(match_labels, field="matchLabels")
+            labels = checked_labels(match_labels, field="matchLabels")
             requirements.extend(Requirement(k, Operator.EQUALS, (v,)) for k, v in labels.items())
         if match_expressions is not None:
             expressions: object = match_expressions
@@ -290,10 +143,10 @@ def _expression(expression: object, *, field: str) -> Requirement:
     key = expression.get("key")
     if not isinstance(key, str):
         raise SelectorError(f"{field}.key must be a string label key; {example}")
-    problem = _key_problem(key)
+    problem = key_problem(key)
     if problem is not None:
         raise SelectorError(
-            f"{field}.key {key!r} is not a valid label key: {problem}; {_KEY_EXAMPLE}"
+            f"{field}.key {key!r} is not a valid label key: {problem}; {KEY_EXAMPLE}"
         )
     name = expression.get("operator")
     operator = _MATCH_OPERATORS.get(name) if isinstance(name, str) else None
@@ -314,63 +167,21 @@ def _expression(expression: object, *, field: str) -> Requirement:
                 f"{field}.values[{position}] must be a string, not {type(value).__name__}; "
                 f"{example}"
             )
-        problem = _value_problem(value)
+        problem = value_problem(value)
         if problem is not None:
             raise SelectorError(
                 f"{field}.values[{position}] {value!r} is not a valid label value: {problem}; "
-                f"{_VALUE_EXAMPLE}"
+                f"{VALUE_EXAMPLE}"
             )
         values.append(value)
-    if operator in _SET_OPERATORS and not values:
+    if operator in SET_OPERATORS and not values:
         raise SelectorError(f"{field}: operator {name!r} needs at least one value; {example}")
-    if operator in _NO_VALUE_OPERATORS and values:
+    if operator in NO_VALUE_OPERATORS and values:
         raise SelectorError(
             f"{field}: operator {name!r} takes no values, but {len(values)} were given; "
             f"remove 'values'"
         )
     return Requirement(key, operator, tuple(values))
-
-
-def _checked_labels(labels: object, *, field: str) -> dict[str, str]:
-    """Check a mapping of label keys to values and return a plain copy of it."""
-    if not isinstance(labels, Mapping):
-        raise SelectorError(
-            f"{field} must be an object mapping label keys to string values, "
-            f"not {type(labels).__name__}; write e.g. {{app: web, env: prod}}"
-        )
-    checked: dict[str, str] = {}
-    for key, value in labels.items():
-        if not isinstance(key, str):
-            raise SelectorError(f"{field} has a non-string key {key!r}; label keys are strings")
-        problem = _key_problem(key)
-        if problem is not None:
-            raise SelectorError(
-                f"{field}: key {key!r} is not a valid label key: {problem}; {_KEY_EXAMPLE}"
-            )
-        if not isinstance(value, str):
-            raise SelectorError(
-                f"{field}[{key!r}] must be a string, not {type(value).__name__}; "
-                "quote numbers and booleans, e.g. '\"3\"'"
-            )
-        problem = _value_problem(value)
-        if problem is not None:
-            raise SelectorError(
-                f"{field}[{key!r}] {value!r} is not a valid label value: {problem}; "
-                f"{_VALUE_EXAMPLE}"
-            )
-        checked[key] = value
-    return checked
-
-
-def validate_labels(labels: object, *, field: str = "labels") -> dict[str, str]:
-    """Check a label set against the Kubernetes rules and our limit; return a plain copy."""
-    checked = _checked_labels(labels, field=field)
-    if len(checked) > MAX_LABELS:
-        raise SelectorError(
-            f"{field} has {len(checked)} labels but at most {MAX_LABELS} are allowed; "
-            "remove some or fold them into fewer labels"
-        )
-    return checked
 
 
 # --- the string syntax -----------------------------------------------------------------------
@@ -496,9 +307,9 @@ class _Parser:
                 "write e.g. 'env=prod' or '!canary'",
             )
         key = token.text
-        problem = _key_problem(key)
+        problem = key_problem(key)
         if problem is not None:
-            raise self._fail(token, f"invalid label key {key!r}", _KEY_EXAMPLE, detail=problem)
+            raise self._fail(token, f"invalid label key {key!r}", KEY_EXAMPLE, detail=problem)
         following = self._peek()
         if following.kind in (_Kind.END, _Kind.COMMA):
             return Requirement(key, Operator.NOT_EXISTS if negated else Operator.EXISTS)
@@ -552,7 +363,7 @@ class _Parser:
                 hint,
             )
         value = self._value(self._next())
-        if _int64(value) is None:
+        if int64(value) is None:
             raise self._fail(
                 token,
                 f"{operator.text!r} compares with integers but found {value!r}",
@@ -561,10 +372,10 @@ class _Parser:
         return value
 
     def _value(self, token: _Token) -> str:
-        problem = _value_problem(token.text)
+        problem = value_problem(token.text)
         if problem is not None:
             raise self._fail(
-                token, f"invalid label value {token.text!r}", _VALUE_EXAMPLE, detail=problem
+                token, f"invalid label value {token.text!r}", VALUE_EXAMPLE, detail=problem
             )
         return token.text
 
@@ -615,10 +426,10 @@ class _Parser:
 
     def _missing_close(self, last: _Token, found: _Token) -> SelectorError:
         if found.kind is _Kind.END:
-            return self._fail(found, f"missing ')' after {last.text!r}", _LIST_EXAMPLE)
+            return self._fail(found, f"missing ')' after {last.text!r}", LIST_EXAMPLE)
         expected = "',' or ')'" if last.kind is _Kind.WORD else "a value"
         return self._fail(
             found,
             f"expected {expected} after {last.text!r} but found {found.describe()}",
-            _LIST_EXAMPLE,
+            LIST_EXAMPLE,
         )

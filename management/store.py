@@ -1,6 +1,6 @@
 """The management API's records: namespaces, API tokens, resources, activation tokens used.
 
-They live in the same database as the shadows (``TortoiseStore``), in tables of their own
+They live in the same ``Database`` as the shadows (``shadow.server``), in tables of their own
 created by the ``management`` component's migrations. Every resource kind (node, app, config,
 secret, registry, certificate, batch) shares one table keyed by (namespace, kind, name): a
 resource is its labels and its body (JSON, with secret values already encrypted by the caller)
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from management.errors import Conflict, NotFound
 from shadow import StoreError
-from shadow.server import MIGRATIONS, Migration, TortoiseStore
+from shadow.server import MIGRATIONS, Database, Migration
 
 __all__ = [
     "MANAGEMENT_MIGRATIONS",
@@ -123,11 +124,11 @@ def all_migrations() -> tuple[Migration, ...]:
     return (*MIGRATIONS, *MANAGEMENT_MIGRATIONS)
 
 
-class ResourceMissing(StoreError):
+class ResourceMissing(StoreError, NotFound):
     """No such resource in the namespace."""
 
 
-class ResourceConflict(StoreError):
+class ResourceConflict(StoreError, Conflict):
     """The resource exists already, or changed since it was read."""
 
 
@@ -192,9 +193,9 @@ def _token(row: Sequence[Any]) -> ApiTokenRecord:
 
 
 class ResourceStore:
-    """Namespaces, tokens and resources on an open ``TortoiseStore`` (management migrations)."""
+    """Namespaces, tokens and resources on an open ``Database`` (management migrations)."""
 
-    def __init__(self, db: TortoiseStore) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     # -- namespaces ----------------------------------------------------------------------------

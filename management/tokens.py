@@ -48,6 +48,7 @@ from typing import Any, Final, Self
 
 from certs import Identity, InvalidIdentityError
 from management.crypto import read_or_create_private_file
+from management.errors import ManagementError
 
 __all__ = [
     "ACTIVATION_PREFIX",
@@ -92,8 +93,11 @@ _CLAIM_FIELDS: Final = frozenset({"kind", "namespace", "node", "jti", "issued_at
 _ASK_AGAIN: Final = "ask the operator for a new install command ('baetyl node init <node name>')"
 
 
-class TokenError(Exception):
+class TokenError(ManagementError):
     """Base class of every error raised by this module."""
+
+    status = 401
+    code = "Unauthorized"
 
 
 class TokenMalformed(TokenError):
@@ -110,6 +114,9 @@ class TokenExpired(TokenError):
 
 class TokenKeyError(TokenError):
     """The signing key file cannot be used."""
+
+    status = 500
+    code = "InternalError"
 
 
 # --- API tokens -------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """The ``$baetyl/node/<id>/...`` topics: building and parsing them.
 
 A node id is one topic level, exactly the identity in the node's certificate (``<ns>.<name>``).
+The broker's ACL (``broker.acl``: ``NODE_UPSTREAM``, ``NODE_DOWNSTREAM``) names the same channels;
+it cannot import this module, nor can this pure module (the edge's) import the broker, so
+``tests/shadow/test_topics.py`` ties the two.
 """
 
 from __future__ import annotations

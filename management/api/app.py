@@ -25,19 +25,17 @@ from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from certs import CertificateAuthority, CertsError, Identity, IssuedCertificate
-from management.api.errors import (
-    ApiError,
+from management.crypto import SecretBox
+from management.errors import (
     BadRequest,
+    ManagementError,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
     Unavailable,
 )
-from management.api.schemas import ValidationFailed
-from management.crypto import SecretBox
 from management.matching import Matcher
-from management.selectors import SelectorError
-from management.store import Kind, ResourceConflict, ResourceMissing, ResourceStore
+from management.store import Kind, ResourceStore
 from management.tokens import TokenError, TokenSigner, parse_api_token, verify_secret
 from shadow import Conflict as ShadowConflict
 from shadow import RequestError, StoreError
@@ -121,23 +119,27 @@ def _error(
     return web.json_response(body, status=status)
 
 
+def _internal_error(request: web.Request, exc: Exception) -> web.Response:
+    """Log ``exc`` with its traceback and answer a 500 that says no more than that."""
+    log.error("request %s failed", request[REQUEST_ID], exc_info=exc)
+    return _error(
+        request, 500, "InternalError", "The server failed on this request; it was logged."
+    )
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Translate every error into ``{code, message, requestId}`` with its HTTP status."""
     request[REQUEST_ID] = uuid.uuid4().hex
     try:
         response = await handler(request)
-    except ApiError as exc:
-        response = _error(request, exc.status, exc.code, exc.message, exc.field)
-    except ValidationFailed as exc:
-        response = _error(request, 400, "ValidationFailed", exc.message, exc.field)
-    except SelectorError as exc:
-        response = _error(request, 400, "ValidationFailed", str(exc), "selector")
-    except ResourceMissing as exc:
-        response = _error(request, 404, "NotFound", str(exc))
-    except (ResourceConflict, ShadowConflict) as exc:
-        message = exc.message if isinstance(exc, RequestError) else str(exc)
-        response = _error(request, 409, "Conflict", message)
+    except ManagementError as exc:  # the tree in management/errors.py
+        if exc.status == 500:  # a server fault: its text is for the log, not for the caller
+            response = _internal_error(request, exc)
+        else:
+            response = _error(request, exc.status, exc.code, exc.message, exc.field)
+    except ShadowConflict as exc:
+        response = _error(request, 409, "Conflict", exc.message)
     except RequestError as exc:  # from the shadow: 400/413 on desired state, 500 store down
         if exc.code >= 500:
             response = _error(request, 503, "Unavailable", exc.message)
@@ -154,11 +156,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _error(request, exc.status, exc.reason.replace(" ", ""), exc.reason + ".")
         if "Allow" in exc.headers:  # a 405 says which methods the route has
             response.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        log.exception("request %s failed", request[REQUEST_ID])
-        response = _error(
-            request, 500, "InternalError", "The server failed on this request; it was logged."
-        )
+    except Exception as exc:
+        response = _internal_error(request, exc)
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     if response.status == 503:  # the database is away: say when to try again (RFC 9110)
         response.headers["Retry-After"] = str(RETRY_AFTER_S)

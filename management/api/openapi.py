@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from management.api.routes import COLLECTIONS
-from management.api.schemas import COMPONENTS, EXAMPLES, ref
+from management.schemas import COMPONENTS, EXAMPLES, ref
 
 __all__ = ["add_routes", "document"]
 

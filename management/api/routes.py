@@ -20,9 +20,8 @@ from cryptography.hazmat.primitives import hashes
 
 from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
-from management.api.errors import BadRequest, Conflict, Unprocessable
-from management.api.schemas import COMPONENTS, ValidationFailed, validate
 from management.api.views import INSTALL_GENERATION, stored_body, view
+from management.errors import BadRequest, Conflict, Unprocessable
 from management.matching import (
     MOUNTED_KINDS,
     app_matches,
@@ -32,6 +31,7 @@ from management.matching import (
     references,
     registries,
 )
+from management.schemas import COMPONENTS, ValidationFailed, validate
 from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource, ResourceConflict
 from management.tokens import ActivationClaims, ActivationKind

@@ -16,8 +16,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from management.api.errors import BadRequest
 from management.crypto import SecretBox
+from management.errors import BadRequest
 from management.store import Kind, Resource
 
 __all__ = ["INSTALL_GENERATION", "decrypt_data", "node_data", "stored_body", "view"]

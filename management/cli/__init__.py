@@ -39,7 +39,7 @@ DISTRIBUTION = "pybaetyl"
 # The errors the root prints as one line, by the public module that exports each. An error of a
 # module not imported yet cannot have been raised, so the root never imports one to catch it.
 _USER_ERRORS = (
-    ("management.config", "ConfigError"),
+    ("management.errors", "ManagementError"),
     ("certs", "CertsError"),
     ("broker", "BrokerError"),
     ("shadow", "ShadowError"),

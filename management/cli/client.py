@@ -17,7 +17,7 @@ The API address and token come from ``--api-url``/``--token``, else ``BAETYL_API
 ``~/.config/baetyl/client.toml``: ``url = "..."`` and ``token = "..."``). The token is sent in the
 ``Authorization`` header and never printed. These commands never read the cloud's configuration.
 
-Errors::
+Errors (not under ``ManagementError``: see ``management/errors.py``)::
 
     ClientError            what the root prints as one 'error:' line
     ├── ApiFailure         the API answered with an error: its message and request id
@@ -42,7 +42,7 @@ from management.cli.resources import (
     APPLY_ORDER,
     KINDS,
     Manifest,
-    ManifestError,
+    ManifestFileError,
     ResourceKind,
     load_manifests,
     render,
@@ -506,7 +506,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> list[Manifest]:
     try:
         manifests = load_manifests(args.file, args.kind)
-    except ManifestError as exc:
+    except ManifestFileError as exc:
         raise ClientError(str(exc)) from None
     # Configs and secrets before the apps that mount them, whatever the file's order.
     return sorted(manifests, key=lambda m: APPLY_ORDER.index(m.kind.word))
@@ -514,7 +514,7 @@ def _manifests(args: argparse.Namespace) -> list[Manifest]:
 
 def _same(manifest: Manifest, current: Mapping[str, Any]) -> bool:
     """Whether writing ``manifest`` would store what is there (write-only fields never are)."""
-    from management.api.schemas import ValidationFailed, validate
+    from management.schemas import ValidationFailed, validate
 
     try:
         wanted = validate(manifest.kind.write_schema, manifest.body)

@@ -32,7 +32,7 @@ __all__ = [
     "KINDS",
     "Column",
     "Manifest",
-    "ManifestError",
+    "ManifestFileError",
     "ResourceKind",
     "kind_named",
     "load_manifests",
@@ -46,7 +46,7 @@ __all__ = [
 NONE = "<none>"
 
 
-class ManifestError(Exception):
+class ManifestFileError(Exception):
     """A file given with ``-f`` cannot be read as resource objects; the message says why."""
 
 
@@ -218,7 +218,7 @@ def kind_named(text: str) -> ResourceKind | None:
 @cache
 def server_fields(kind: ResourceKind) -> frozenset[str]:
     """The fields the server sets on a read of ``kind`` that a write does not take."""
-    from management.api.schemas import COMPONENTS
+    from management.schemas import COMPONENTS
 
     read: dict[str, Any] = COMPONENTS[kind.read_schema]["properties"]
     write: dict[str, Any] = COMPONENTS[kind.write_schema]["properties"]
@@ -238,11 +238,11 @@ def _read_text(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ManifestError(
+        raise ManifestFileError(
             f"Cannot read {path} ({exc.strerror or exc}); check the path given to -f."
         ) from None
     except UnicodeDecodeError:
-        raise ManifestError(f"{path} is not UTF-8 text; give a YAML or JSON file.") from None
+        raise ManifestFileError(f"{path} is not UTF-8 text; give a YAML or JSON file.") from None
 
 
 def _documents(path: str, text: str) -> list[Any]:
@@ -252,7 +252,7 @@ def _documents(path: str, text: str) -> list[Any]:
         try:
             return [json.loads(text)]
         except ValueError as exc:
-            raise ManifestError(
+            raise ManifestFileError(
                 f"{path} is not valid JSON ({exc}); fix it and try again."
             ) from None
     try:
@@ -261,7 +261,7 @@ def _documents(path: str, text: str) -> list[Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "a syntax error"
-        raise ManifestError(
+        raise ManifestFileError(
             f"{path} is not valid YAML{where} ({problem}); fix it and try again."
         ) from None
 
@@ -287,7 +287,7 @@ def _objects(documents: Sequence[Any]) -> list[Any]:
 
 def _manifest(raw: Any, where: str, default: ResourceKind | None) -> Manifest:
     if not isinstance(raw, dict):
-        raise ManifestError(
+        raise ManifestFileError(
             f"{where} is a {type(raw).__name__}, not an object; give each resource as a mapping "
             "with at least a name."
         )
@@ -296,21 +296,21 @@ def _manifest(raw: Any, where: str, default: ResourceKind | None) -> Manifest:
     kinds = ", ".join(kind.kind for kind in KINDS.values())
     if text is None:
         if default is None:
-            raise ManifestError(f"{where} has no kind; add e.g. 'kind: App' (one of {kinds}).")
+            raise ManifestFileError(f"{where} has no kind; add e.g. 'kind: App' (one of {kinds}).")
         kind = default
     else:
         found = kind_named(str(text))
         if found is None:
-            raise ManifestError(f"{where} has kind {text!r}; use one of {kinds}.")
+            raise ManifestFileError(f"{where} has kind {text!r}; use one of {kinds}.")
         if default is not None and found is not default:
-            raise ManifestError(
+            raise ManifestFileError(
                 f"{where} is a {found.kind}, but 'baetyl {default.word}' handles "
                 f"{default.collection} only; use 'baetyl apply -f' for a file of several kinds."
             )
         kind = found
     name = body.get("name")
     if not isinstance(name, str) or not name:
-        raise ManifestError(f"{where} has no name; give every {kind.word} a 'name:'.")
+        raise ManifestFileError(f"{where} has no name; give every {kind.word} a 'name:'.")
     for key in server_fields(kind):
         body.pop(key, None)
     return Manifest(kind, body, where)
@@ -325,7 +325,9 @@ def load_manifests(path: str, default: ResourceKind | None) -> list[Manifest]:
     source = "stdin" if path == "-" else path
     objects = _objects(_documents(path, _read_text(path)))
     if not objects:
-        raise ManifestError(f"{source} holds no objects; give at least one, e.g. 'name: edge-01'.")
+        raise ManifestFileError(
+            f"{source} holds no objects; give at least one, e.g. 'name: edge-01'."
+        )
     manifests = [
         _manifest(raw, f"{source}, object {index}", default)
         for index, raw in enumerate(objects, start=1)
@@ -333,7 +335,7 @@ def load_manifests(path: str, default: ResourceKind | None) -> list[Manifest]:
     seen: dict[str, str] = {}
     for manifest in manifests:
         if manifest.ref in seen:
-            raise ManifestError(
+            raise ManifestFileError(
                 f"{manifest.where} repeats {manifest.ref} from {seen[manifest.ref]}; keep one."
             )
         seen[manifest.ref] = manifest.where

@@ -63,7 +63,7 @@ def _create(args: argparse.Namespace) -> int:
     from management.config import ConfigError
     from management.store import ApiTokenRecord, ResourceStore, all_migrations
     from management.tokens import new_api_token
-    from shadow.server import TortoiseStore
+    from shadow.server import Database
 
     settings: Settings = args.settings
     namespace = _namespace(args.namespace)
@@ -73,7 +73,7 @@ def _create(args: argparse.Namespace) -> int:
 
     async def run() -> str:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        async with TortoiseStore.open(settings.database_url, migrations=all_migrations()) as db:
+        async with Database.open(settings.database_url, migrations=all_migrations()) as db:
             store = ResourceStore(db)
             await store.ensure_namespace(namespace)
             token_id, token, digest = new_api_token()
@@ -94,13 +94,13 @@ def _list(args: argparse.Namespace) -> int:
     import asyncio
 
     from management.store import ResourceStore, all_migrations
-    from shadow.server import TortoiseStore
+    from shadow.server import Database
 
     settings: Settings = args.settings
     namespace = _namespace(args.namespace)
 
     async def run() -> list[ApiTokenRecord]:
-        async with TortoiseStore.open(settings.database_url, migrations=all_migrations()) as db:
+        async with Database.open(settings.database_url, migrations=all_migrations()) as db:
             return await ResourceStore(db).tokens(namespace)
 
     records = asyncio.run(run())
@@ -121,13 +121,13 @@ def _revoke(args: argparse.Namespace) -> int:
 
     from management.config import ConfigError
     from management.store import ResourceStore, all_migrations
-    from shadow.server import TortoiseStore
+    from shadow.server import Database
 
     settings: Settings = args.settings
     namespace = _namespace(args.namespace)
 
     async def run() -> bool:
-        async with TortoiseStore.open(settings.database_url, migrations=all_migrations()) as db:
+        async with Database.open(settings.database_url, migrations=all_migrations()) as db:
             return await ResourceStore(db).revoke_token(namespace, args.id)
 
     if not asyncio.run(run()):

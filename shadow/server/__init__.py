@@ -1,16 +1,17 @@
-"""The shadow service and what it stands on: the bus, the store, the settings.
+"""The shadow service and what it stands on: the bus, the database, the store, the settings.
 
 ::
 
-    async with TortoiseStore.open(url) as store, ShadowService(EmbeddedBus(broker), store) as svc:
+    async with Database(url) as db, ShadowService(EmbeddedBus(broker), SqlShadowStore(db)) as svc:
         await svc.update_desired("acme.gw-1", {"apps": [{"name": "web", "version": "3"}]})
 """
 
 from shadow.server.bus import Bus, Denied, EmbeddedBus, MessageHandler, Presence
+from shadow.server.database import Database, Transaction
 from shadow.server.migrations import MIGRATIONS, Migration
 from shadow.server.mqttbus import BusError, MqttBus
 from shadow.server.service import DesiredWrite, NoResources, ResourceSource, ShadowService
-from shadow.server.sql import TortoiseStore, Transaction
+from shadow.server.shadows import SqlShadowStore
 from shadow.server.stats import Histogram, RequestKind, ShadowStats, StoreOperation
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
 from shadow.settings import ShadowSettings
@@ -19,6 +20,7 @@ __all__ = [
     "MIGRATIONS",
     "Bus",
     "BusError",
+    "Database",
     "Denied",
     "DesiredWrite",
     "EmbeddedBus",
@@ -36,7 +38,7 @@ __all__ = [
     "ShadowStats",
     "ShadowStore",
     "ShadowWrite",
+    "SqlShadowStore",
     "StoreOperation",
-    "TortoiseStore",
     "Transaction",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from broker import ConnectionEvent, DeniedPublish, EmbeddedBroker, EventKind, Principal
+from broker import ConnectionEvent, DeniedPublish, EmbeddedBroker, EventKind, Principal, Role
 
 __all__ = ["Bus", "Denied", "EmbeddedBus", "MessageHandler", "Presence"]
 
@@ -79,7 +79,7 @@ class EmbeddedBus:
 
     def on_presence(self, listener: Callable[[Presence], None]) -> Callable[[], None]:
         def forward(event: ConnectionEvent) -> None:
-            if event.role == "node":
+            if event.role == Role.NODE:
                 at_ms = int(event.at.timestamp() * 1000)
                 listener(Presence(event.principal, event.kind is EventKind.CONNECTED, at_ms))
 
@@ -87,7 +87,7 @@ class EmbeddedBus:
 
     def on_denied(self, listener: Callable[[Denied], None]) -> Callable[[], None]:
         def forward(event: DeniedPublish) -> None:
-            if event.role == "node":
+            if event.role == Role.NODE:
                 listener(Denied(event.principal, event.topic))
 
         return self._broker.add_denied_listener(forward)

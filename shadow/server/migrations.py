@@ -1,9 +1,9 @@
-"""Schema migrations of the shadow store: an ordered list of SQL steps and their runner.
+"""Schema migrations of the ``Database``: an ordered list of SQL steps and their runner.
 
 Every migration belongs to a component (``shadow`` here; the management API adds its own) and
 has an id (1, 2, 3, ... in order within its component), a name and its statements for each
 dialect. Applied migrations are recorded in ``baetyl_migrations(component, id, name,
-applied_at)``; components are applied in the order given. Opening a store
+applied_at)``; components are applied in the order given. Opening a database
 applies the pending ones in order, each in its own transaction; re-opening applies nothing.
 
 Two processes opening the same database at once are serialised: on SQLite each migration runs in

@@ -51,6 +51,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from broker import filter_matches
 from shadow.errors import ShadowError
 from shadow.server.bus import Denied, MessageHandler, Presence
 from shadow.topics import PREFIX, PRESENCE, valid_node_id
@@ -107,16 +108,6 @@ def _node_of(topic: str) -> str | None:
         return None
     node_id, sep, _rest = topic[len(PREFIX) :].partition("/")
     return node_id if sep and node_id else None
-
-
-def _matches(topic_filter: str, topic: str) -> bool:
-    levels, names = topic_filter.split("/"), topic.split("/")
-    for index, level in enumerate(levels):
-        if level == "#":
-            return True
-        if index >= len(names) or level not in ("+", names[index]):
-            return False
-    return len(levels) == len(names)
 
 
 class MqttBus:
@@ -314,7 +305,7 @@ class MqttBus:
         if not self._mine(topic):
             return
         for topic_filter, handler in list(self._handlers):
-            if _matches(topic_filter, topic):
+            if filter_matches(topic_filter, topic):
                 try:
                     handler(topic, payload)
                 except Exception:

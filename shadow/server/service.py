@@ -60,7 +60,7 @@ from shadow.server.bus import Bus, Denied, Presence
 from shadow.server.stats import RequestKind, ShadowStats, StoreOperation
 from shadow.server.store import ShadowRecord, ShadowStore, ShadowWrite
 from shadow.settings import ShadowSettings
-from shadow.topics import UPSTREAM, Channel, subscription_filter, topic, valid_node_id
+from shadow.topics import UPSTREAM, Channel, parse, subscription_filter, topic, valid_node_id
 
 __all__ = ["DesiredWrite", "NoResources", "ResourceSource", "ShadowService"]
 
@@ -374,10 +374,11 @@ class ShadowService:
         self._wakeup.set()
 
     def _on_message(self, name: str, payload: bytes) -> None:
-        # The topic has been matched by our filters: "$baetyl/node/<id>/<upstream channel>".
-        prefix_end = name.index("/", len("$baetyl/node/"))
-        node_id = name[len("$baetyl/node/") : prefix_end]
-        channel = Channel(name[prefix_end + 1 :])
+        parsed = parse(name)
+        if parsed is None:  # our filters match only "$baetyl/node/<id>/<upstream channel>"
+            log.warning("ignored a message to %s: not a node's request topic", name)
+            return
+        node_id, channel = parsed
         stats = self.stats
         stats.requests[RequestKind(channel.value)] += 1
         refused: RequestError | None = None

@@ -22,7 +22,7 @@ import pytest
 from management.api.app import READY_TIMEOUT_S
 from management.store import Kind, Resource, ResourceStore, all_migrations
 from shadow import StoreError
-from shadow.server import TortoiseStore
+from shadow.server import Database, SqlShadowStore
 from tests.broker.clients import MqttClient
 from tests.faults.livecloud import Answer, LiveCloud, node_id
 from tests.faults.mariadb_instance import MariaDB
@@ -215,20 +215,21 @@ def test_readyz_is_503_within_its_timeout_while_the_database_hangs(tmp_path: Pat
 async def test_store_calls_during_an_outage_raise_store_error_and_reconnect(
     tmp_path: Path,
 ) -> None:
-    """With the database stopped (cleanly or killed) every ResourceStore and TortoiseStore call
+    """With the database stopped (cleanly or killed) every ResourceStore and SqlShadowStore call
     raises StoreError, never a driver error (which the API would answer 500), and the same open
     store works again once the database is back, without reopening it."""
     with MariaDB.create(tmp_path / "mariadb") as server:
-        async with TortoiseStore(server.url(DB), migrations=all_migrations()) as db:
+        async with Database(server.url(DB), migrations=all_migrations()) as db:
             store = ResourceStore(db)
+            shadows = SqlShadowStore(db)
             await store.ensure_namespace("default")
             await store.create(Resource("default", Kind.CONFIG, "c", body={"n": 0}))
             for round_, how in enumerate((signal.SIGTERM, signal.SIGKILL), start=1):
                 server.stop(how)
                 calls: dict[str, Callable[[], Awaitable[object]]] = {
                     "ping": db.ping,
-                    "load": lambda: db.load(["default.gw"]),
-                    "node_ids": db.node_ids,
+                    "load": lambda: shadows.load(["default.gw"]),
+                    "node_ids": shadows.node_ids,
                     "get": lambda: store.get("default", Kind.CONFIG, "c"),
                     "list": lambda: store.list("default", Kind.CONFIG),
                     "create": lambda: store.create(Resource("default", Kind.CONFIG, "new")),

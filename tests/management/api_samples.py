@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from management.api.schemas import ValidationFailed, validate
+from management.schemas import ValidationFailed, validate
 
 COLLECTIONS = ("nodes", "apps", "configs", "secrets", "registries", "certificates")
 

@@ -31,9 +31,9 @@ from certs import (
     write_private_file,
     write_public_file,
 )
-from management.api.errors import NotFound
 from management.bootstrap import ensure_pki
 from management.cloud import Cloud
+from management.errors import NotFound
 from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind, TokenSigner
 from tests.broker.clients import MqttClient

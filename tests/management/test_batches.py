@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from certs import Identity
 from management.api.openapi import document
-from management.api.schemas import validate
 from management.batches import BATCH_LABEL, batch_node_name
+from management.schemas import validate
 from management.tokens import hash_secret
 from tests.broker.clients import MqttClient
 from tests.management.conftest import Api, RunningCloud

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from management.api.schemas import (
+from management.schemas import (
     COMPONENTS,
     EXAMPLES,
     READ_SCHEMAS,

@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 from broker import BrokerSettings, EmbeddedBroker, TLSFiles
 from shadow import JSONObject, ResourceKind, StoreError
 from shadow.server import (
+    Database,
     EmbeddedBus,
     ShadowRecord,
     ShadowService,
     ShadowSettings,
     ShadowStore,
     ShadowWrite,
-    TortoiseStore,
+    SqlShadowStore,
 )
 
 T = TypeVar("T")
@@ -121,9 +122,9 @@ class CloudThread:
         self._stop = asyncio.Event()
         async with (
             EmbeddedBroker(self.broker_settings, self.files) as broker,
-            TortoiseStore.open(self.db_url) as store,
+            Database.open(self.db_url) as db,
         ):
-            self.store = FlakyStore(store)
+            self.store = FlakyStore(SqlShadowStore(db))
             async with ShadowService(
                 EmbeddedBus(broker), self.store, self.settings, resources=self.resources
             ) as service:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from certs import CertificateAuthority
-from shadow.server import ShadowRecord, TortoiseStore
+from shadow.server import Database as Db
+from shadow.server import ShadowRecord, SqlShadowStore
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import issue_node
 from tests.shadow.conftest import Database
@@ -40,8 +41,8 @@ def start_cloud(cwd: Path, db_url: str) -> tuple[subprocess.Popen[str], int]:
 
 def stored(db_url: str) -> ShadowRecord | None:
     async def load() -> ShadowRecord | None:
-        async with TortoiseStore.open(db_url) as store:
-            return (await store.load([NODE])).get(NODE)
+        async with Db.open(db_url) as db:
+            return (await SqlShadowStore(db).load([NODE])).get(NODE)
 
     return asyncio.run(load())
 

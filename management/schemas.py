@@ -3,7 +3,8 @@
 :data:`COMPONENTS` holds OpenAPI 3.1 component schemas (JSON Schema 2020-12). The API serves them as
 ``components.schemas`` of its OpenAPI document, with :data:`EXAMPLES` as their examples, and checks
 every request body with :func:`validate`, which turns the most relevant ``jsonschema`` error into a
-:class:`ValidationFailed` naming the field (``services[0].image``) and saying what to change.
+:class:`ValidationFailed` (``management.errors``) naming the field (``services[0].image``) and
+saying what to change.
 
 Write schemas (``NodeWrite``, ``AppWrite``, ...) reject unknown fields. Read schemas (``Node``,
 ``App``, ...) add the fields the server sets (``namespace``, ``version``, ``createTime``,
@@ -30,6 +31,8 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from management.errors import ValidationFailed
+
 __all__ = [
     "COMPONENTS",
     "EXAMPLES",
@@ -44,20 +47,6 @@ JsonSchema = dict[str, Any]
 
 _DOCUMENT_URI: Final = "urn:pybaetyl:management-api"
 _REF_PREFIX: Final = "#/components/schemas/"
-
-
-class ValidationFailed(Exception):
-    """A request body does not have the shape its schema asks for."""
-
-    code: Final = "ValidationFailed"
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def ref(name: str) -> JsonSchema:

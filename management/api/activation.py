@@ -57,10 +57,10 @@ from certs import (
 )
 from management import batches
 from management.api.app import CONTEXT, ApiContext, errors, json_body
-from management.api.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from management.api.schemas import validate
 from management.api.views import INSTALL_GENERATION
+from management.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from management.matching import node_id
+from management.schemas import validate
 from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind, TokenError
 
