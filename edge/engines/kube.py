@@ -55,7 +55,7 @@ from edge.engines.manifests import (
     ManifestError,
     render,
 )
-from edge.errors import EdgeError
+from edge.errors import KubeEngineError
 
 __all__ = ["ANNOTATION_SPEC_HASH", "KubeEngine", "KubeEngineError"]
 
@@ -90,10 +90,6 @@ _SEVERITY: Final = (
     InstanceState.RUNNING,
     InstanceState.SUCCEEDED,
 )
-
-
-class KubeEngineError(EdgeError):
-    """The Kubernetes API cannot be reached or configured; the message says what to check."""
 
 
 @dataclass(frozen=True, slots=True)
