@@ -222,8 +222,7 @@ class CloudLink:
         if reason.is_failure:
             log.warning("the cloud refused the connection: %s", reason)
             return
-        prefix = f"$baetyl/node/{self.identity.node_id}/"
-        client.subscribe([(prefix + channel.value, 1) for channel in SUBSCRIBE])
+        client.subscribe([(topic(self.identity.node_id, channel), 1) for channel in SUBSCRIBE])
         online = self._presence(online=True, session=client.user_data_get())
         client.publish(self._presence_topic, online, qos=1, retain=True)
 
