@@ -152,6 +152,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Handle what comes down, reconcile and report until ``stop`` is set."""
+        if not self.link.connecting:
+            raise RuntimeError("enter the agent ('async with agent:') before running it")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 name, payload = await asyncio.wait_for(self.link.receive(), timeout=0.5)

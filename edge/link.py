@@ -138,6 +138,12 @@ class CloudLink:
                 await asyncio.to_thread(info.wait_for_publish, PRESENCE_TIMEOUT)
         self._client.disconnect()
         self._client.loop_stop()
+        self._loop = None
+
+    @property
+    def connecting(self) -> bool:
+        """Whether the link was entered: connected, or trying to be."""
+        return self._loop is not None
 
     def _start(self) -> None:
         self.keepalive = self._keepalive_in_effect()

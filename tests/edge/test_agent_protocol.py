@@ -7,6 +7,7 @@ are in ``test_agent_e2e.py``; these are the cases a broker cannot easily be made
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import types
@@ -210,3 +211,9 @@ async def test_a_failed_apply_waits_for_the_resync_while_a_spec_is_missing(
                 assert reads() == 2 * once
         finally:
             client.close()  # type: ignore[no-untyped-call]
+
+
+async def test_an_agent_not_entered_does_not_run(harness: Harness) -> None:
+    """``run`` before ``async with agent`` would loop with no session: it says what to do."""
+    with pytest.raises(RuntimeError, match="async with agent"):
+        await harness.agent.run(asyncio.Event())
