@@ -1,8 +1,9 @@
 """The edge agent. Imports only the pure protocol part of ``shadow``; never server code.
 
-The names below are loaded on first use: ``baetyl`` imports ``edge.cli`` for its parser, and a
-command that does not need the node's key or the activation client (``baetyl --help``, the agent
-at rest) does not load ``cryptography`` for them.
+Its errors are one tree, drawn in ``edge.errors``. The names below are loaded on first use:
+``baetyl`` imports ``edge.cli`` for its parser, and a command that does not need the node's key
+or the activation client (``baetyl --help``, the agent at rest) does not load ``cryptography``
+for them.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edge.activation import (
         Activation,
-        ActivationError,
-        ActivationRefused,
         BatchCredentials,
-        CaMismatchError,
         FingerprintSource,
         TokenCredentials,
         activate,
         read_fingerprint,
     )
-    from edge.errors import EdgeError, KeyFileError
+    from edge.errors import (
+        ActivationError,
+        ActivationRefused,
+        CaMismatchError,
+        EdgeError,
+        KeyFileError,
+    )
     from edge.identity import NodeKeyFiles, create_key_and_csr
     from edge.state import StateDir
 
@@ -44,6 +48,9 @@ __all__ = [
 ]
 
 _MODULES = {
+    "ActivationError": "edge.errors",
+    "ActivationRefused": "edge.errors",
+    "CaMismatchError": "edge.errors",
     "EdgeError": "edge.errors",
     "KeyFileError": "edge.errors",
     "NodeKeyFiles": "edge.identity",

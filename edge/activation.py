@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge.errors import EdgeError, KeyFileError
+from edge.errors import ActivationError, ActivationRefused, CaMismatchError, KeyFileError
 from edge.identity import create_key_and_csr
 from edge.state import StateDir, write_atomically
 
@@ -68,24 +68,6 @@ _PLACEHOLDER_SERIALS: Final = frozenset(
     {"", "0", "none", "n/a", "not specified", "default string", "to be filled by o.e.m.",
      "system serial number", "0123456789"}
 )  # fmt: skip
-
-
-class ActivationError(EdgeError):
-    """Activation failed; the message says what to check."""
-
-
-class CaMismatchError(ActivationError):
-    """The endpoint's CA is not the one whose SHA-256 the install command names."""
-
-
-class ActivationRefused(ActivationError):
-    """The cloud refused the activation; the message is the cloud's own."""
-
-    def __init__(self, message: str, *, status: int, code: str, request_id: str | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.request_id = request_id
 
 
 class FingerprintSource(StrEnum):

@@ -32,6 +32,7 @@ __all__ = [
     "parse_certificate",
     "read_certificate",
     "renewal_due",
+    "serial_of",
 ]
 
 DEFAULT_THRESHOLD: Final = 0.3
@@ -76,6 +77,14 @@ def renewal_due(certificate: Validity, *, now: datetime, threshold: float) -> bo
 def read_certificate(path: Path) -> CertificateInfo:
     """The first certificate of the PEM file ``path``; OSError or ValueError if it has none."""
     return parse_certificate(path.read_bytes())
+
+
+def serial_of(path: Path) -> int:
+    """The serial of the certificate in ``path``; 0 if it cannot be read."""
+    try:
+        return read_certificate(path).serial_number
+    except (OSError, ValueError):
+        return 0
 
 
 def parse_certificate(pem: bytes) -> CertificateInfo:

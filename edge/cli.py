@@ -219,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
                     "restarts with a free --functions-port",
                     args.functions_port, exc,
                 )  # fmt: skip
+            await stack.enter_async_context(agent)
             print(f"agent running as {agent.identity.node_id}; Ctrl-C to stop", flush=True)
             await agent.run(stop)
 

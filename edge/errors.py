@@ -1,10 +1,38 @@
-"""Errors of the edge agent.
+"""The one error tree of the edge agent.
 
-EdgeError
- └── KeyFileError   the node's key or CSR files cannot be written or read safely
+::
+
+    EdgeError                   the root; every message says what to do
+    ├── KeyFileError            the node's key or CSR files cannot be written or read safely
+    ├── ActivationError         activation failed
+    │   ├── CaMismatchError     the endpoint's CA is not the one the install command pins
+    │   └── ActivationRefused   the cloud refused the activation (its own message)
+    ├── RenewalError            a renewal failed and nothing was swapped
+    │   └── RenewalRefused      the cloud refused the renewal (its own message)
+    ├── ManifestError           an app cannot be expressed as Kubernetes objects
+    └── KubeEngineError         the Kubernetes API cannot be reached or configured
+
+They are defined here, so that catching one loads nothing else (activation and renewal load
+``cryptography``, the kube engine the Kubernetes client), and re-exported by the modules that
+raise them (``edge.activation``, ``edge.renewal``, ``edge.engines.manifests``,
+``edge.engines.kube``). Three errors stay outside the tree on purpose: ``PropertyError``
+(``edge.properties``) carries the HTTP status of the node's local endpoint, where it is
+answered; ``SpecError`` (``edge.engines.plan``) is a ``ValueError`` the native engine turns into
+an app's failed status; ``RuntimeConfigError`` (``edge.functions.runtime``) belongs to the
+function runtime, which runs in the app's process on the standard library alone.
 """
 
-__all__ = ["EdgeError", "KeyFileError"]
+__all__ = [
+    "ActivationError",
+    "ActivationRefused",
+    "CaMismatchError",
+    "EdgeError",
+    "KeyFileError",
+    "KubeEngineError",
+    "ManifestError",
+    "RenewalError",
+    "RenewalRefused",
+]
 
 
 class EdgeError(Exception):
@@ -13,3 +41,43 @@ class EdgeError(Exception):
 
 class KeyFileError(EdgeError):
     """The node's key or CSR files cannot be written or read safely."""
+
+
+class ActivationError(EdgeError):
+    """Activation failed; the message says what to check."""
+
+
+class CaMismatchError(ActivationError):
+    """The endpoint's CA is not the one whose SHA-256 the install command names."""
+
+
+class ActivationRefused(ActivationError):
+    """The cloud refused the activation; the message is the cloud's own."""
+
+    def __init__(self, message: str, *, status: int, code: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+
+class RenewalError(EdgeError):
+    """Renewal failed and nothing was swapped; the message says why and what to do."""
+
+
+class RenewalRefused(RenewalError):
+    """The cloud refused the renewal; the message is the cloud's own."""
+
+    def __init__(self, message: str, *, status: int, code: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+
+class ManifestError(EdgeError):
+    """An app cannot be expressed as Kubernetes objects; the message says what to change."""
+
+
+class KubeEngineError(EdgeError):
+    """The Kubernetes API cannot be reached or configured; the message says what to check."""

@@ -54,7 +54,7 @@ from edge.certfile import (
     PREVIOUS_CERT_FILE,
     renewal_due,
 )
-from edge.errors import EdgeError, KeyFileError
+from edge.errors import KeyFileError, RenewalError, RenewalRefused
 from edge.state import StateDir, write_atomically
 
 __all__ = [
@@ -72,20 +72,6 @@ __all__ = [
 
 _PEM = serialization.Encoding.PEM
 _SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-
-
-class RenewalError(EdgeError):
-    """Renewal failed and nothing was swapped; the message says why and what to do."""
-
-
-class RenewalRefused(RenewalError):
-    """The cloud refused the renewal; the message is the cloud's own."""
-
-    def __init__(self, message: str, *, status: int, code: str, request_id: str | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)

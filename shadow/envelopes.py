@@ -3,7 +3,8 @@
 Requests are parsed from decoded payloads (``codec.decode``) into frozen values; anything
 unexpected (an unknown field, a wrong type, a token too long) is a ``BadRequest`` naming the
 field. Answers are plain dicts, encoded by ``codec.encode`` in the encoding of the request.
-The edge uses the ``parse_*`` functions of the answers and ``DesiredFollower``.
+The edge builds its requests with ``report_message``, ``get_message`` and
+``resource_get_message``, and uses the ``parse_*`` functions of the answers and ``DesiredFollower``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "client_token_of",
     "delta_message",
     "desire_message",
+    "get_message",
     "parse_accepted",
     "parse_delta",
     "parse_desire",
@@ -42,6 +44,8 @@ __all__ = [
     "parse_resource",
     "parse_resource_get",
     "rejected",
+    "report_message",
+    "resource_get_message",
     "resource_message",
 ]
 
@@ -187,6 +191,25 @@ def _with_token(message: dict[str, Any], client_token: str | None) -> dict[str, 
     if client_token is not None:
         message["clientToken"] = client_token
     return message
+
+
+def report_message(request: ReportRequest) -> dict[str, Any]:
+    """``report``, as the edge sends it."""
+    message: dict[str, Any] = {"reported": request.reported}
+    if request.version is not None:
+        message["version"] = request.version
+    return _with_token(message, request.client_token)
+
+
+def get_message(request: GetRequest) -> dict[str, Any]:
+    """``desire/get``, as the edge sends it."""
+    return _with_token({}, request.client_token)
+
+
+def resource_get_message(request: ResourceRequest) -> dict[str, Any]:
+    """``resource/get``, as the edge sends it."""
+    message = {"kind": request.kind.value, "name": request.name, "version": request.version}
+    return _with_token(dict(message), request.client_token)
 
 
 def desire_message(

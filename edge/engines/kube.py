@@ -46,7 +46,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from edge.engines.base import AppSpec, AppStatus, InstanceState, InstanceStatus
+from edge.engines.base import AppSpec, AppStatus, InstanceState
+from edge.engines.kubestatus import app_status, pod_status
 from edge.engines.manifests import (
     LABEL_APP,
     LABEL_MANAGED_BY,
@@ -55,7 +56,7 @@ from edge.engines.manifests import (
     ManifestError,
     render,
 )
-from edge.errors import EdgeError
+from edge.errors import KubeEngineError
 
 __all__ = ["ANNOTATION_SPEC_HASH", "KubeEngine", "KubeEngineError"]
 
@@ -64,36 +65,6 @@ log = logging.getLogger(__name__)
 ANNOTATION_SPEC_HASH: Final = "pybaetyl.io/spec-hash"
 _SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGER}"
 _TRANSIENT_STATUS: Final = frozenset({0, 429, 500, 502, 503, 504})
-# Container waiting reasons that mean the container will not start without a change.
-_FAILING_REASONS: Final = frozenset(
-    {
-        "CrashLoopBackOff",
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    }
-)
-_PHASES: Final = {
-    "Pending": InstanceState.PENDING,
-    "Running": InstanceState.RUNNING,
-    "Succeeded": InstanceState.SUCCEEDED,
-    "Failed": InstanceState.FAILED,
-}
-# Worst first: an app's state is the worst of its instances'.
-_SEVERITY: Final = (
-    InstanceState.FAILED,
-    InstanceState.UNKNOWN,
-    InstanceState.PENDING,
-    InstanceState.RUNNING,
-    InstanceState.SUCCEEDED,
-)
-
-
-class KubeEngineError(EdgeError):
-    """The Kubernetes API cannot be reached or configured; the message says what to check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,13 +223,13 @@ class KubeEngine:
             if name is None or version is None:
                 continue
             instances = tuple(
-                _instance(pod)
+                pod_status(pod)
                 for pod in sorted(pods, key=lambda p: str(p.metadata.name))
                 if (pod.metadata.labels or {}).get(LABEL_APP) == name
                 and (pod.metadata.labels or {}).get(LABEL_VERSION) == version
                 and pod.metadata.deletion_timestamp is None
             )
-            self._observed[name] = _app_status(name, version, kind, workload, instances)
+            self._observed[name] = app_status(name, version, kind, workload, instances)
 
     # --- apply, step by step --------------------------------------------------------------------
 
@@ -496,59 +467,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return f"an unexpected answer: {exc.errors()[0]['msg']}"
     return str(exc)
-
-
-def _instance(pod: Any) -> InstanceStatus:
-    """A pod as an instance: its phase, restarts and why it is not running."""
-    status = pod.status
-    state = _PHASES.get(status.phase or "", InstanceState.UNKNOWN)
-    restarts = 0
-    cause: str | None = None
-    for container in status.container_statuses or ():
-        restarts += container.restart_count or 0
-        current = container.state
-        waiting = current.waiting if current is not None else None
-        terminated = current.terminated if current is not None else None
-        if waiting is not None and waiting.reason not in (None, "ContainerCreating"):
-            cause = cause or _describe(container.name, waiting.reason, waiting.message)
-            if waiting.reason in _FAILING_REASONS:
-                state = InstanceState.FAILED
-            last = container.last_state.terminated if container.last_state else None
-            if last is not None and cause is not None and "exited" not in cause:
-                cause = f"{cause}; it last exited with code {last.exit_code}"
-        elif terminated is not None and terminated.exit_code != 0:
-            cause = cause or (
-                f"{container.name}: {terminated.reason or 'Error'}, "
-                f"exited with code {terminated.exit_code}"
-            )
-    if cause is None and status.reason:
-        cause = _describe(None, status.reason, status.message)
-    if cause is None and state is InstanceState.PENDING:
-        for condition in status.conditions or ():
-            if condition.type == "PodScheduled" and condition.status == "False":
-                cause = _describe(None, condition.reason or "Unschedulable", condition.message)
-    started = status.start_time.timestamp() if status.start_time is not None else None
-    return InstanceStatus(
-        name=pod.metadata.name, state=state, restarts=restarts, cause=cause, started_at=started
-    )
-
-
-def _describe(container: str | None, reason: str, message: str | None) -> str:
-    text = f"{container}: {reason}" if container else reason
-    return f"{text} ({message})" if message else text
-
-
-def _app_status(
-    name: str, version: str, kind: str, workload: Any, instances: tuple[InstanceStatus, ...]
-) -> AppStatus:
-    if not instances:
-        if kind == "Deployment" and workload.spec.replicas == 0:
-            return AppStatus(name, version, InstanceState.RUNNING)
-        return AppStatus(
-            name,
-            version,
-            InstanceState.PENDING,
-            cause="Kubernetes has not started a pod for it yet.",
-        )
-    worst = min(instances, key=lambda i: _SEVERITY.index(i.state))
-    return AppStatus(name, version, worst.state, instances, worst.cause)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from edge.engines.base import AppSpec
-from edge.errors import EdgeError
+from edge.errors import ManifestError
 
 __all__ = [
     "ANNOTATION_DATA_HASH",
@@ -55,10 +55,6 @@ ANNOTATION_DATA_HASH: Final = "pybaetyl.io/data-hash"
 _DNS_LABEL: Final = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN: Final = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _LABEL_VALUE: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-
-
-class ManifestError(EdgeError):
-    """An app cannot be expressed as Kubernetes objects; the message says what to change."""
 
 
 @dataclass(frozen=True, slots=True)

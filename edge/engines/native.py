@@ -37,15 +37,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 
 from edge.engines.appdir import (
     STATE_FILE,
-    InstanceRecord,
-    StateRecord,
     log_file,
     materialise,
     read_state,
@@ -53,10 +50,18 @@ from edge.engines.appdir import (
     volume_dirs,
     write_state,
 )
-from edge.engines.base import AppSpec, AppStatus, InstanceState, InstanceStatus
-from edge.engines.plan import Plan, Service, SpecError, Workload, check_file_name, env_suffix
-from edge.engines.processes import Exit, Process, poll, spawn, stop, sweep_group
-from edge.functions import PORT_FILE_ENV, startup_error_file
+from edge.engines.base import AppSpec, AppStatus, InstanceState
+from edge.engines.plan import Plan, SpecError, Workload, check_file_name, env_suffix
+from edge.engines.processes import Exit, poll, spawn, stop, sweep_group
+from edge.engines.supervised import (
+    Instance,
+    Launch,
+    SupervisedApp,
+    listening_port,
+    restore,
+    startup_error,
+)
+from edge.functions import PORT_FILE_ENV
 
 __all__ = ["NativeEngine"]
 
@@ -66,104 +71,6 @@ _AGENT_ENV: Final = ("PATH", "HOME", "LANG")
 _DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 _UNSUPPORTED: Final = {"container": "container apps need the kube engine"}
 _LOCALHOST: Final = "127.0.0.1"
-_MAX_CAUSE: Final = 500  # characters of a runtime's startup error kept in a reported cause
-# The app's state is its worst instance's.
-_RANK: Final = {
-    InstanceState.SUCCEEDED: 0,
-    InstanceState.RUNNING: 1,
-    InstanceState.PENDING: 2,
-    InstanceState.UNKNOWN: 3,
-    InstanceState.FAILED: 4,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Launch:
-    """How to start one instance."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    cwd: Path
-    log_file: Path
-    job: bool  # a job's instance that exits with code 0 is done
-
-
-@dataclass(slots=True)
-class _Instance:
-    """One process slot of a service, and what the supervisor knows about it."""
-
-    service: Service
-    replica: int
-    launch: _Launch
-    process: Process | None = None
-    state: InstanceState = InstanceState.PENDING
-    cause: str | None = None  # why it last stopped, or could not start
-    restarts: int = 0
-    started_at: float | None = None
-    attempted: bool = False  # whether it was ever started (the next start is a restart)
-    failures: int = 0  # consecutive, for the back-off
-    due: float = 0.0  # monotonic time of the next start
-
-    @property
-    def name(self) -> str:
-        return f"{self.service.name}-{self.replica}"
-
-    def status(self) -> InstanceStatus:
-        return InstanceStatus(
-            name=self.name,
-            state=self.state,
-            pid=self.process.pid if self.process else None,
-            restarts=self.restarts,
-            cause=self.cause,
-            started_at=self.started_at,
-        )
-
-    def record(self) -> InstanceRecord:
-        return InstanceRecord(
-            service=self.service.name,
-            replica=self.replica,
-            pid=self.process.pid if self.process else None,
-            start_time=self.process.start_time if self.process else None,
-            started_at=self.started_at,
-            restarts=self.restarts,
-            state=self.state.value,
-            cause=self.cause,
-        )
-
-
-@dataclass(slots=True)
-class _App:
-    """One app version the engine knows: run (``plan`` and ``dir`` set), or failed as a whole."""
-
-    name: str
-    version: str
-    spec: dict[str, Any]
-    plan: Plan | None = None
-    dir: Path | None = None
-    instances: list[_Instance] = field(default_factory=list)
-    cause: str | None = None  # why the app as a whole cannot run
-    retry: bool = False  # whether applying the same version again should try again
-
-    def status(self) -> AppStatus:
-        instances = tuple(i.status() for i in self.instances)
-        if self.cause is not None:
-            return AppStatus(self.name, self.version, InstanceState.FAILED, instances, self.cause)
-        if not instances:
-            return AppStatus(self.name, self.version, InstanceState.RUNNING)
-        state = max((i.state for i in instances), key=_RANK.__getitem__)
-        cause = None
-        if state in (InstanceState.FAILED, InstanceState.PENDING):
-            cause = next((i.cause for i in instances if i.state is state and i.cause), None)
-        return AppStatus(self.name, self.version, state, instances, cause)
-
-    def record(self) -> StateRecord:
-        return StateRecord(
-            format=1,
-            name=self.name,
-            version=self.version,
-            spec=self.spec,
-            instances=[i.record() for i in self.instances],
-        )
 
 
 class NativeEngine:
@@ -203,7 +110,7 @@ class NativeEngine:
         self._poll_interval = poll_interval
         self._base_env = {k: os.environ[k] for k in _AGENT_ENV if k in os.environ}
         self._base_env.setdefault("PATH", _DEFAULT_PATH)
-        self._apps: dict[tuple[str, str], _App] = {}
+        self._apps: dict[tuple[str, str], SupervisedApp] = {}
         self._apply_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -277,7 +184,7 @@ class NativeEngine:
             for instance in instances:
                 if instance.process is None or instance.state is not InstanceState.RUNNING:
                     continue
-                port = _listening_port(instance)
+                port = listening_port(instance)
                 if port is not None:
                     return _LOCALHOST, port
             return None
@@ -289,9 +196,9 @@ class NativeEngine:
 
     # -- starting and stopping apps ----------------------------------------------------------------
 
-    async def _create(self, spec: AppSpec) -> _App:
+    async def _create(self, spec: AppSpec) -> SupervisedApp:
         """Materialise a new app version and start its processes (or say why it cannot run)."""
-        app = _App(spec.name, spec.version, copy.deepcopy(spec.spec))
+        app = SupervisedApp(spec.name, spec.version, copy.deepcopy(spec.spec))
         try:
             plan = Plan.parse(spec.spec)
         except SpecError as exc:
@@ -322,7 +229,7 @@ class NativeEngine:
         log.info("started app %s version %s", app.name, app.version)
         return app
 
-    async def _retire(self, apps: Sequence[_App]) -> None:
+    async def _retire(self, apps: Sequence[SupervisedApp]) -> None:
         """Stop the processes of ``apps`` (no longer supervised) and remove their directories."""
         processes = []
         for app in apps:
@@ -352,13 +259,13 @@ class NativeEngine:
             if (record["name"], record["version"]) != (app_dir.parent.name, app_dir.name):
                 log.warning("cannot adopt the app in %s: its state.json names another", app_dir)
                 continue
-            app = _App(record["name"], record["version"], record["spec"], plan, app_dir)
+            app = SupervisedApp(record["name"], record["version"], record["spec"], plan, app_dir)
             app.instances = self._instances(app.name, app.version, app_dir, plan)
             known = {(r["service"], r["replica"]): r for r in record["instances"]}
             for instance in app.instances:
                 saved = known.get((instance.service.name, instance.replica))
                 if saved is not None:
-                    _restore(instance, saved)
+                    restore(instance, saved)
             self._apps[(app.name, app.version)] = app
             adopted = sum(1 for i in app.instances if i.process is not None)
             log.info("adopted app %s version %s (%d running)", app.name, app.version, adopted)
@@ -390,7 +297,7 @@ class NativeEngine:
             if changed:
                 self._save(app)
 
-    def _check(self, app: _App, instance: _Instance, now: float) -> bool:
+    def _check(self, app: SupervisedApp, instance: Instance, now: float) -> bool:
         """Bring one instance up to date; returns whether its record changed."""
         if instance.process is not None:
             ended = poll(instance.process)
@@ -406,10 +313,10 @@ class NativeEngine:
         self._start(app, instance, now)
         return True
 
-    def _exited(self, app: _App, instance: _Instance, ended: Exit, now: float) -> None:
+    def _exited(self, app: SupervisedApp, instance: Instance, ended: Exit, now: float) -> None:
         if instance.process is not None:
             sweep_group(instance.process)
-        reason = None if ended.succeeded else _startup_error(instance)
+        reason = None if ended.succeeded else startup_error(instance)
         instance.process = None
         instance.cause = ended.describe() + (f": {reason}" if reason else "")
         if instance.launch.job and ended.succeeded:
@@ -423,7 +330,7 @@ class NativeEngine:
             "app %s: %s %s; restarting in %.1f s", app.name, instance.name, instance.cause, delay
         )
 
-    def _start(self, app: _App, instance: _Instance, now: float) -> None:
+    def _start(self, app: SupervisedApp, instance: Instance, now: float) -> None:
         if instance.attempted:
             instance.restarts += 1
         instance.attempted = True
@@ -443,14 +350,16 @@ class NativeEngine:
         instance.state = InstanceState.RUNNING
         instance.started_at = instance.process.started_at
 
-    def _failed_to_start(self, app: _App, instance: _Instance, cause: str, now: float) -> None:
+    def _failed_to_start(
+        self, app: SupervisedApp, instance: Instance, cause: str, now: float
+    ) -> None:
         instance.state = InstanceState.FAILED
         instance.cause = cause
         delay = self._delay(instance)
         instance.due = now + delay
         log.warning("app %s: %s: %s; trying again in %.1f s", app.name, instance.name, cause, delay)
 
-    def _delay(self, instance: _Instance) -> float:
+    def _delay(self, instance: Instance) -> float:
         """Count one more consecutive failure; the back-off before the next start."""
         instance.failures += 1
         first, longest = self._backoff
@@ -466,7 +375,7 @@ class NativeEngine:
                     wait = min(wait, instance.due - now)
         return max(wait, 0.0)
 
-    def _instances(self, name: str, version: str, app_dir: Path, plan: Plan) -> list[_Instance]:
+    def _instances(self, name: str, version: str, app_dir: Path, plan: Plan) -> list[Instance]:
         """The instances of an app version: each service ``replicas`` times."""
         dirs = volume_dirs(app_dir, plan)
         instances = []
@@ -485,17 +394,17 @@ class NativeEngine:
                 if service.functions:
                     port_file = app_dir / "run" / f"{service.name}-{replica}.port"
                     env[PORT_FILE_ENV] = str(port_file)
-                launch = _Launch(
+                launch = Launch(
                     argv=service.argv,
                     env=env,
                     cwd=service.workdir or app_dir,
                     log_file=log_file(app_dir, service.name),
                     job=plan.workload is Workload.JOB,
                 )
-                instances.append(_Instance(service, replica, launch))
+                instances.append(Instance(service, replica, launch))
         return instances
 
-    def _save(self, app: _App) -> None:
+    def _save(self, app: SupervisedApp) -> None:
         if app.dir is None:
             return
         try:
@@ -524,60 +433,3 @@ def _remove_strays(apps_root: Path, known: set[Path]) -> None:
                     shutil.rmtree(version_dir, ignore_errors=True)
             if not any(name_dir.iterdir()):
                 name_dir.rmdir()
-
-
-def _listening_port(instance: _Instance) -> int | None:
-    """The port in the instance's port file, if its current process wrote it."""
-    port_file = instance.launch.env.get(PORT_FILE_ENV)
-    if not port_file or instance.process is None:
-        return None
-    path = Path(port_file)
-    try:
-        if path.stat().st_mtime < instance.process.started_at - 1.0:
-            return None  # left by an earlier process
-        port = int(path.read_text())
-    except (OSError, ValueError):
-        return None  # not listening yet
-    return port if 0 < port < 65536 else None
-
-
-def _startup_error(instance: _Instance) -> str | None:
-    """Why the instance's function runtime could not start (a handler that cannot be imported),
-    as its current process wrote it next to its port file; None for any other program."""
-    port_file = instance.launch.env.get(PORT_FILE_ENV)
-    if not port_file or instance.process is None:
-        return None
-    path = startup_error_file(Path(port_file))
-    try:
-        if path.stat().st_mtime < instance.process.started_at - 1.0:
-            return None  # left by an earlier process
-        text = path.read_text(errors="replace")
-    except OSError:
-        return None
-    return " ".join(text.split())[:_MAX_CAUSE] or None
-
-
-def _restore(instance: _Instance, saved: InstanceRecord) -> None:
-    """Fill ``instance`` from its record: adopt its process if that still runs."""
-    instance.attempted = True
-    instance.restarts = saved["restarts"]
-    instance.cause = saved["cause"]
-    instance.started_at = saved["started_at"]
-    if saved["state"] == InstanceState.SUCCEEDED.value:
-        instance.state = InstanceState.SUCCEEDED
-        return
-    instance.state = InstanceState.FAILED if saved["cause"] else InstanceState.PENDING
-    if saved["pid"] is None or saved["start_time"] is None:
-        return  # it was waiting to be started again
-    process = Process(saved["pid"], saved["start_time"], saved["started_at"] or 0.0)
-    ended = poll(process)
-    if ended is None:
-        instance.process = process
-        instance.state = InstanceState.RUNNING
-        return
-    sweep_group(process)
-    instance.state = InstanceState.FAILED
-    if ended.code is None and ended.signal is None:
-        instance.cause = "exited while the agent was down"
-    else:
-        instance.cause = ended.describe()

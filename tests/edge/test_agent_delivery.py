@@ -15,8 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edge.agent import Agent, AgentConfig, NodeIdentity
+from edge.agentstate import AgentState
 from edge.engines import references
+from edge.specbook import SpecBook
 from management.store import Kind
 from shadow import DesiredFollower
 from tests.edge.kube_standin import KubeStandIn
@@ -195,31 +196,29 @@ def test_only_a_container_apps_registries_are_references() -> None:
 def test_the_agent_forgets_old_registry_passwords_and_certificate_keys(tmp_path: Path) -> None:
     """After a registry and a certificate change, their old versions leave agent.json; the
     ones the applied app uses stay."""
-    agent = Agent.__new__(Agent)  # only the spec bookkeeping is exercised: no connection
-    agent.config = AgentConfig(tmp_path)
-    agent.identity = NodeIdentity("default.gw", "127.0.0.1", 1, tmp_path, tmp_path, tmp_path)
+    state = AgentState(tmp_path / "agent.json", "a1")  # only the spec bookkeeping: no agent
 
     def app(version: str) -> dict[str, Any]:
         return {"volumes": [{"name": "t", "certificate": {"name": "plc", "version": version}}],
                 "registries": [{"name": "company", "version": version}]}  # fmt: skip
 
-    agent._specs = {
+    state.specs = SpecBook({
         "app/web/1": app("1"),
         "app/web/2": app("2"),
         "certificate/plc/1": {"data": {"tls.key": "old-key"}},
         "certificate/plc/2": {"data": {"tls.key": "new-key"}},
         "registry/company/1": {"data": {"password": "old-pw"}},
         "registry/company/2": {"data": {"password": "new-pw"}},
-    }
-    agent._follower = DesiredFollower(2)
-    agent._desired = {}
-    agent._applied = [("web", "2")]
-    agent._prune_specs([("web", "2")])
-    assert set(agent._specs) == {"app/web/2", "certificate/plc/2", "registry/company/2"}
-    state = (tmp_path / "agent.json").read_text()
-    assert "old-key" not in state
-    assert "old-pw" not in state
-    spec, lacking = agent._app_spec("web", "2")
+    })  # fmt: skip
+    state.follower = DesiredFollower(2)
+    state.applied = [("web", "2")]
+    state.specs.prune([("web", "2")])
+    state.save()
+    assert set(state.specs.to_json()) == {"app/web/2", "certificate/plc/2", "registry/company/2"}
+    saved = (tmp_path / "agent.json").read_text()
+    assert "old-key" not in saved
+    assert "old-pw" not in saved
+    spec, lacking = state.specs.app("web", "2")
     assert lacking == []
     assert spec is not None
     assert spec.certificates == {"plc": {"tls.key": "new-key"}}

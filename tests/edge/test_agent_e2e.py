@@ -339,22 +339,21 @@ async def _partition_scenario(
 
 def test_the_agent_forgets_specs_no_applied_app_uses(tmp_path: Path) -> None:
     """After a config change, the old config's data (a secret's, likewise) leaves agent.json."""
-    from edge.agent import Agent, AgentConfig, NodeIdentity
+    from edge.agentstate import AgentState
+    from edge.specbook import SpecBook
 
-    agent = Agent.__new__(Agent)  # only the spec bookkeeping is exercised: no connection
-    agent.config = AgentConfig(tmp_path)
-    agent.identity = NodeIdentity("default.gw", "127.0.0.1", 1, tmp_path, tmp_path, tmp_path)
-    agent._specs = {
+    state = AgentState(tmp_path / "agent.json", "a1")  # only the spec bookkeeping: no agent
+    state.specs = SpecBook({
         "app/web/2": {"volumes": [{"name": "s", "secret": {"name": "pw", "version": "2"}}]},
         "app/web/1": {"volumes": [{"name": "s", "secret": {"name": "pw", "version": "1"}}]},
         "secret/pw/1": {"data": {"p": "old"}},
         "secret/pw/2": {"data": {"p": "new"}},
-    }
-    agent._follower = DesiredFollower(2)
-    agent._desired = {}
-    agent._applied = [("web", "2")]
-    agent._prune_specs([("web", "2")])
-    assert set(agent._specs) == {"app/web/2", "secret/pw/2"}
+    })  # fmt: skip
+    state.follower = DesiredFollower(2)
+    state.applied = [("web", "2")]
+    state.specs.prune([("web", "2")])
+    state.save()
+    assert set(state.specs.to_json()) == {"app/web/2", "secret/pw/2"}
     assert "old" not in (tmp_path / "agent.json").read_text()
 
 
@@ -459,10 +458,10 @@ async def test_a_restarted_agent_fetches_the_specs_it_still_lacks(
 
 def test_specs_are_asked_again_with_a_jittered_growing_delay() -> None:
     """5 s at first, doubling to at most a minute, each spread over half again (not in step)."""
-    from edge.agent import _spec_retry_delay
+    from edge.specbook import retry_delay
 
     for attempts, low in [(0, 5.0), (1, 10.0), (2, 20.0), (4, 60.0), (30, 60.0)]:
-        delays = [_spec_retry_delay(attempts) for _ in range(200)]
+        delays = [retry_delay(attempts) for _ in range(200)]
         assert all(low <= d <= low * 1.5 for d in delays), (attempts, min(delays), max(delays))
         assert len(set(delays)) > 100
 

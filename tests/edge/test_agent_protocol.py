@@ -7,6 +7,7 @@ are in ``test_agent_e2e.py``; these are the cases a broker cannot easily be made
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import types
@@ -18,9 +19,11 @@ import kubernetes.client
 import pytest
 
 from certs import CertificateAuthority
-from edge.agent import ANSWER_TIMEOUT, Agent, AgentConfig
+from edge.agent import Agent, AgentConfig
+from edge.desireget import ANSWER_TIMEOUT
 from edge.engines.kube import KubeEngine
 from edge.engines.native import NativeEngine
+from edge.specbook import SpecRef
 from shadow import Channel, Encoding, encode
 from tests.broker.helpers import issue_node
 from tests.edge.kube_standin import KubeStandIn
@@ -82,8 +85,9 @@ def _harness(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Harness:
     # The agent's module sees this clock; asyncio and the engine keep the real one.
     monkeypatch.setattr("edge.agent.time", types.SimpleNamespace(monotonic=clock))
     harness = Harness(agent, clock)
-    monkeypatch.setattr(agent, "_publish", lambda ch, body: harness.sent.append((ch, body)))
-    agent._online()  # as on a connection: asks for the desired state
+    monkeypatch.setattr(agent.link, "publish", lambda ch, body: harness.sent.append((ch, body)))
+    agent.link.connected.set()  # as on a connection: asks for the desired state
+    agent._online()
     return harness
 
 
@@ -112,7 +116,7 @@ async def test_an_unanswered_desire_get_is_sent_again(harness: Harness) -> None:
     harness.clock.now += 10 * ANSWER_TIMEOUT
     await harness.agent._step()
     assert len(harness.gets()) == 2
-    assert harness.agent._follower.version == 3
+    assert harness.agent.state.follower.version == 3
 
 
 async def test_a_refused_desire_get_is_sent_again_after_a_back_off(harness: Harness) -> None:
@@ -142,19 +146,19 @@ async def test_stale_pushes_are_ignored_but_an_older_answer_to_our_get_is_follow
     (token,) = harness.gets()
     await harness.desire(9, {"round": "9"})  # a push
     await harness.desire(8, {"round": "8"})  # a redelivery of an older one: ignored
-    assert harness.agent._desired["nodeprops"] == {"round": "9"}
+    assert harness.agent.state.desired["nodeprops"] == {"round": "9"}
     # The get crossed the push (asked at version 0): its answer, at 8, is stale, not a reset.
     await harness.desire(8, {"round": "8"}, token=token)
-    assert (harness.agent._follower.version, harness.agent._desired["nodeprops"]) == (
+    assert (harness.agent.state.follower.version, harness.agent.state.desired["nodeprops"]) == (
         9,
         {"round": "9"},
     )
     harness.agent._online()  # a reconnect, asking at version 9
     await harness.desire(2, {"round": "restored"}, token=harness.gets()[-1])
-    assert harness.agent._follower.version == 2
-    assert harness.agent._desired["nodeprops"] == {"round": "restored"}
+    assert harness.agent.state.follower.version == 2
+    assert harness.agent.state.desired["nodeprops"] == {"round": "restored"}
     await harness.desire(3, {"round": "next"})  # and the pushes after it
-    assert harness.agent._desired["nodeprops"] == {"round": "next"}
+    assert harness.agent.state.desired["nodeprops"] == {"round": "next"}
 
 
 async def test_a_state_file_that_cannot_be_written_does_not_stop_the_agent(
@@ -165,7 +169,7 @@ async def test_a_state_file_that_cannot_be_written_does_not_stop_the_agent(
     blocker = harness.agent.config.state_dir / "agent.tmp"
     blocker.mkdir()  # where the agent writes its next state file: it cannot
     await harness.desire(4, {"a": "4"}, token=harness.gets()[-1])
-    assert harness.agent._desired["nodeprops"] == {"a": "4"}
+    assert harness.agent.state.desired["nodeprops"] == {"a": "4"}
     assert not (harness.agent.config.state_dir / "agent.json").exists()
     blocker.rmdir()
     await harness.desire(5, {"a": "5"})
@@ -187,7 +191,8 @@ async def test_a_failed_apply_waits_for_the_resync_while_a_spec_is_missing(
             async with engine:
                 agent = Agent(AgentConfig(_state_dir(tmp_path), resync_interval=60.0), engine)
                 harness = _harness(agent, monkeypatch)
-                agent._specs["app/a/1"] = {"services": [{"name": "main", "image": "nginx:1.27"}]}
+                spec = {"services": [{"name": "main", "image": "nginx:1.27"}]}
+                agent.state.specs.put(SpecRef.app("a", "1"), spec)
                 apps = [{"name": "a", "version": "1"}, {"name": "b", "version": "1"}]
                 body = {"version": 1, "desired": {"apps": apps}, "timestamp": 1}
                 await harness.receive(Channel.DESIRE, body)
@@ -206,3 +211,9 @@ async def test_a_failed_apply_waits_for_the_resync_while_a_spec_is_missing(
                 assert reads() == 2 * once
         finally:
             client.close()  # type: ignore[no-untyped-call]
+
+
+async def test_an_agent_not_entered_does_not_run(harness: Harness) -> None:
+    """``run`` before ``async with agent`` would loop with no session: it says what to do."""
+    with pytest.raises(RuntimeError, match="async with agent"):
+        await harness.agent.run(asyncio.Event())

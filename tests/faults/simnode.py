@@ -53,7 +53,7 @@ _PINGRESP = 13
 
 
 def agent_first_delay(first: float, rng: random.Random) -> int:
-    """The per-client first reconnect delay of ``edge/agent.py``: round(first * U[1, 2)), >= 1.
+    """The per-client first reconnect delay of ``edge/link.py``: round(first * U[1, 2)), >= 1.
 
     The agent computes it once per MQTT client and hands it to paho as ``min_delay``.
     """

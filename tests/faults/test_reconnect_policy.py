@@ -10,7 +10,8 @@ import pytest
 from paho.mqtt.enums import _ConnectionState
 
 from certs import CertificateAuthority
-from edge.agent import Agent, AgentConfig, NodeIdentity
+from edge.agent import AgentConfig
+from edge.link import CloudLink, NodeIdentity
 from tests.broker.helpers import issue_node
 from tests.faults.simnode import agent_first_delay, agent_reconnect_delay, full_jitter_delay
 
@@ -33,23 +34,23 @@ def test_first_delay_and_backoff_are_the_agents(
     """For the same random draw, the simulated node's delays are the agent's paho client's."""
     ca = CertificateAuthority.init(tmp_path / "ca")
     creds = issue_node(ca, tmp_path / "node", "default", "policy")
-    agent = Agent.__new__(Agent)  # only the MQTT client is built: no engine, no state
-    agent.config = AgentConfig(tmp_path)
-    agent.identity = NodeIdentity("default.policy", "127.0.0.1", 1, creds.cert, creds.key,
-                                  ca.ca_path)  # fmt: skip
+    config = AgentConfig(tmp_path)
+    identity = NodeIdentity("default.policy", "127.0.0.1", 1, creds.cert, creds.key, ca.ca_path)
     monkeypatch.setattr(random, "random", lambda: draw)
-    client = agent._make_client()
+    link = CloudLink(identity, backoff=config.backoff, keepalive=lambda: config.keepalive,
+                     on_online=lambda: None, on_offline=lambda: None)  # fmt: skip
+    client = link._client  # only the MQTT client is built: no connection
 
     class Draw(random.Random):
         def random(self) -> float:
             return draw
 
-    first = agent_first_delay(agent.config.backoff[0], Draw())
+    first = agent_first_delay(config.backoff[0], Draw())
     assert client._reconnect_min_delay == first
     ours: list[float] = []
     delay: float | None = None
     for _ in range(9):
-        delay = agent_reconnect_delay(delay, first, agent.config.backoff[1])
+        delay = agent_reconnect_delay(delay, first, config.backoff[1])
         ours.append(delay)
     assert ours == paho_delays(client, 9)
     assert ours[-1] == 60.0

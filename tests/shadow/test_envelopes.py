@@ -13,6 +13,10 @@ from shadow import (
     Channel,
     Conflict,
     DesiredFollower,
+    GetRequest,
+    ReportRequest,
+    ResourceKind,
+    ResourceRequest,
     Section,
     TooManyRequests,
     parse,
@@ -28,10 +32,13 @@ from shadow.envelopes import (
     client_token_of,
     delta_message,
     desire_message,
+    get_message,
     parse_get,
     parse_report,
     parse_resource_get,
     rejected,
+    report_message,
+    resource_get_message,
 )
 
 node_ids = st.text(
@@ -121,6 +128,17 @@ def test_get_and_resource_requests() -> None:
     ):
         with pytest.raises(BadRequest):
             parse_resource_get(bad)
+
+
+def test_the_edges_requests_parse_back() -> None:
+    """Every request the edge builds is parsed by the function the cloud uses, token and all."""
+    for request in (ReportRequest({"a": 1}), ReportRequest({"a": {"b": None}}, "r-1", 7)):
+        assert parse_report(report_message(request)) == request
+    for get in (GetRequest(), GetRequest("get-1")):
+        assert parse_get(get_message(get)) == get
+    wanted = ResourceRequest(ResourceKind.CERTIFICATE, "plc", "3", "res-1")
+    assert parse_resource_get(resource_get_message(wanted)) == wanted
+    assert "clientToken" not in resource_get_message(ResourceRequest(ResourceKind.APP, "a", "1"))
 
 
 def test_answers_parse_back() -> None:
