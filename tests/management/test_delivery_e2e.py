@@ -220,9 +220,11 @@ async def test_registries_are_refused_on_native_and_function_apps(api: Api) -> N
     await create(api, "registries", registry())
     native = {"name": "sensor", "selector": "site=x", "type": "native",
               "services": [{"name": "s", "command": ["/usr/bin/sensor"]}]}  # fmt: skip
-    handlers = [{"name": "h", "handler": "m.f"}]
+    await create(api, "configs", {"name": "code", "data": {"m.py": "def f(event, context): ..."}})
+    handlers = [{"name": "h", "handler": "m.f", "codeConfig": "code"}]
     function = {"name": "rules", "selector": "site=x", "type": "function",
-                "services": [{"name": "f", "handlers": handlers}]}  # fmt: skip
+                "services": [{"name": "f", "handlers": handlers}],
+                "volumes": [{"name": "src", "config": {"name": "code"}}]}  # fmt: skip
     for body in (native, function):
         status, answer = await api.call(
             "POST", "/apps", {**body, "registries": [{"name": "company"}]}
