@@ -181,7 +181,7 @@ def plot(path: Path, runs: Sequence[Run], names: Sequence[str]) -> str:
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "plot skipped: matplotlib is not installed (.venv/bin/pip install matplotlib)"
-    # (title, key, lower bound key when the phase timed out, unit, target as a multiple of Mosquitto's)
+    # (title, key, lower bound key when the phase timed out, unit, target in multiples of Mosquitto)
     panels = [
         ("connect all N nodes", "connect_s", "connect_elapsed_s", "seconds", 3.0),
         ("fan-out: 1 QoS 1 message to each node", "fanout_s", "fanout_elapsed_s", "seconds", 3.0),
