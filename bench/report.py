@@ -181,7 +181,7 @@ def plot(path: Path, runs: Sequence[Run], names: Sequence[str]) -> str:
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "plot skipped: matplotlib is not installed (.venv/bin/pip install matplotlib)"
-    # (title, key, lower bound key when the phase timed out, unit, issue 4 target vs Mosquitto)
+    # (title, key, lower bound key when the phase timed out, unit, target in multiples of Mosquitto)
     panels = [
         ("connect all N nodes", "connect_s", "connect_elapsed_s", "seconds", 3.0),
         ("fan-out: 1 QoS 1 message to each node", "fanout_s", "fanout_elapsed_s", "seconds", 3.0),
@@ -234,7 +234,7 @@ def plot(path: Path, runs: Sequence[Run], names: Sequence[str]) -> str:
                     linestyle="--",
                     color="gray",
                     linewidth=1,
-                    label=f"issue 4 target: {target:g}x Mosquitto",
+                    label=f"target: {target:g}x Mosquitto",
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -18,7 +18,7 @@ stock behaviour it replaces:
   (stock upgraded a retained QoS 0 message to the subscription's QoS), and queued offline
   messages go out without RETAIN.
 
-Budgets (issue: the broker under hostile clients), none of which stock has:
+Budgets against hostile clients, none of which stock has:
 
 * a filter longer than ``broker.max_topic_length`` bytes or deeper than ``broker.max_topic_levels``
   levels, and a subscription past the client's ``broker.max_subscriptions`` (a service's:
@@ -27,7 +27,7 @@ Budgets (issue: the broker under hostile clients), none of which stock has:
   handler stops reading it there), as a malformed SUBSCRIBE does (packets.decode_subscribe);
 * a PUBLISH to a topic over the same length or levels is dropped like one the ACL refuses.
 
-Scale (issue: the broker at fleet scale):
+Scale, for a fleet of thousands of nodes on one broker:
 
 * subscriptions live in a ``SubscriptionIndex`` (exact topics in a dict, wildcards in a trie, a
   per-client index for removal) instead of a list scanned for every publish and every disconnect;

@@ -17,9 +17,10 @@ They are defined here, so that catching one loads nothing else (activation and r
 raise them (``edge.activation``, ``edge.renewal``, ``edge.engines.manifests``,
 ``edge.engines.kube``). Three errors stay outside the tree on purpose: ``PropertyError``
 (``edge.properties``) carries the HTTP status of the node's local endpoint, where it is
-answered; ``SpecError`` (``edge.engines.plan``) is a ``ValueError`` the native engine turns into
-an app's failed status; ``RuntimeConfigError`` (``edge.functions.runtime``) belongs to the
-function runtime, which runs in the app's process on the standard library alone.
+answered; ``SpecError`` (``edge.engines.spec``) is a ``ValueError`` the native engine turns into
+an app's failed status (the kube renderer into a ``ManifestError``); ``RuntimeConfigError``
+(``edge.functions.runtime``) belongs to the function runtime, which runs in the app's process on
+the standard library alone.
 """
 
 __all__ = [

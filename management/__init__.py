@@ -20,6 +20,6 @@ with)::
     ├── TokenError                  401 (TokenKeyError 500)
     └── CryptoError, ConfigError    500
 
-The command's API client errors (``cli/client.py``'s ``ClientError``) stand apart: they are raised
-client-side and loaded with every command, the edge agent's included.
+The command's API client errors (``cli/apiclient.py``'s ``ClientError``) stand apart: they are
+raised client-side and loaded with every command, the edge agent's included.
 """

@@ -50,7 +50,7 @@ CONFIG_FILE_NAME = "baetyl.toml"
 ENV_PREFIX = "BAETYL_"
 # Environment variables that are not configuration keys but select where configuration lives.
 _ENV_LOCATORS = frozenset({"BAETYL_DATA_DIR", "BAETYL_CONFIG"})
-# The API client's variables (management/cli/client.py), known by name: the README exports them
+# The API client's variables (management/cli/apiclient.py), known by name: the README exports them
 # in the shell that also runs 'baetyl up' and 'baetyl certs', and BAETYL_API_* would otherwise
 # read as the api section. Named here rather than imported: the client module loads the API's
 # schemas, which settings have no use for.

@@ -28,7 +28,7 @@ from its own tree (``shadow.errors``): its ``Unavailable`` is the MQTT protocol'
 API answers 503 like a failed database (``StoreError``). The ``baetyl`` command prints any
 ``ManagementError`` as one line.
 
-Not under the root: the command's API client errors (``cli/client.py``: ``ClientError``, with
+Not under the root: the command's API client errors (``cli/apiclient.py``: ``ClientError``, with
 ``ApiFailure`` and ``Unreachable``; ``cli/resources.py``: ``ManifestFileError``). They are raised
 on the client's side, never answered by the API (``ApiFailure`` only carries the API's answer),
 and their modules are loaded by every ``baetyl`` command, the edge agent's ``baetyl edge run``

@@ -1,6 +1,7 @@
 """The Kubernetes objects that run one app, rendered as plain dicts (pure: no I/O, no client).
 
-:func:`render` turns an :class:`~edge.engines.base.AppSpec` of type ``container`` into:
+:func:`render` parses an :class:`~edge.engines.base.AppSpec` of type ``container`` once
+(:class:`~edge.engines.spec.AppModel`, shared with the native engine) and turns it into:
 
 * one workload per app — a ``Deployment``, ``DaemonSet`` or ``Job`` (the app's ``workload``) whose
   pod has one container per service, the app's volumes, ``hostNetwork`` and image pull secret;
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from edge.engines.base import AppSpec
+from edge.engines.spec import AppModel, ServiceModel, SpecError, VolumeKind, Workload
 from edge.errors import ManifestError
 
 __all__ = [
@@ -76,15 +78,18 @@ class Registry:
 def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
     """Return the Kubernetes objects that run ``app`` in ``namespace``, workload first.
 
-    Raises :class:`ManifestError` when the app cannot run on Kubernetes (not a container app,
-    a name Kubernetes cannot hold, a mounted config, secret or certificate whose data is missing,
-    a registry named by the app whose credentials are missing or malformed).
+    Raises :class:`ManifestError` when the app cannot run on Kubernetes (a spec that does not
+    parse, not a container app, a name Kubernetes cannot hold, a mounted config, secret or
+    certificate whose data is missing, a registry named by the app whose credentials are missing
+    or malformed).
     """
-    spec = app.spec
-    kind = spec.get("type", "container")
-    if kind != "container":
+    try:
+        model = AppModel.parse(app.spec)
+    except SpecError as exc:
+        raise ManifestError(f"The spec of app {app.name!r} cannot be used: {exc}") from None
+    if model.type != "container":
         raise ManifestError(
-            f"App {app.name!r} is a {kind} app, which a Kubernetes node cannot run; "
+            f"App {app.name!r} is a {model.type} app, which a Kubernetes node cannot run; "
             "deploy it to a native node or package it as a container app."
         )
     _check_label_value(app.name, f"App name {app.name!r}")
@@ -107,10 +112,10 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
     data_objects: dict[str, dict[str, Any]] = {}
     pod_volumes: list[dict[str, Any]] = []
     mounted: dict[str, dict[str, str]] = {}
-    for volume in spec.get("volumes", ()):
-        name = volume["name"]
-        if "config" in volume:
-            config = volume["config"]["name"]
+    for volume in model.volumes:
+        name = volume.name
+        if volume.kind is VolumeKind.CONFIG:
+            config = volume.source
             data = _volume_data(app, app.configs, config, "config")
             object_name = f"{app.name}-{config}"
             data_objects[f"config/{config}"] = {
@@ -121,8 +126,8 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
             }
             pod_volumes.append({"name": name, "configMap": {"name": object_name}})
             mounted[f"config/{config}"] = data
-        elif "secret" in volume:
-            secret = volume["secret"]["name"]
+        elif volume.kind is VolumeKind.SECRET:
+            secret = volume.source
             data = _volume_data(app, app.secrets, secret, "secret")
             object_name = f"{app.name}-{secret}"
             data_objects[f"secret/{secret}"] = {
@@ -134,8 +139,8 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
             }
             pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
             mounted[f"secret/{secret}"] = data
-        elif "certificate" in volume:
-            certificate = volume["certificate"]["name"]
+        elif volume.kind is VolumeKind.CERTIFICATE:
+            certificate = volume.source
             data = _volume_data(app, app.certificates, certificate, "certificate")
             object_name = f"{app.name}-cert-{certificate}"
             data_objects[f"certificate/{certificate}"] = {
@@ -148,15 +153,15 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
             pod_volumes.append({"name": name, "secret": {"secretName": object_name}})
             mounted[f"certificate/{certificate}"] = data
         else:
-            pod_volumes.append({"name": name, "hostPath": {"path": volume["hostPath"]["path"]}})
+            pod_volumes.append({"name": name, "hostPath": {"path": volume.source}})
 
-    pod: dict[str, Any] = {"containers": [_container(s) for s in spec["services"]]}
+    pod: dict[str, Any] = {"containers": [_container(s) for s in model.services]}
     if pod_volumes:
         pod["volumes"] = pod_volumes
-    if spec.get("hostNetwork", False):
+    if model.host_network:
         pod["hostNetwork"] = True
         pod["dnsPolicy"] = "ClusterFirstWithHostNet"
-    registries = _registries(app)
+    registries = _registries(app, model)
     if registries:
         pull_secret = f"{app.name}-image-pull"
         data_objects["registries"] = {
@@ -173,9 +178,9 @@ def render(app: AppSpec, *, namespace: str) -> list[dict[str, Any]]:
         digest = hashlib.sha256(json.dumps(mounted, sort_keys=True).encode()).hexdigest()
         template["metadata"]["annotations"] = {ANNOTATION_DATA_HASH: digest[:16]}
     objects = [
-        _workload(app, meta(app.name, "workload"), template),
+        _workload(model, app.name, meta(app.name, "workload"), template),
         *data_objects.values(),
-        *_services(app, labels, namespace),
+        *_services(app.name, model, labels, namespace),
     ]
     seen: set[tuple[str, str]] = set()
     for obj in objects:
@@ -208,12 +213,11 @@ def _volume_data(
     return given[name]
 
 
-def _registries(app: AppSpec) -> dict[str, Registry]:
+def _registries(app: AppSpec, model: AppModel) -> dict[str, Registry]:
     """The credentials of every registry the app names, checked; a registry without a username
     or password (a public one) has nothing to authenticate and is left out."""
     found: dict[str, Registry] = {}
-    for entry in app.spec.get("registries", ()) or ():
-        name = entry["name"]
+    for name in model.registries:
         data = app.registries.get(name)
         if data is None:
             raise ManifestError(
@@ -257,95 +261,92 @@ def _docker_config(registries: Mapping[str, Registry]) -> str:
     return json.dumps({"auths": auths}, sort_keys=True)
 
 
-def _container(service: Mapping[str, Any]) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": service["name"], "image": service["image"]}
-    for key in ("command", "args"):
-        if service.get(key):
-            container[key] = list(service[key])
-    if service.get("env"):
-        container["env"] = [
-            {"name": e["name"], "value": e.get("value", "")} for e in service["env"]
-        ]
-    if service.get("ports"):
+def _container(service: ServiceModel) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": service.name, "image": service.image}
+    if service.command:
+        container["command"] = list(service.command)
+    if service.args:
+        container["args"] = list(service.args)
+    if service.env:
+        container["env"] = [{"name": name, "value": value} for name, value in service.env]
+    if service.ports:
         ports = []
-        for port in service["ports"]:
-            mapped = {"containerPort": port["containerPort"]}
-            if "hostPort" in port:
-                mapped["hostPort"] = port["hostPort"]
-            ports.append({**mapped, "protocol": port.get("protocol", "TCP")})
+        for port in service.ports:
+            mapped = {"containerPort": port.container_port}
+            if port.host_port is not None:
+                mapped["hostPort"] = port.host_port
+            ports.append({**mapped, "protocol": port.protocol})
         container["ports"] = ports
-    if service.get("volumeMounts"):
+    if service.mounts:
         container["volumeMounts"] = [
-            {"name": m["name"], "mountPath": m["mountPath"], "readOnly": m.get("readOnly", False)}
-            for m in service["volumeMounts"]
+            {"name": m.volume, "mountPath": m.path, "readOnly": m.read_only} for m in service.mounts
         ]
     resources = {
-        kind: dict(service["resources"][kind])
-        for kind in ("limits", "requests")
-        if service.get("resources", {}).get(kind)
+        kind: dict(quantities)
+        for kind, quantities in (("limits", service.limits), ("requests", service.requests))
+        if quantities
     }
     if resources:
         container["resources"] = resources
     return container
 
 
-def _workload(app: AppSpec, metadata: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
-    workload = app.spec.get("workload", "deployment")
-    replicas = app.spec.get("replicas", 1)
-    selector = {"matchLabels": {LABEL_APP: app.name}}
-    if workload == "deployment":
+def _workload(
+    model: AppModel, app: str, metadata: dict[str, Any], template: dict[str, Any]
+) -> dict[str, Any]:
+    replicas = model.replicas
+    selector = {"matchLabels": {LABEL_APP: app}}
+    if model.workload is Workload.DEPLOYMENT:
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": metadata,
             "spec": {"replicas": replicas, "selector": selector, "template": template},
         }
-    if workload == "daemonset":
+    if model.workload is Workload.DAEMONSET:
         return {
             "apiVersion": "apps/v1",
             "kind": "DaemonSet",
             "metadata": metadata,
             "spec": {"selector": selector, "template": template},
         }
-    if workload == "job":
-        template["spec"]["restartPolicy"] = "OnFailure"
-        return {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": metadata,
-            "spec": {"completions": replicas, "parallelism": replicas, "template": template},
-        }
-    raise ManifestError(
-        f"App {app.name!r} asks for the workload {workload!r}; use deployment, daemonset or job."
-    )
+    template["spec"]["restartPolicy"] = "OnFailure"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {"completions": replicas, "parallelism": replicas, "template": template},
+    }
 
 
-def _services(app: AppSpec, labels: dict[str, str], namespace: str) -> list[dict[str, Any]]:
+def _services(
+    app: str, model: AppModel, labels: dict[str, str], namespace: str
+) -> list[dict[str, Any]]:
     services = []
-    for service in app.spec["services"]:
-        if not service.get("ports"):
+    for service in model.services:
+        if not service.ports:
             continue
         ports = [
             {
-                "name": f"{p.get('protocol', 'TCP').lower()}-{p['containerPort']}",
-                "port": p["containerPort"],
-                "targetPort": p["containerPort"],
-                "protocol": p.get("protocol", "TCP"),
+                "name": f"{p.protocol.lower()}-{p.container_port}",
+                "port": p.container_port,
+                "targetPort": p.container_port,
+                "protocol": p.protocol,
             }
-            for p in service["ports"]
+            for p in service.ports
         ]
         services.append(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {
-                    "name": service_name(app.name, service["name"]),
+                    "name": service_name(app, service.name),
                     "namespace": namespace,
                     "labels": dict(labels),
                 },
                 "spec": {
                     "type": "ClusterIP",
-                    "selector": {LABEL_APP: app.name},
+                    "selector": {LABEL_APP: app},
                     "ports": ports,
                 },
             }

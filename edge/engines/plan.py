@@ -1,8 +1,8 @@
-"""What an app spec asks the native engine for, parsed once: its services and their volumes.
+"""What an app spec asks the native engine for: its services as programs, and their volumes.
 
-The spec has the shape of the management API's ``AppWrite`` (type, services, volumes, replicas,
-workload). Parsing checks what the engine relies on — names become file and directory names —
-and raises :class:`SpecError` with a sentence saying what to change.
+The spec is parsed and checked once by :class:`~edge.engines.spec.AppModel` (which the kube
+engine's renderer reads too); a :class:`Plan` is that model as the native engine runs it, and
+:class:`SpecError` says what to change when it cannot be.
 
 A native service finds its files through environment variables, not through ``mountPath`` (a
 container notion: a process cannot have a path of its own): ``BAETYL_VOLUME_<NAME>`` for every
@@ -24,10 +24,18 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edge.engines.spec import (
+    AppModel,
+    ServiceModel,
+    SpecError,
+    Volume,
+    VolumeKind,
+    Workload,
+    check_file_name,
+)
 from edge.functions import FUNCTIONS_ENV, runtime_command
 
 __all__ = [
@@ -40,36 +48,6 @@ __all__ = [
     "check_file_name",
     "env_suffix",
 ]
-
-_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_HANDLER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
-
-
-class SpecError(ValueError):
-    """An app spec the native engine cannot run; the message says what to change."""
-
-
-class Workload(StrEnum):
-    DEPLOYMENT = "deployment"
-    DAEMONSET = "daemonset"
-    JOB = "job"
-
-
-class VolumeKind(StrEnum):
-    CONFIG = "config"
-    SECRET = "secret"  # noqa: S105 - a kind of volume, not a password
-    CERTIFICATE = "certificate"
-    HOST_PATH = "hostPath"
-
-
-@dataclass(frozen=True, slots=True)
-class Volume:
-    """A volume of the app: the config, secret or certificate whose data it holds, or a host
-    path."""
-
-    name: str
-    kind: VolumeKind
-    source: str  # the config, secret or certificate name, or the host path
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,33 +75,20 @@ class Plan:
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> Plan:
         """Parse the app spec; only a native app's services are read (other types are not run)."""
-        kind = spec.get("type", "container")
-        if kind not in ("native", "container", "function"):
-            raise SpecError(f"The app type {kind!r} is unknown; use native, container or function.")
-        try:
-            workload = Workload(spec.get("workload", "deployment"))
-        except ValueError:
-            given = spec.get("workload")
-            raise SpecError(
-                f"The workload {given!r} is unknown; use deployment, daemonset or job."
-            ) from None
-        replicas = spec.get("replicas", 1)
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise SpecError(f"replicas must be a whole number of at least 0, not {replicas!r}.")
-        if workload is Workload.DAEMONSET:
-            replicas = 1  # one per node, and this is the node
-        if kind == "container":
-            return cls(kind, workload, replicas, (), ())
-        volumes = tuple(_volume(v) for v in _list(spec, "volumes"))
-        names = {v.name for v in volumes}
-        if kind == "function":
-            services = tuple(_function_service(s, volumes) for s in _list(spec, "services"))
-            _check_unique("function", [f for s in services for f in s.functions])
+        return cls.of(AppModel.parse(spec))
+
+    @classmethod
+    def of(cls, app: AppModel) -> Plan:
+        """The parsed app as programs; a container app has none (this engine does not run it)."""
+        # one per node, and this is the node
+        replicas = 1 if app.workload is Workload.DAEMONSET else app.replicas
+        if app.type == "container":
+            return cls(app.type, app.workload, replicas, (), ())
+        if app.type == "function":
+            services = tuple(_function_service(s, app.volumes) for s in app.services)
         else:
-            services = tuple(_service(s, names) for s in _list(spec, "services"))
-        _check_unique("service", [s.name for s in services])
-        _check_unique("volume", [v.name for v in volumes])
-        return cls(kind, workload, replicas, services, volumes)
+            services = tuple(_service(s) for s in app.services)
+        return cls(app.type, app.workload, replicas, services, app.volumes)
 
 
 def env_suffix(volume: str) -> str:
@@ -131,124 +96,32 @@ def env_suffix(volume: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", volume.upper())
 
 
-def check_file_name(what: str, name: object) -> str:
-    """Return ``name`` if it can be a file name of its own (no ``/``, not ``.`` or ``..``)."""
-    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
-        raise SpecError(
-            f"The {what} {name!r} cannot be used as a file name; use letters, digits, '.', '_' "
-            "and '-', starting with a letter, digit or '_'."
-        )
-    return name
-
-
-def _list(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    items = spec.get(key, [])
-    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
-        raise SpecError(f"{key} must be a list of objects.")
-    return items
-
-
-def _strings(where: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SpecError(f"{where} must be a list of strings.")
-    return tuple(value)
-
-
-def _check_unique(what: str, names: list[str]) -> None:
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SpecError(f"The {what} name {duplicates[0]!r} is used twice; give each a new name.")
-
-
-def _volume(item: Mapping[str, Any]) -> Volume:
-    name = check_file_name("volume name", item.get("name"))
-    sources = [k for k in VolumeKind if k.value in item]
-    if len(sources) != 1:
-        raise SpecError(
-            f"The volume {name!r} needs exactly one source: config, secret, certificate or "
-            "hostPath."
-        )
-    kind = sources[0]
-    source = item[kind.value]
-    field = "path" if kind is VolumeKind.HOST_PATH else "name"
-    value = source.get(field) if isinstance(source, Mapping) else None
-    if not isinstance(value, str) or not value:
-        raise SpecError(f"The volume {name!r} needs {kind.value}.{field}.")
-    if kind is VolumeKind.HOST_PATH and not value.startswith("/"):
-        raise SpecError(f"The hostPath of volume {name!r} must be an absolute path, not {value!r}.")
-    return Volume(name, kind, value)
-
-
-def _service(item: Mapping[str, Any], volumes: set[str]) -> Service:
-    name = check_file_name("service name", item.get("name"))
-    command = _strings(f"The command of service {name!r}", item.get("command"))
-    if not command or not command[0]:
-        raise SpecError(f"The service {name!r} needs a command: the program to run, then its args.")
-    args = _strings(f"The args of service {name!r}", item.get("args", []))
-    env: list[tuple[str, str]] = []
-    for var in _list(item, "env"):
-        key, value = var.get("name"), var.get("value", "")
-        if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
-            raise SpecError(
-                f"The env of service {name!r} must be a list of {{name, value}} strings."
-            )
-        env.append((key, value))
-    mounts: list[str] = []
-    for mount in _list(item, "volumeMounts"):
-        volume = mount.get("name")
-        if volume not in volumes:
-            raise SpecError(
-                f"The service {name!r} mounts the volume {volume!r}, which the app does not "
-                "declare; add it to volumes or remove the mount."
-            )
-        mounts.append(volume)
-    workdir = item.get("workdir")
-    if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
-        raise SpecError(f"The workdir of service {name!r} must be an absolute path.")
+def _service(service: ServiceModel) -> Service:
     return Service(
-        name=name,
-        argv=command + args,
-        env=tuple(env),
-        mounts=tuple(mounts),
-        workdir=Path(workdir) if workdir is not None else None,
+        name=service.name,
+        argv=service.command + service.args,
+        env=service.env,
+        mounts=tuple(m.volume for m in service.mounts),
+        workdir=Path(service.workdir) if service.workdir is not None else None,
     )
 
 
-def _function_service(item: Mapping[str, Any], volumes: tuple[Volume, ...]) -> Service:
+def _function_service(service: ServiceModel, volumes: tuple[Volume, ...]) -> Service:
     """A function service as the runtime process that serves its handlers."""
-    name = check_file_name("service name", item.get("name"))
-    runtime = item.get("runtime", "python3")
-    if runtime != "python3":
-        raise SpecError(
-            f"The runtime {runtime!r} of service {name!r} is not available; use python3."
-        )
-    handlers = _list(item, "handlers")
-    if not handlers:
-        raise SpecError(
-            f"The function service {name!r} needs handlers, e.g. "
-            '[{"name": "filter", "handler": "filters.on_message"}].'
-        )
     entries: list[dict[str, Any]] = []
     mounts: list[str] = []
-    for handler in handlers:
-        function = check_file_name(f"function name of service {name!r}", handler.get("name"))
-        target = handler.get("handler")
-        if not isinstance(target, str) or not _HANDLER.fullmatch(target):
-            raise SpecError(
-                f"The handler of function {function!r} must be module.function, e.g. "
-                f"filters.on_message, not {target!r}."
-            )
-        code = _code_volumes(function, handler.get("codeConfig"), volumes)
+    for handler in service.handlers:
+        code = _code_volumes(handler.name, handler.code_config, volumes)
         mounts.extend(v for v in code if v not in mounts)
         entries.append(
             {
-                "name": function,
-                "handler": target,
+                "name": handler.name,
+                "handler": handler.target,
                 "code": [f"BAETYL_VOLUME_{env_suffix(v)}" for v in code],
             }
         )
     return Service(
-        name=name,
+        name=service.name,
         argv=runtime_command(),
         env=((FUNCTIONS_ENV, json.dumps(entries)),),
         mounts=tuple(mounts),

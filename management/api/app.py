@@ -302,7 +302,7 @@ async def not_found(_request: web.Request) -> web.Response:
 def create_app(context: ApiContext) -> web.Application:
     """The management API for ``context``: every route under ``/v1``, health, docs."""
     from management import batches  # it imports this module too
-    from management.api import openapi, routes  # they import this module
+    from management.api import nodes, openapi, routes  # they import this module
 
     app = web.Application(middlewares=[errors, authenticate], client_max_size=MAX_BODY)
     app[CONTEXT] = context
@@ -310,6 +310,7 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     routes.add_routes(app)
+    nodes.add_routes(app)
     batches.add_routes(app)
     openapi.add_routes(app)
     return app

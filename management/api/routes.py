@@ -1,4 +1,5 @@
-"""The ``/v1`` routes: nodes, apps, configs, secrets, registries, certificates.
+"""The ``/v1`` routes: nodes, apps, configs, secrets, registries, certificates (the routes under
+one node beyond its CRUD are in ``nodes.py``).
 
 Writes validate the body against its schema (``schemas.py``), then check what a schema cannot
 (label syntax, selectors, references between resources), store, and push the change to the
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from cryptography.hazmat.primitives import hashes
 
 from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
@@ -24,17 +24,15 @@ from management.api.views import INSTALL_GENERATION, stored_body, view
 from management.errors import BadRequest, Conflict, Unprocessable
 from management.matching import (
     MOUNTED_KINDS,
-    app_matches,
     desired_apps,
     mounts,
     node_id,
     references,
     registries,
 )
-from management.schemas import COMPONENTS, ValidationFailed, validate
+from management.schemas import ValidationFailed, validate
 from management.selectors import Selector, SelectorError, validate_labels
 from management.store import Kind, Resource, ResourceConflict
-from management.tokens import ActivationClaims, ActivationKind
 from shadow import Limits, RequestError
 from shadow import validate as validate_section
 from shadow.server import ShadowRecord
@@ -54,7 +52,6 @@ COLLECTIONS: dict[str, tuple[Kind, str]] = {
 }
 MAX_PAGE_SIZE = 200
 _MAX_RACE_ATTEMPTS = 5  # conditional writes read again after a conflict at most this often
-_MAX_PROPERTIES: int = COMPONENTS["NodeWrite"]["properties"]["properties"]["maxProperties"]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a label key shown as labels.<key>
 # The kinds apps use: an update bumps the apps using one, a delete is refused while one does.
 _USED_KINDS = (*MOUNTED_KINDS, Kind.REGISTRY)
@@ -430,120 +427,6 @@ async def _forget_node(ctx: ApiContext, node: Resource) -> None:
     await ctx.shadow.replace_desired(node_id(node.namespace, node.name), {})
 
 
-# -- node extras -----------------------------------------------------------------------------------
-
-
-async def node_apps(request: web.Request) -> web.Response:
-    """The apps the node should run, with what it reports about them."""
-    ctx = _ctx(request)
-    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    apps = [a for a in await ctx.store.list(node.namespace, Kind.APP) if app_matches(a, node)]
-    record = await ctx.shadow.get(node_id(node.namespace, node.name))
-    stats = {s.get("name"): s for s in record.reported.state.get("appstats", []) or []
-             if isinstance(s, dict)}  # fmt: skip
-    items = [{**await _view(ctx, app, full=False), "status": stats.get(app.name)} for app in apps]
-    return web.json_response({"total": len(items), "items": items})
-
-
-async def node_stats(request: web.Request) -> web.Response:
-    """What the node last reported about itself: node info, stats, app stats."""
-    ctx = _ctx(request)
-    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    record = await ctx.shadow.get(node_id(node.namespace, node.name))
-    reported = record.reported.state
-    return web.json_response(
-        {
-            "online": record.online,
-            "node": reported.get("node", {}),
-            "nodestats": reported.get("nodestats", {}),
-            "appstats": reported.get("appstats", []),
-        }
-    )
-
-
-async def node_properties(request: web.Request) -> web.Response:
-    """Desired node properties (ours), reported ones (the node's), and the desired ones the
-    agent refused to apply, each with its cause."""
-    ctx = _ctx(request)
-    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    record = await ctx.shadow.get(node_id(node.namespace, node.name))
-    reported = record.reported.state
-    return web.json_response(
-        {
-            "desire": node.body.get("properties") or {},
-            "report": reported.get("nodeprops", {}),
-            "refused": reported.get("nodepropsRefused", {}),
-        }
-    )
-
-
-async def put_node_properties(request: web.Request) -> web.Response:
-    """Replace the desired node properties: ``{"desire": {...}}``."""
-    ctx = _ctx(request)
-    body = await json_body(request)
-    desire = body.get("desire")
-    if set(body) != {"desire"} or not isinstance(desire, dict):
-        raise BadRequest('The body must be {"desire": {<property>: <value>, ...}}.', field="desire")
-    _check_properties(_ctx(request), desire, "desire")
-    if len(desire) > _MAX_PROPERTIES:
-        raise BadRequest(
-            f"desire has {len(desire)} properties but at most {_MAX_PROPERTIES} are allowed; "
-            "remove some.",
-            field="desire",
-        )
-    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    _, updated = await _write_node(
-        ctx,
-        node,
-        lambda current: Resource(current.namespace, Kind.NODE, current.name,
-                                 labels=current.labels,
-                                 body={**current.body, "properties": desire}),
-        _expected_version(request),
-    )  # fmt: skip
-    await ctx.matcher.after_node_change(updated)
-    return await node_properties(request)
-
-
-async def node_init(request: web.Request) -> web.Response:
-    """The one-line install command with a signed, expiring, single-use activation token."""
-    ctx = _ctx(request)
-    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-    now = int(time.time())
-    claims = ActivationClaims.new(
-        ActivationKind.NODE, node.namespace, node.name, now=now, lifetime=ctx.install_token_ttl,
-        generation=int(node.body.get(INSTALL_GENERATION, 0)),
-    )  # fmt: skip
-    token = ctx.signer.sign(claims)
-    fingerprint = ctx.ca.certificate.fingerprint(hashes.SHA256()).hex()
-    url = f"https://{ctx.public_host}:{ctx.activation_port}"
-    cmd = f"baetyl edge activate --url {url} --ca-sha256 {fingerprint} --token {token}"
-    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))
-    return web.json_response({"cmd": cmd, "token": token, "expiresAt": expires})
-
-
-async def revoke_node_init(request: web.Request) -> web.Response:
-    """Revoke every install command issued for the node so far (a leaked one, say); the node's
-    certificates and the commands issued after are not touched."""
-    ctx = _ctx(request)
-    node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
-
-    def next_generation(current: Resource) -> Resource:
-        generation = int(current.body.get(INSTALL_GENERATION, 0)) + 1
-        return Resource(current.namespace, Kind.NODE, current.name, labels=current.labels,
-                        body={**current.body, INSTALL_GENERATION: generation})  # fmt: skip
-
-    # Not through _write_node, which keeps the stored generation: this write moves it on.
-    for _ in range(_MAX_RACE_ATTEMPTS):
-        try:
-            await ctx.store.update(next_generation(node), expected_version=node.version)
-        except ResourceConflict:
-            node = await ctx.store.get(node.namespace, Kind.NODE, node.name)
-            continue
-        log.info("revoked the install commands of node %s/%s", node.namespace, node.name)
-        return web.Response(status=204)
-    raise Conflict(f"The node {node.name!r} kept changing; revoke its install commands again.")
-
-
 async def config_users(request: web.Request) -> web.Response:
     """The apps mounting a config (or secret), a page of them like any list."""
     ctx = _ctx(request)
@@ -577,12 +460,6 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(base + "/{name}", _get_handler(kind))
         app.router.add_put(base + "/{name}", _update_handler(kind, schema))
         app.router.add_delete(base + "/{name}", _delete_handler(kind))
-    app.router.add_get("/v1/nodes/{name}/apps", node_apps)
-    app.router.add_get("/v1/nodes/{name}/stats", node_stats)
-    app.router.add_get("/v1/nodes/{name}/properties", node_properties)
-    app.router.add_put("/v1/nodes/{name}/properties", put_node_properties)
-    app.router.add_get("/v1/nodes/{name}/init", node_init)
-    app.router.add_delete("/v1/nodes/{name}/init", revoke_node_init)
     app.router.add_get("/v1/configs/{name}/apps", config_users)
     app.router.add_get("/v1/secrets/{name}/apps", config_users)
     app.router.add_get("/v1/apps/{name}/configs", app_mounts)

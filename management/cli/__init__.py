@@ -44,7 +44,7 @@ _USER_ERRORS = (
     ("broker", "BrokerError"),
     ("shadow", "ShadowError"),
     ("edge", "EdgeError"),
-    ("management.cli.client", "ClientError"),
+    ("management.cli.apiclient", "ClientError"),
 )
 
 
