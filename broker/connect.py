@@ -17,7 +17,9 @@ any other protocol name     closed without a CONNACK: it is not MQTT [MQTT-3.1.2
 ==========================  ==========================================================
 
 A 3.1.1 CONNACK is what MQTT 5 clients expect from a 3.1.1-only server (libmosquitto and paho
-report "unacceptable protocol version"). Each refusal is logged with the address and the reason.
+report "unacceptable protocol version"). Each refusal raises ``RefusedConnect``, which the broker
+counts by its reason (``protocol-version``, ``malformed-connect``) and logs at a bounded rate
+(``broker.refusals``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from typing import Any, Final
 from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import MQTTError
 
-__all__ = ["CONNACK_UNACCEPTABLE_VERSION", "ProtocolRefusal", "protocol_refusal", "read_packet"]
+from broker.refusals import RefusalReason
+
+__all__ = [
+    "CONNACK_UNACCEPTABLE_VERSION",
+    "ProtocolRefusal",
+    "RefusedConnect",
+    "protocol_refusal",
+    "read_packet",
+]
 
 MQTT_311: Final = ("MQTT", 4)
 # CONNACK: no session present, return code 0x01 (unacceptable protocol version).
@@ -47,6 +57,14 @@ class ProtocolRefusal:
 
     reason: str
     answer: bool
+
+
+class RefusedConnect(MQTTError):  # type: ignore[misc] # amqtt is untyped
+    """A first packet refused before amqtt parses it, with the reason it counts as."""
+
+    def __init__(self, message: str, reason: RefusalReason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 async def read_packet(reader: Any) -> bytes:

@@ -66,7 +66,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import websockets
 from amqtt.adapters import StreamWriterAdapter
@@ -91,6 +91,7 @@ from broker.acl import (
     valid_filter,
 )
 from broker.admission import HandshakeGate
+from broker.connect import RefusedConnect
 from broker.events import ConnectionEvent, DeniedPublish, DisconnectReason, EventKind, Listeners
 from broker.handler import (
     FLOW,
@@ -446,21 +447,29 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[HardenedHandler, Session]:
+        # Every failure here is counted and logged by ``refusals`` (rate-limited), then raised as
+        # an AMQTTError, whose "Failed to initialize client session" warning amqtt logs for each
+        # connection: broker/embedded.py turns that one down to DEBUG.
+        source, client = str(remote_address), f"{remote_address}:{remote_port}"
         try:
             handler, session = await asyncio.wait_for(
                 self._handler_class.init_from_connect(reader, writer, self.plugins_manager),
                 self._connect_timeout,
             )
-        except (TimeoutError, PacketTooLarge) as exc:
+        except TimeoutError as exc:
+            why = f"no CONNECT from {client} within {self._connect_timeout:g} s"
+            await self._refuse_connect(writer, source, RefusalReason.CONNECT_TIMEOUT, why, exc)
+        except PacketTooLarge as exc:
+            why = f"CONNECT from {client}: {exc}"
+            await self._refuse_connect(writer, source, RefusalReason.PACKET_TOO_LARGE, why, exc)
+        except RefusedConnect as exc:
+            await self._refuse_connect(writer, source, exc.reason, str(exc), exc)
+        except MQTTError as exc:  # amqtt's parser: reserved flags set, an empty client id, ...
+            why = f"invalid CONNECT from {client}: {exc}"
+            await self._refuse_connect(writer, source, RefusalReason.MALFORMED_CONNECT, why, exc)
+        except NoDataError as exc:  # closed before a whole CONNECT: nothing to refuse
+            log.info("%s closed its connection before a whole CONNECT", client)
             await close_quietly(writer)
-            why = str(exc) or f"none came within {self._connect_timeout:g} s"
-            raise AMQTTError(
-                f"no valid CONNECT from {remote_address}:{remote_port}: {why}"
-            ) from exc
-        except MQTTError:
-            await close_quietly(writer)
-            raise
-        except NoDataError as exc:
             raise AMQTTError(exc) from exc
         _slim(session)
 
@@ -523,6 +532,19 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)  # [MQTT-3.1.2-24]
         return handler, session
+
+    async def _refuse_connect(
+        self,
+        writer: Any,
+        source: str,
+        reason: RefusalReason,
+        why: str,
+        cause: BaseException,
+    ) -> NoReturn:
+        """Count and log a CONNECT refused before it named a client, close, and end the task."""
+        self.refusals.refuse(source, reason, why)
+        await close_quietly(writer)
+        raise AMQTTError(why) from cause
 
     async def _take_over(self, old_session: Session, old_handler: HardenedHandler) -> None:
         """Close the connection that holds a client id now wanted by a new one [MQTT-3.1.4-2].

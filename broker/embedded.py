@@ -41,12 +41,26 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# amqtt/broker.py's warning when _initialize_client_session raises (amqtt 0.12.1).
+CONNECT_FAILED = "Failed to initialize client session"
+
+
 class _StartFailureReported(logging.LoggerAdapter[logging.Logger]):
     """amqtt's broker logger, but a failed start is left to :class:`EmbeddedBroker` to report.
 
     amqtt logs "Broker startup failed" with a traceback before it raises; the caller turns the
     error into one sentence saying what to do (a port in use), so the traceback goes to DEBUG.
+    So does its warning for each refused CONNECT, which the broker logs at a bounded rate.
     """
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        # Logged by amqtt for every connection whose CONNECT the broker refused, unthrottled: a
+        # scan or a retry loop flooded the log. HardenedBroker counts and logs those refusals
+        # itself, at a bounded rate (broker.refusals).
+        if isinstance(msg, str) and msg.startswith(CONNECT_FAILED):
+            self.debug(msg, *args, **kwargs)
+            return
+        super().warning(msg, *args, **kwargs)
 
     def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
         if msg == "Broker startup failed":

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
-from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
+from amqtt.errors import NoDataError, ProtocolHandlerError
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.packet import (
@@ -60,7 +60,12 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OutgoingApplicationMessage
 
 from broker.acl import valid_topic
-from broker.connect import CONNACK_UNACCEPTABLE_VERSION, protocol_refusal, read_packet
+from broker.connect import (
+    CONNACK_UNACCEPTABLE_VERSION,
+    RefusedConnect,
+    protocol_refusal,
+    read_packet,
+)
 from broker.events import DisconnectReason
 from broker.packets import (
     MalformedPacket,
@@ -73,6 +78,7 @@ from broker.packets import (
     encode_pubrel,
 )
 from broker.queues import LazyQueue
+from broker.refusals import RefusalReason
 
 __all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly", "enqueue"]
 
@@ -236,16 +242,21 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                     writer.write(CONNACK_UNACCEPTABLE_VERSION)
                     await writer.drain()
             await close_quietly(writer)
-            raise MQTTError(f"refused CONNECT from {host}:{port}: {refusal.reason}")
+            # Answered: another MQTT version; closed without an answer: not a CONNECT at all.
+            reason = RefusalReason.MALFORMED_CONNECT
+            if refusal.answer:
+                reason = RefusalReason.PROTOCOL_VERSION
+            raise RefusedConnect(f"refused CONNECT from {host}:{port}: {refusal.reason}", reason)
         try:
             handler, session = await super().init_from_connect(
                 BufferReader(packet), writer, plugins_manager, loop
             )
         except NoDataError:  # the buffer ran out: the CONNECT is shorter than its fields say
             await close_quietly(writer)
-            raise MQTTError(
+            raise RefusedConnect(
                 f"refused CONNECT from {host}:{port}: it is shorter than its fields say; "
-                "closed without a CONNACK"
+                "closed without a CONNACK",
+                RefusalReason.MALFORMED_CONNECT,
             ) from None
         return handler, session
 
