@@ -234,7 +234,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         """amqtt's, after the CONNECT is read whole and any version but 3.1.1 refused (see
         ``broker.connect``): stock parsed an MQTT 5 CONNECT as 3.1.1 and hung until the timeout."""
         host, port = writer.get_peer_info() or ("?", "?")
-        packet = await read_packet(reader)
+        packet = await read_packet(reader, cls.max_packet_size)
         refusal = protocol_refusal(packet)
         if refusal is not None:
             if refusal.answer:

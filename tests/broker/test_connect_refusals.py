@@ -2,19 +2,23 @@
 
 They used to reach amqtt as exceptions, which logged "Failed to initialize client session" as a
 WARNING for each connection, and never reached ``refusals.counts`` (the metrics undercounted).
+A WebSocket CONNECT was read whole, up to its Remaining Length's 256 MB, before any check.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import struct
 from collections.abc import Callable
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from broker import BrokerStats, EmbeddedBroker, RefusalReason
 from broker.embedded import CONNECT_FAILED
-from tests.broker.helpers import BrokerThread, Pki, until
+from tests.broker.helpers import HOST, BrokerThread, Pki, until
 from tests.broker.rawmqtt import CONNECT, RawClient, connect_packet, packet
 
 
@@ -82,3 +86,20 @@ def test_a_valid_connect_is_not_refused(pki: Pki, broker: BrokerThread) -> None:
         client.send(connect_packet(pki.node_a.client_id))
         assert client.read().body == b"\x00\x00"
     assert sum(stats(broker).refusals.values()) == 0
+
+
+def test_a_websocket_connect_over_the_packet_size_is_refused_on_its_header(
+    pki: Pki, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """A WebSocket CONNECT announcing more than broker.max_packet_size is closed on its header,
+    not read (buffered) up to its Remaining Length until the CONNECT timeout."""
+    broker = start_broker(ws_port=0, connect_timeout=3.0)
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.load_cert_chain(pki.node_a.cert, pki.node_a.key)
+    uri = f"wss://{HOST}:{broker.ports['wss']}/"
+    with ws_connect(uri, ssl=context, subprotocols=["mqtt"], server_hostname="localhost") as ws:  # type: ignore[list-item]
+        ws.send(TOO_LARGE)
+        ws.send(b"\x00" * 1024)  # a start on the 1 MiB body
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=1.5)  # the CONNECT timeout is 3 s
+    assert until(lambda: stats(broker).refusals[RefusalReason.PACKET_TOO_LARGE] == 1)
