@@ -298,7 +298,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self._max_packet_size = max_packet_size
         self._max_connections = max_connections
         self._events = events
-        self._open_connections = 0
+        self._open_connections = 0  # past the TLS handshake (see _accept)
+        self._handshaking = 0  # TLS handshakes in progress, waiting for admission included
         self._read_buffers = SharedReadBuffers()
         self.refusals = RefusalCounter(refusal_log_interval)
         self._handshakes = HandshakeGate(handshakes_per_source)
@@ -376,9 +377,20 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         # into the StreamReader while this connection waits for its turn, they would be lost to
         # the handshake. start_tls resumes reading.
         transport = writer.transport
+        source = _source(writer)
+        if self._handshaking + self._open_connections >= self._max_connections:
+            # Counted from the accept: silent sockets each hold a socket and a task until the
+            # connect timeout, and a full broker would otherwise do a whole handshake to refuse.
+            self.refusals.refuse(
+                source,
+                RefusalReason.TOO_MANY_CONNECTIONS,
+                f"{self._open_connections} connections open, {self._handshaking} handshakes "
+                "in progress",
+            )
+            transport.abort()
+            return
         if isinstance(transport, asyncio.ReadTransport):
             transport.pause_reading()
-        source = _source(writer)
         gate = self._handshakes
         if gate.full(source):
             self.refusals.refuse(
@@ -389,6 +401,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             writer.transport.abort()
             return
         entered = False
+        self._handshaking += 1
         try:
             # Stock passed no handshake timeout: a silent TLS client would hold a socket 60 s.
             # The timeout covers the wait for a slot (broker/admission.py) and the handshake.
@@ -402,6 +415,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             writer.transport.abort()
             return
         finally:
+            # No await from here to _accept's count: the connection is always counted once.
+            self._handshaking -= 1
             if entered:
                 gate.leave(source)
         await self.stream_connected(reader, writer, listener_name)

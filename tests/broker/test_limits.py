@@ -9,10 +9,20 @@ from collections.abc import Callable
 
 import pytest
 
+from broker import EmbeddedBroker, RefusalReason
 from tests.broker.clients import MqttClient
 from tests.broker.conftest import Connect
-from tests.broker.helpers import HOST, NODE_A, NODE_B, BrokerThread, Pki, node_topic, until
-from tests.broker.rawmqtt import RawClient
+from tests.broker.helpers import (
+    HOST,
+    NODE_A,
+    NODE_B,
+    WAIT,
+    BrokerThread,
+    Pki,
+    node_topic,
+    until,
+)
+from tests.broker.rawmqtt import RawClient, connect_packet
 
 REPORT_A = node_topic(NODE_A, "report")
 
@@ -81,6 +91,42 @@ def test_connections_over_the_cap_are_refused(
         return connect(pki.operator, port=broker.port, connected=False).try_connect() == (0, False)
 
     assert until(accepted, timeout=3, step=0.05)
+
+
+def test_handshakes_in_progress_count_against_the_cap(
+    pki: Pki, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """With max_connections=2, two silent sockets (no TLS yet) fill the broker: a third
+    connection is refused before its handshake, as too-many-connections; closing them frees it.
+
+    Handshakes used to be counted only once finished: any number of silent sockets each held a
+    socket and a task until the connect timeout, and a full broker still did a whole handshake.
+    """
+    broker = start_broker(max_connections=2, connect_timeout=10.0)
+    silent = [socket.create_connection((HOST, broker.port), timeout=WAIT) for _ in range(2)]
+
+    def refused() -> bool:
+        try:
+            with RawClient(broker.port, pki.ca_file, pki.node_a) as client:
+                client.send(connect_packet(pki.node_a.client_id))
+                client.read(timeout=1.0)
+        except (OSError, TimeoutError):
+            return True
+        return False
+
+    try:
+        assert until(refused, timeout=3, step=0.05)
+
+        async def refusals_of(b: EmbeddedBroker) -> dict[str, int]:
+            return b.stats().refusals
+
+        refusals = broker.call(refusals_of)
+        assert refusals[RefusalReason.TOO_MANY_CONNECTIONS] >= 1
+        assert refusals[RefusalReason.ABORTED] == 0  # refused before TLS, not mid-handshake
+    finally:
+        for sock in silent:
+            sock.close()
+    assert until(lambda: not refused(), timeout=3, step=0.05)
 
 
 def test_oversized_publish_over_websocket_closes_the_connection(
