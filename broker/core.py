@@ -289,8 +289,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         budgets: Budgets | None = None,
         refusal_log_interval: float = 10.0,
         handshakes_per_source: int = 0,
+        revoked: Callable[[], frozenset[int]] = frozenset,
     ) -> None:
         super().__init__(config)
+        self._revoked = revoked  # the serials on the CRL now (ReloadableTLS.revoked)
         self._budgets = budgets or Budgets()
         self._tls_context = tls_context
         self._local_listeners = local_listeners
@@ -491,6 +493,10 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         listener = getattr(writer, LISTENER_ATTR, "")
         principal, peer = self._principal_of(listener, writer)
         refusal = self._refusal(principal, session)
+        if refusal is None and peer is not None and peer.serial in self._revoked():
+            # Its handshake finished under the previous CRL, and the reload's sweep of the
+            # sessions (EmbeddedBroker._drop_revoked) ran before this CONNECT made one.
+            refusal = RefusalReason.REVOKED, f"certificate serial {peer.serial:x} is revoked"
         if refusal is not None:
             # Refuse before looking at any existing session: stock would already have deleted or
             # taken over the legitimate owner's session at this point.

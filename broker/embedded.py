@@ -88,7 +88,7 @@ class EmbeddedBroker:
         # asyncio has no per-server knob for this; the class attribute is read when each TLS
         # connection is made, so it applies to every TLS connection this process opens from now.
         asyncio.sslproto.SSLProtocol.max_size = self.settings.tls_read_buffer
-        self._tls = ReloadableTLS(self.tls_files)
+        self._tls = tls = ReloadableTLS(self.tls_files)
         listeners: dict[str, Any] = {
             # amqtt requires a "default" listener and copies its fields into the others; an
             # unbound one keeps the real listeners exactly as written here.
@@ -119,6 +119,7 @@ class EmbeddedBroker:
             budgets=self.settings.budgets,
             refusal_log_interval=self.settings.refusal_log_interval,
             handshakes_per_source=self.settings.handshakes_per_source,
+            revoked=lambda: tls.revoked,
         )
         self._broker.logger = _StartFailureReported(self._broker.logger, {})
         try:
