@@ -119,6 +119,9 @@ PEER = "baetyl.peer"
 LISTENER_ATTR = "baetyl_listener"
 TAKEN_OVER = "baetyl.taken_over"
 TAKE_OVER_WAIT = 1.0
+# Seconds a walk over the sessions (the gauges of ``stats``) is reused: /metrics is served
+# without authentication, and one walk took 24 ms at 18,000 sessions.
+GAUGES_MAX_AGE = 1.0
 
 
 class PeerCertificate:
@@ -306,6 +309,8 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self.refusals = RefusalCounter(refusal_log_interval)
         self._handshakes = HandshakeGate(handshakes_per_source)
         self.counters = Counters()
+        self._gauges: tuple[dict[str, int], int, int] | None = None  # the last walk (stats)
+        self._gauges_at = 0.0
         # This broker's handler class carries its callbacks: set on each handler instead, they
         # grew every connection's attribute dict by 1.6 KiB.
         self._handler_class: type[HardenedHandler] = type(
@@ -416,6 +421,9 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             _forget(exc)
             writer.transport.abort()
             return
+        except BaseException:  # cancelled, while waiting for admission say: leave no socket open
+            writer.transport.abort()
+            raise
         finally:
             # No await from here to _accept's count: the connection is always counted once.
             self._handshaking -= 1
@@ -915,20 +923,18 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         self.counters.drops[DropReason.QUEUE_FULL] += 1
 
     def stats(self) -> BrokerStats:
-        """A snapshot of the counters, with the gauges that need a walk over the sessions."""
-        roles: dict[str, int] = dict.fromkeys((str(role) for role in Role), 0)
-        queued = inflight = 0
-        for session, _handler in self._sessions.values():
-            queued += session.retained_messages.qsize()
-            inflight += len(session.inflight_out)
-            if session.transitions.state != "connected":
-                continue
-            principal: Principal | None = session.attributes.get(PRINCIPAL)
-            if principal is not None:
-                roles[str(principal.role)] = roles.get(str(principal.role), 0) + 1
+        """A snapshot of the counters, with the gauges that need a walk over the sessions.
+
+        The walk is reused for ``GAUGES_MAX_AGE`` seconds, so scrapes in a burst cost one walk;
+        the counters are read fresh each time.
+        """
+        now = time.monotonic()
+        if self._gauges is None or now - self._gauges_at >= GAUGES_MAX_AGE:
+            self._gauges, self._gauges_at = self._session_gauges(), now
+        roles, queued, inflight = self._gauges
         counters = self.counters
         return BrokerStats(
-            connections=roles,
+            connections=dict(roles),
             open_connections=self._open_connections,
             messages_received=counters.received,
             messages_sent=counters.sent,
@@ -939,6 +945,20 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
             inflight_messages=inflight,
             sessions=len(self._sessions),
         )
+
+    def _session_gauges(self) -> tuple[dict[str, int], int, int]:
+        """Connected clients by role, queued messages and in-flight messages, over all sessions."""
+        roles: dict[str, int] = dict.fromkeys((str(role) for role in Role), 0)
+        queued = inflight = 0
+        for session, _handler in self._sessions.values():
+            queued += session.retained_messages.qsize()
+            inflight += len(session.inflight_out)
+            if session.transitions.state != "connected":
+                continue
+            principal: Principal | None = session.attributes.get(PRINCIPAL)
+            if principal is not None:
+                roles[str(principal.role)] = roles.get(str(principal.role), 0) + 1
+        return roles, queued, inflight
 
     def sessions_where(self, predicate: Callable[[Session], bool]) -> list[str]:
         """Client ids of connected sessions for which ``predicate`` holds."""

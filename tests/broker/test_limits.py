@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -11,7 +12,7 @@ import pytest
 
 from broker import EmbeddedBroker, RefusalReason
 from tests.broker.clients import MqttClient
-from tests.broker.conftest import Connect
+from tests.broker.conftest import Connect, settings
 from tests.broker.helpers import (
     HOST,
     NODE_A,
@@ -164,3 +165,21 @@ def test_refused_publishes_are_logged_once_per_interval(
     denied = [r.getMessage() for r in caplog.records if "denied publish" in r.getMessage()]
     assert len(denied) == 1, denied
     assert NODE_A in denied[0]
+
+
+def test_connections_waiting_for_admission_are_closed_when_the_broker_stops(pki: Pki) -> None:
+    """A connection cancelled while it waits for a handshake slot (the broker stopping) is
+    closed, not left open with its socket."""
+    thread = BrokerThread(settings(handshakes_per_source=1, connect_timeout=10.0), pki.files)
+    thread.__enter__()
+    try:
+        port = thread.port
+        socks = [socket.create_connection((HOST, port), timeout=WAIT) for _ in range(2)]
+        time.sleep(0.2)  # both accepted: one in its handshake, one waiting for the slot
+    finally:
+        thread.__exit__(None, None, None)
+    for sock in socks:
+        with sock:
+            sock.settimeout(2.0)
+            with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+                assert sock.recv(1) == b""  # not a TimeoutError: the socket was left open
