@@ -20,6 +20,7 @@ share their addresses with what attacks them (bench/handshake_flood.py measures 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 __all__ = ["MAX_WAITING", "HandshakeGate"]
@@ -60,7 +61,19 @@ class HandshakeGate:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.leave(source)  # handed a slot in the same turn it was cancelled: pass it on
+            else:
+                self._forget(source, future)
             raise
+
+    def _forget(self, source: str, future: asyncio.Future[None]) -> None:
+        """Drop a cancelled waiter: left in the queue, it counted towards ``full`` for good."""
+        waiting = self._waiting.get(source)
+        if waiting is None:
+            return
+        with contextlib.suppress(ValueError):
+            waiting.remove(future)
+        if not waiting:
+            del self._waiting[source]
 
     def leave(self, source: str) -> None:
         """Free a slot of ``source``: hand it to the next waiting connection, if any."""

@@ -17,7 +17,10 @@ any other protocol name     closed without a CONNACK: it is not MQTT [MQTT-3.1.2
 ==========================  ==========================================================
 
 A 3.1.1 CONNACK is what MQTT 5 clients expect from a 3.1.1-only server (libmosquitto and paho
-report "unacceptable protocol version"). Each refusal is logged with the address and the reason.
+report "unacceptable protocol version"). Each refusal raises ``RefusedConnect``, which the broker
+counts by its reason (``protocol-version``, ``malformed-connect``) and logs at a bounded rate
+(``broker.refusals``). A Remaining Length over ``broker.max_packet_size`` is refused before its
+body is read, on every listener (``PacketTooLarge``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from typing import Any, Final
 from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import MQTTError
 
-__all__ = ["CONNACK_UNACCEPTABLE_VERSION", "ProtocolRefusal", "protocol_refusal", "read_packet"]
+from broker.limits import PacketTooLarge
+from broker.refusals import RefusalReason
+
+__all__ = [
+    "CONNACK_UNACCEPTABLE_VERSION",
+    "ProtocolRefusal",
+    "RefusedConnect",
+    "protocol_refusal",
+    "read_packet",
+]
 
 MQTT_311: Final = ("MQTT", 4)
 # CONNACK: no session present, return code 0x01 (unacceptable protocol version).
@@ -49,11 +61,21 @@ class ProtocolRefusal:
     answer: bool
 
 
-async def read_packet(reader: Any) -> bytes:
+class RefusedConnect(MQTTError):  # type: ignore[misc] # amqtt is untyped
+    """A first packet refused before amqtt parses it, with the reason it counts as."""
+
+    def __init__(self, message: str, reason: RefusalReason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+async def read_packet(reader: Any, max_size: int) -> bytes:
     """One whole MQTT control packet (fixed header and body) from an amqtt reader adapter.
 
-    Raises amqtt's ``NoDataError`` if the connection ends first and ``MQTTError`` for a
-    Remaining Length of more than four bytes. The broker's reader bounds the packet's size.
+    Raises amqtt's ``NoDataError`` if the connection ends first, ``MQTTError`` for a Remaining
+    Length of more than four bytes and ``PacketTooLarge`` for a packet over ``max_size`` bytes,
+    before reading its body: a WebSocket reader buffers whatever a client sends, up to the
+    Remaining Length's 256 MB.
     """
     header = bytearray(await read_or_raise(reader, 1))
     length, shift = 0, 0
@@ -66,6 +88,8 @@ async def read_packet(reader: Any) -> bytes:
             break
         if shift >= 28:
             raise MQTTError("malformed Remaining Length in CONNECT (more than 4 bytes)")
+    if length + 5 > max_size:  # the same bound as the TCP reader's (broker.limits)
+        raise PacketTooLarge(f"a packet of {length} bytes exceeds the limit of {max_size} bytes")
     body = await read_or_raise(reader, length) if length else b""
     return bytes(header) + body
 

@@ -41,12 +41,26 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# amqtt/broker.py's warning when _initialize_client_session raises (amqtt 0.12.1).
+CONNECT_FAILED = "Failed to initialize client session"
+
+
 class _StartFailureReported(logging.LoggerAdapter[logging.Logger]):
     """amqtt's broker logger, but a failed start is left to :class:`EmbeddedBroker` to report.
 
     amqtt logs "Broker startup failed" with a traceback before it raises; the caller turns the
     error into one sentence saying what to do (a port in use), so the traceback goes to DEBUG.
+    So does its warning for each refused CONNECT, which the broker logs at a bounded rate.
     """
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        # Logged by amqtt for every connection whose CONNECT the broker refused, unthrottled: a
+        # scan or a retry loop flooded the log. HardenedBroker counts and logs those refusals
+        # itself, at a bounded rate (broker.refusals).
+        if isinstance(msg, str) and msg.startswith(CONNECT_FAILED):
+            self.debug(msg, *args, **kwargs)
+            return
+        super().warning(msg, *args, **kwargs)
 
     def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
         if msg == "Broker startup failed":
@@ -74,7 +88,7 @@ class EmbeddedBroker:
         # asyncio has no per-server knob for this; the class attribute is read when each TLS
         # connection is made, so it applies to every TLS connection this process opens from now.
         asyncio.sslproto.SSLProtocol.max_size = self.settings.tls_read_buffer
-        self._tls = ReloadableTLS(self.tls_files)
+        self._tls = tls = ReloadableTLS(self.tls_files)
         listeners: dict[str, Any] = {
             # amqtt requires a "default" listener and copies its fields into the others; an
             # unbound one keeps the real listeners exactly as written here.
@@ -105,6 +119,7 @@ class EmbeddedBroker:
             budgets=self.settings.budgets,
             refusal_log_interval=self.settings.refusal_log_interval,
             handshakes_per_source=self.settings.handshakes_per_source,
+            revoked=lambda: tls.revoked,
         )
         self._broker.logger = _StartFailureReported(self._broker.logger, {})
         try:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter
-from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
+from amqtt.errors import NoDataError, ProtocolHandlerError
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.packet import (
@@ -60,7 +60,12 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OutgoingApplicationMessage
 
 from broker.acl import valid_topic
-from broker.connect import CONNACK_UNACCEPTABLE_VERSION, protocol_refusal, read_packet
+from broker.connect import (
+    CONNACK_UNACCEPTABLE_VERSION,
+    RefusedConnect,
+    protocol_refusal,
+    read_packet,
+)
 from broker.events import DisconnectReason
 from broker.packets import (
     MalformedPacket,
@@ -73,6 +78,7 @@ from broker.packets import (
     encode_pubrel,
 )
 from broker.queues import LazyQueue
+from broker.refusals import RefusalReason
 
 __all__ = ["REASON", "HardenedHandler", "PublishCallback", "close_quietly", "enqueue"]
 
@@ -228,7 +234,7 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
         """amqtt's, after the CONNECT is read whole and any version but 3.1.1 refused (see
         ``broker.connect``): stock parsed an MQTT 5 CONNECT as 3.1.1 and hung until the timeout."""
         host, port = writer.get_peer_info() or ("?", "?")
-        packet = await read_packet(reader)
+        packet = await read_packet(reader, cls.max_packet_size)
         refusal = protocol_refusal(packet)
         if refusal is not None:
             if refusal.answer:
@@ -236,16 +242,21 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
                     writer.write(CONNACK_UNACCEPTABLE_VERSION)
                     await writer.drain()
             await close_quietly(writer)
-            raise MQTTError(f"refused CONNECT from {host}:{port}: {refusal.reason}")
+            # Answered: another MQTT version; closed without an answer: not a CONNECT at all.
+            reason = RefusalReason.MALFORMED_CONNECT
+            if refusal.answer:
+                reason = RefusalReason.PROTOCOL_VERSION
+            raise RefusedConnect(f"refused CONNECT from {host}:{port}: {refusal.reason}", reason)
         try:
             handler, session = await super().init_from_connect(
                 BufferReader(packet), writer, plugins_manager, loop
             )
         except NoDataError:  # the buffer ran out: the CONNECT is shorter than its fields say
             await close_quietly(writer)
-            raise MQTTError(
+            raise RefusedConnect(
                 f"refused CONNECT from {host}:{port}: it is shorter than its fields say; "
-                "closed without a CONNACK"
+                "closed without a CONNACK",
+                RefusalReason.MALFORMED_CONNECT,
             ) from None
         return handler, session
 

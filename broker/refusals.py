@@ -2,7 +2,8 @@
 
 A refusal happens in the TLS handshake (no certificate, one from another CA, revoked, expired)
 or at CONNECT (a certificate without a pybaetyl identity, a client id that is not the
-certificate's, a will topic it may not use), or before either (the broker is full). Each one is
+certificate's, a will topic it may not use, another MQTT version, a malformed, late or oversized
+CONNECT), or before either (the broker is full). Each one is
 counted by reason (``RefusalCounter.counts``, read by the metrics) and logged, so an operator
 sees a revoked node retrying or a scan in progress.
 
@@ -43,6 +44,10 @@ class RefusalReason(StrEnum):
     NO_IDENTITY = "no-identity"  # a certificate of our CA without a pybaetyl identity
     CLIENT_ID = "client-id"  # a client id that is not the certificate's
     WILL_TOPIC = "will-topic"  # a will on a topic the identity may not publish to
+    PROTOCOL_VERSION = "protocol-version"  # MQTT 5 or 3.1: answered CONNACK 0x01 (broker.connect)
+    MALFORMED_CONNECT = "malformed-connect"  # not a CONNECT, or one breaking MQTT 3.1.1's rules
+    CONNECT_TIMEOUT = "connect-timeout"  # no whole CONNECT within broker.connect_timeout
+    PACKET_TOO_LARGE = "packet-too-large"  # a CONNECT over broker.max_packet_size
     # Before either
     TOO_MANY_CONNECTIONS = "too-many-connections"  # broker.max_connections reached
     TOO_MANY_HANDSHAKES = "too-many-handshakes"  # too many waiting from one address (admission)

@@ -2,7 +2,8 @@
 
 The hot paths only add to integers here (``Counters``); everything that needs a walk over the
 sessions (connections by role, queue depths) is computed when a snapshot is asked for, which a
-metrics scrape does every few seconds, not per message.
+metrics scrape does every few seconds, not per message, and reused for a second
+(``core.GAUGES_MAX_AGE``) by the snapshots after it.
 """
 
 from __future__ import annotations
@@ -45,5 +46,5 @@ class BrokerStats:
     refusals: dict[str, int]  # by RefusalReason
     disconnects: dict[str, int]  # by DisconnectReason
     queued_messages: int  # waiting in the sessions' queues (offline, or behind a full window)
-    inflight_messages: int  # QoS 1 messages sent and not yet acknowledged
+    inflight_messages: int  # QoS 1 and 2 messages sent and not yet acknowledged
     sessions: int  # sessions kept, connected or not

@@ -136,7 +136,7 @@ class CloudCollector(Collector):
         )
         yield GaugeMetricFamily(
             "baetyl_broker_inflight_messages",
-            "QoS 1 messages sent to clients and not yet acknowledged.",
+            "QoS 1 and 2 messages sent to clients and not yet acknowledged.",
             value=stats.inflight_messages,
         )
 

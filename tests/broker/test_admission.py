@@ -59,3 +59,19 @@ async def test_an_address_with_too_many_waiting_is_full_and_a_limit_of_0_is_off(
     for _ in range(100):
         await asyncio.wait_for(off.enter("a"), 0.1)
     assert not off.full("a")
+
+
+async def test_cancelled_waits_leave_the_queue() -> None:
+    """Waits cancelled (by their timeout) no longer count as waiting: the address is not full."""
+    gate = HandshakeGate(per_source=1)
+    await gate.enter("a")
+    waiting = [asyncio.create_task(gate.enter("a")) for _ in range(MAX_WAITING)]
+    await asyncio.sleep(0)
+    assert gate.full("a")
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert not gate.full("a")  # they used to stay queued until the slot's holder left
+    gate.leave("a")
+    assert gate.in_progress("a") == 0
+    await asyncio.wait_for(gate.enter("a"), 0.1)

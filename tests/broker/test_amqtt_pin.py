@@ -15,6 +15,7 @@ from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
 from broker.core import HardenedBroker
+from broker.embedded import CONNECT_FAILED
 from broker.handler import HardenedHandler
 
 BROKER_METHODS: dict[str, tuple[list[str], bool]] = {
@@ -137,3 +138,10 @@ async def test_broker_state_attributes_exist() -> None:
     ):
         assert hasattr(broker, name), name
     assert hasattr(broker, "plugins_manager")
+
+
+def test_the_refused_connect_warning_is_still_the_one_turned_down() -> None:
+    """broker/embedded.py turns amqtt's per-connection warning down to DEBUG by its text; a new
+    wording would flood the log again with one line per refused CONNECT."""
+    source = inspect.getsource(Broker._client_connected)
+    assert f'self.logger.warning(f"{CONNECT_FAILED}: {{exc}}")' in source

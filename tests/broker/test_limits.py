@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -9,10 +10,20 @@ from collections.abc import Callable
 
 import pytest
 
+from broker import EmbeddedBroker, RefusalReason
 from tests.broker.clients import MqttClient
-from tests.broker.conftest import Connect
-from tests.broker.helpers import HOST, NODE_A, NODE_B, BrokerThread, Pki, node_topic, until
-from tests.broker.rawmqtt import RawClient
+from tests.broker.conftest import Connect, settings
+from tests.broker.helpers import (
+    HOST,
+    NODE_A,
+    NODE_B,
+    WAIT,
+    BrokerThread,
+    Pki,
+    node_topic,
+    until,
+)
+from tests.broker.rawmqtt import RawClient, connect_packet
 
 REPORT_A = node_topic(NODE_A, "report")
 
@@ -83,6 +94,42 @@ def test_connections_over_the_cap_are_refused(
     assert until(accepted, timeout=3, step=0.05)
 
 
+def test_handshakes_in_progress_count_against_the_cap(
+    pki: Pki, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """With max_connections=2, two silent sockets (no TLS yet) fill the broker: a third
+    connection is refused before its handshake, as too-many-connections; closing them frees it.
+
+    Handshakes used to be counted only once finished: any number of silent sockets each held a
+    socket and a task until the connect timeout, and a full broker still did a whole handshake.
+    """
+    broker = start_broker(max_connections=2, connect_timeout=10.0)
+    silent = [socket.create_connection((HOST, broker.port), timeout=WAIT) for _ in range(2)]
+
+    def refused() -> bool:
+        try:
+            with RawClient(broker.port, pki.ca_file, pki.node_a) as client:
+                client.send(connect_packet(pki.node_a.client_id))
+                client.read(timeout=1.0)
+        except (OSError, TimeoutError):
+            return True
+        return False
+
+    try:
+        assert until(refused, timeout=3, step=0.05)
+
+        async def refusals_of(b: EmbeddedBroker) -> dict[str, int]:
+            return b.stats().refusals
+
+        refusals = broker.call(refusals_of)
+        assert refusals[RefusalReason.TOO_MANY_CONNECTIONS] >= 1
+        assert refusals[RefusalReason.ABORTED] == 0  # refused before TLS, not mid-handshake
+    finally:
+        for sock in silent:
+            sock.close()
+    assert until(lambda: not refused(), timeout=3, step=0.05)
+
+
 def test_oversized_publish_over_websocket_closes_the_connection(
     pki: Pki, start_broker: Callable[..., BrokerThread], connect: Connect
 ) -> None:
@@ -118,3 +165,21 @@ def test_refused_publishes_are_logged_once_per_interval(
     denied = [r.getMessage() for r in caplog.records if "denied publish" in r.getMessage()]
     assert len(denied) == 1, denied
     assert NODE_A in denied[0]
+
+
+def test_connections_waiting_for_admission_are_closed_when_the_broker_stops(pki: Pki) -> None:
+    """A connection cancelled while it waits for a handshake slot (the broker stopping) is
+    closed, not left open with its socket."""
+    thread = BrokerThread(settings(handshakes_per_source=1, connect_timeout=10.0), pki.files)
+    thread.__enter__()
+    try:
+        port = thread.port
+        socks = [socket.create_connection((HOST, port), timeout=WAIT) for _ in range(2)]
+        time.sleep(0.2)  # both accepted: one in its handshake, one waiting for the slot
+    finally:
+        thread.__exit__(None, None, None)
+    for sock in socks:
+        with sock:
+            sock.settimeout(2.0)
+            with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+                assert sock.recv(1) == b""  # not a TimeoutError: the socket was left open

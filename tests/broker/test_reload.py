@@ -6,7 +6,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from broker import DisconnectReason, EventKind, TLSFiles
+from broker import (
+    BrokerStats,
+    DisconnectReason,
+    EmbeddedBroker,
+    EventKind,
+    RefusalReason,
+    TLSFiles,
+)
 from tests.broker.clients import MqttClient
 from tests.broker.conftest import Connect
 from tests.broker.helpers import (
@@ -17,7 +24,7 @@ from tests.broker.helpers import (
     until,
     write_server_cert,
 )
-from tests.broker.rawmqtt import RawClient
+from tests.broker.rawmqtt import CONNACK, RawClient, connect_packet
 
 
 def _refused(client: MqttClient) -> bool:
@@ -102,3 +109,33 @@ def test_server_certificate_rotates_without_restart(
     broker.call(lambda b: b.publish(desire, b"still here", qos=1))
     assert node.receive().payload == b"still here"
     assert peer_serial(node.client.socket()) == old_serial
+
+
+def test_a_connect_after_the_revocation_is_refused_though_the_handshake_was_before(
+    pki: Pki, start_broker: Callable[..., BrokerThread]
+) -> None:
+    """A handshake finished under the old CRL, the CRL reloaded, then CONNECT: CONNACK 5.
+
+    The reload's sweep drops sessions only; this connection had none yet and became a live
+    session of a revoked certificate.
+    """
+    broker = start_broker(crl_poll_interval=60)
+    creds = pki.new_node()
+
+    async def stats(b: EmbeddedBroker) -> BrokerStats:
+        return b.stats()
+
+    with RawClient(broker.port, pki.ca_file, creds) as client:
+        # The handshake is over on the broker's side too: the connection is counted as open.
+        assert until(lambda: broker.call(stats).open_connections == 1)
+        pki.ca.revoke(creds.serial)
+        broker.call(lambda b: b.reload())
+        client.send(connect_packet(creds.client_id))
+        assert client.expect(CONNACK).body == b"\x00\x05"  # not authorized
+        assert client.closed_within(1.0)
+    assert broker.call(stats).refusals[RefusalReason.REVOKED] == 1
+    assert creds.client_id not in broker.call(_connected)
+
+
+async def _connected(broker: EmbeddedBroker) -> list[str]:
+    return broker.connected()
