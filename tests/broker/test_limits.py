@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.broker.clients import MqttClient
-from tests.broker.conftest import Connect
-from tests.broker.helpers import HOST, NODE_A, NODE_B, BrokerThread, Pki, node_topic, until
+from tests.broker.clients import Connect, MqttClient
+from tests.broker.helpers import HOST, NODE_A, NODE_B, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import RawClient
+from tests.support.polling import until_blocking
 
 REPORT_A = node_topic(NODE_A, "report")
 
@@ -80,7 +80,7 @@ def test_connections_over_the_cap_are_refused(
     def accepted() -> bool:
         return connect(pki.operator, port=broker.port, connected=False).try_connect() == (0, False)
 
-    assert until(accepted, timeout=3, step=0.05)
+    assert until_blocking(accepted, 3, every=0.05)
 
 
 def test_oversized_publish_over_websocket_closes_the_connection(
@@ -113,7 +113,9 @@ def test_refused_publishes_are_logged_once_per_interval(
         for _ in range(20):
             node.publish(node_topic(NODE_B, "report"), b"x", qos=1)
         node.publish(REPORT_A, b"fine", qos=1)  # a later allowed publish: the loop is alive
-        assert until(lambda: any("denied publish" in r.getMessage() for r in caplog.records))
+        assert until_blocking(
+            lambda: any("denied publish" in r.getMessage() for r in caplog.records)
+        )
         time.sleep(0.3)
     denied = [r.getMessage() for r in caplog.records if "denied publish" in r.getMessage()]
     assert len(denied) == 1, denied

@@ -13,8 +13,6 @@ import re
 import shlex
 import socket
 import stat
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,34 +23,16 @@ from cryptography.x509.oid import NameOID
 from edge import ActivationError, FingerprintSource, read_fingerprint
 from edge.cli import FINGERPRINT_SOURCES
 from management.batches import batch_node_name
-from management.cli import main
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
-from tests.management.conftest import Api, RunningCloud
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """What one ``baetyl`` command did: exit code, stdout, stderr."""
-
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Awaitable[Run]]
+from tests.support.cli import Cli, capture
+from tests.support.cloud import Api, RunningCloud
 
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
-
-    async def call(*argv: str) -> Run:
-        code = await asyncio.to_thread(main, list(argv))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return call
+    return capture(capsys)
 
 
 async def install_command(api: Api, name: str, *, create: bool = True) -> list[str]:

@@ -38,8 +38,8 @@ from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind, TokenSigner
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
-from tests.management.conftest import Api, RunningCloud, cloud_settings
-from tests.shadow.conftest import Database
+from tests.support.cloud import Api, RunningCloud, cloud_settings
+from tests.support.db import Database
 
 Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
