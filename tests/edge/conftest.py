@@ -1,7 +1,8 @@
 """The edge's fixtures: the real cloud (tests/conftest.py) on SQLite, and a real agent.
 
 ``agent_dir`` is node gw-1 activated from its install command; ``start_agent`` runs
-``baetyl edge run`` on it and stops the agents, and the apps they left, after the test.
+``baetyl edge run`` on it and stops the agents, and the apps they left, after the test; ``run``
+runs a ``baetyl`` command in a thread (``baetyl edge activate``, ``renew``) and captures it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import activate_node, stop_left_apps
+from tests.support.cli import Cli, capture
 from tests.support.cloud import Api, RunningCloud
 from tests.support.db import Database, sqlite_database
 from tests.support.up import BAETYL
@@ -62,3 +64,9 @@ async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess
             proc.kill()
             await asyncio.to_thread(proc.communicate)
     await stop_left_apps(agent_dir)
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
+    return capture(capsys)

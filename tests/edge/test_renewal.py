@@ -25,17 +25,11 @@ from certs import Identity, Status, build_csr, generate_private_key
 from edge.renewal import RenewalRefused, renew_if_due, renewal_due, retire_previous
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
-from tests.edge.test_activation_cli import connects, install_command, snapshot
-from tests.support.cli import Cli, capture
+from tests.support.agent import connects, install_command, snapshot
+from tests.support.cli import Cli
 from tests.support.cloud import Api, RunningCloud
 
 NODE_ID = "default.gw-1"
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
-    return capture(capsys)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.faults.livecloud import LiveCloud, sqlite_query
+from tests.faults.strategies import json_values
 from tests.management.api_samples import COLLECTIONS, sample
 
 MAX_EXAMPLES = 150
@@ -40,20 +41,7 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("PUT", "/nodes/gw/properties", {"desire": {"interval": 5}}),
 ]
 
-_LEAVES = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-VALUES = st.recursive(
-    _LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
+VALUES = json_values(st.integers(-(2**70), 2**70))
 # JSON text Python's json module reads but the JSON standard does not allow, or that strains a
 # store: NaN and infinities, a lone surrogate, a 400-digit number, nesting 5,000 deep.
 ODD_JSON = [

@@ -30,6 +30,7 @@ from broker import NODE_DOWNSTREAM, NODE_UPSTREAM
 from shadow.codec import decode
 from tests.broker.clients import Message, MqttClient
 from tests.faults.livecloud import LiveCloud, node_id, sqlite_query
+from tests.faults.strategies import json_values
 
 FUZZER, OTHER = "fuzzer", "other"
 MAX_EXAMPLES = 150
@@ -58,20 +59,7 @@ FORBIDDEN = [
 
 # -- payloads --------------------------------------------------------------------------------------
 
-_LEAVES = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-VALUES = st.recursive(
-    _LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
+VALUES = json_values(st.integers(-(2**63), 2**64 - 1))
 OBJECTS = st.dictionaries(st.text(max_size=8), VALUES, max_size=5)
 TOKENS = st.text(
     min_size=1, max_size=64, alphabet=st.characters(min_codepoint=33, max_codepoint=126)

@@ -14,9 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from edge import TokenCredentials, activate
 from edge.engines.native import NativeEngine
-from tests.support.cloud import Api
+from tests.broker.clients import MqttClient
+from tests.broker.helpers import Creds
+from tests.support.cloud import Api, RunningCloud
 
 # The app: reads its config file, writes what it read (and its pid) to OUT, then stays up.
 APP = (
@@ -145,3 +149,31 @@ def point_agent_at(agent_dir: Path, port: int) -> None:
     info = json.loads(path.read_text())
     info["broker"]["port"] = port
     path.write_text(json.dumps(info))
+
+
+async def install_command(api: Api, name: str, *, create: bool = True) -> list[str]:
+    """Node ``name``'s install command (node made first if ``create``) without 'baetyl'."""
+    if create:
+        status, body = await api.call("POST", "/nodes", {"name": name})
+        assert status == 201, body
+    status, body = await api.call("GET", f"/nodes/{name}/init")
+    assert status == 200, body
+    argv = shlex.split(body["cmd"])
+    assert argv[:3] == ["baetyl", "edge", "activate"]
+    return argv[1:]
+
+
+def snapshot(state: Path) -> dict[str, bytes]:
+    """Every file of the state directory and its bytes."""
+    return {path.name: path.read_bytes() for path in sorted(state.iterdir())}
+
+
+async def connects(cloud: RunningCloud, state: Path, node_id: str) -> bool:
+    """Whether a paho client connects to the broker as ``node_id`` with the stored files."""
+    certificate = x509.load_pem_x509_certificate((state / "node.crt").read_bytes())
+    creds = Creds(node_id, state / "node.crt", state / "node.key", certificate.serial_number)
+    client = MqttClient(cloud.mqtt_port, node_id, ca=state / "ca.crt", creds=creds)
+    try:
+        return await asyncio.to_thread(client.try_connect) == (0, False)
+    finally:
+        await asyncio.to_thread(client.close)
