@@ -20,8 +20,9 @@ it to one backend), ``cloud`` (the whole cloud in the test's loop), ``api``, ``a
 ``permissive_umask``.
 
 And it draws the fast lane: the suites that take minutes (faults, scale-out, deploy, every
-``*_e2e.py`` and the walk-through) are marked ``slow`` here, by path, so ``bash scripts/test.sh
---fast`` (``-m "not slow"``) runs the rest for the edit-test loop while CI runs everything.
+``*_e2e.py``, the walk-through) and the slowest other files (``_SLOW_FILES``) are marked
+``slow`` here, by path, so ``bash scripts/test.sh --fast`` (``-m "not slow"``) runs the rest for
+the edit-test loop while CI runs everything.
 """
 
 from __future__ import annotations
@@ -45,9 +46,20 @@ pytest_plugins = ("pytester",)  # tests/test_process_guard.py runs the guards in
 
 _SETTLE = 2.0  # seconds a process stopped at teardown may take to be gone
 
-# What the fast lane leaves out, by path under tests/: whole directories, then single files.
+# What the fast lane leaves out, by path under tests/: whole directories, every ``*_e2e.py``, and
+# the files that take the longest otherwise (measured with --durations): a real agent or
+# `baetyl up` as a subprocess, fuzzing and property tests of hundreds of examples, pytest in pytest.
 _SLOW_DIRECTORIES = ("faults", "scaleout", "deploy")
-_SLOW_FILES = ("test_walkthrough.py",)
+_SLOW_FILES = (
+    "test_walkthrough.py",
+    "test_process_guard.py",
+    "broker/test_router_index.py",
+    "edge/test_agent_delivery.py",
+    "edge/test_agent_imports.py",
+    "edge/test_agent_renewal.py",
+    "management/test_api_schemathesis.py",
+    "management/test_cli.py",
+)
 
 
 def _slow(path: Path) -> bool:
@@ -55,7 +67,11 @@ def _slow(path: Path) -> bool:
     if not path.is_relative_to(Path(__file__).parent):
         return False  # a pytest run inside a test (pytester) has tests of its own
     parts = path.relative_to(Path(__file__).parent).parts
-    return parts[0] in _SLOW_DIRECTORIES or path.name in _SLOW_FILES or path.stem.endswith("_e2e")
+    return (
+        parts[0] in _SLOW_DIRECTORIES
+        or "/".join(parts) in _SLOW_FILES
+        or path.stem.endswith("_e2e")
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
