@@ -1,5 +1,6 @@
-"""The edge agent as the end-to-end tests run it: a node activated from its install command,
-``baetyl edge run`` as a subprocess, and what its apps leave to look at.
+"""The edge agent as the end-to-end tests run it: a node's install command and its activation,
+whether its stored certificate connects, the app the tests deploy, what that app leaves to look
+at, and a relay that partitions the agent from the broker.
 
 The fixtures that use these (``agent_dir``, ``start_agent``) are in tests/edge/conftest.py.
 """
