@@ -1,10 +1,21 @@
-"""Hypothesis strategies both hostile suites draw from: any JSON value, small and nested."""
+"""What both hostile suites fuzz with: their Hypothesis settings and any JSON value."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+# 150 examples each, the same ones every run (derandomized, no example database): a failure
+# reproduces, and the suite's time stays put. Examples are slow (a live cloud answers each).
+FUZZING = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def json_values(integers: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:

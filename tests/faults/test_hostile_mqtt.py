@@ -23,17 +23,17 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from broker import NODE_DOWNSTREAM, NODE_UPSTREAM
 from shadow.codec import decode
 from tests.broker.clients import Message, MqttClient
 from tests.faults.livecloud import LiveCloud, node_id, sqlite_query
-from tests.faults.strategies import json_values
+from tests.faults.strategies import FUZZING, json_values
 
 FUZZER, OTHER = "fuzzer", "other"
-MAX_EXAMPLES = 150
+MAX_EXAMPLES = FUZZING.max_examples
 REFUSAL_CODES = {400, 403, 404, 409, 413, 429}  # a bad input is never a 5xx
 SHADOW_CHANNELS = ("report", "desire/get", "resource/get")  # answered by the shadow service
 ANSWER_WAIT = 10.0  # seconds a valid request may take before the cloud counts as stuck
@@ -217,13 +217,7 @@ def test_fuzzed_payloads_on_every_topic_are_refused_cleanly(
     codes: collections.Counter[int] = collections.Counter()
     tally = collections.Counter[str]()
 
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @FUZZING
     @given(request=requests())
     @examples_of_every_refusal
     def send(request: tuple[str, bytes]) -> None:
