@@ -191,7 +191,11 @@ def test_two_replicas_share_the_nodes_and_survive_one_being_killed(cluster: Clus
     cluster.replicas[0].start()
     a = cluster.api(0)
     assert a.call("PUT", f"/nodes/{names[0]}/properties", {"desire": {"round": 3}})[0] == 200
-    until_blocking(lambda: cluster.nodes[0].desired.get("nodeprops") == {"round": 3}, 15, "round 3")
+    # Polled every 0.1 s as before the shared helper: the check below reads presence at once,
+    # and a quicker return here left replica a too little time to have read it (2 runs in 4).
+    until_blocking(
+        lambda: cluster.nodes[0].desired.get("nodeprops") == {"round": 3}, 15, "round 3", every=0.1
+    )
     # ... and knows who is online from the retained presence messages.
     assert all(_online(a, n) for n in names)
 
