@@ -32,7 +32,7 @@ from bench.loadgen import CLIENT_SSL_BUFFER, raise_nofile
 from bench.report import publish, write_json
 from tests.faults.scenarios import convergence, storm, summary_line
 from tests.faults.world import LONG, Profile, World
-from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
+from tests.support.db import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAULTS_MD = Path(__file__).resolve().parent / "FAULTS.md"

@@ -13,6 +13,16 @@ running after the suite, one more set per run. Two guards catch that, each namin
 A process is ours only by those paths, unique to this run, never by program name: other runs of
 the same programs may share the machine. What a guard finds is killed after it is reported, so
 one leak does not pile up over runs or break the next test.
+
+It also holds the fixtures more than one package's tests use (their helpers live in
+tests/support/): ``mariadb``, ``database`` (SQLite and MariaDB; a package's conftest may narrow
+it to one backend), ``cloud`` (the whole cloud in the test's loop), ``api``, ``api_for`` and
+``permissive_umask``.
+
+And it draws the fast lane: the suites that take minutes (faults, scale-out, deploy, every
+``*_e2e.py``, the walk-through) and the slowest other files (``_SLOW_FILES``) are marked
+``slow`` here, by path, so ``bash scripts/test.sh --fast`` (``-m "not slow"``) runs the rest for
+the edit-test loop while CI runs everything.
 """
 
 from __future__ import annotations
@@ -21,14 +31,54 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from management.bootstrap import ensure_pki
+from management.cloud import Cloud
+from tests.support.cloud import Api, RunningCloud, cloud_settings
+from tests.support.db import Database, fresh_mysql_database, require_mariadb, sqlite_database
 
 pytest_plugins = ("pytester",)  # tests/test_process_guard.py runs the guards in a pytest of its own
 
 _SETTLE = 2.0  # seconds a process stopped at teardown may take to be gone
+
+# What the fast lane leaves out, by path under tests/: whole directories, every ``*_e2e.py``, and
+# the files that take the longest otherwise (measured with --durations): a real agent or
+# `baetyl up` as a subprocess, fuzzing and property tests of hundreds of examples, pytest in pytest.
+_SLOW_DIRECTORIES = ("faults", "scaleout", "deploy")
+_SLOW_FILES = (
+    "test_walkthrough.py",
+    "test_process_guard.py",
+    "broker/test_router_index.py",
+    "edge/test_agent_delivery.py",
+    "edge/test_agent_imports.py",
+    "edge/test_agent_renewal.py",
+    "management/test_api_schemathesis.py",
+    "management/test_cli.py",
+)
+
+
+def _slow(path: Path) -> bool:
+    """Whether the test file at ``path`` belongs to a slow suite (see the module's docstring)."""
+    if not path.is_relative_to(Path(__file__).parent):
+        return False  # a pytest run inside a test (pytester) has tests of its own
+    parts = path.relative_to(Path(__file__).parent).parts
+    return (
+        parts[0] in _SLOW_DIRECTORIES
+        or "/".join(parts) in _SLOW_FILES
+        or path.stem.endswith("_e2e")
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of a slow suite ``slow`` (by path: a new file there is slow too)."""
+    for item in items:
+        if _slow(item.path):
+            item.add_marker(pytest.mark.slow)
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -142,3 +192,59 @@ def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[No
     found = settled_leaks(tmp_path)
     _kill(found)
     assert not found, _report(found, request.node.nodeid)
+
+
+# -- shared fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """Run the test with umask 000, the worst case for file permissions."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> None:
+    """MariaDB answers at 127.0.0.1:3306; otherwise skip (fail under CI)."""
+    require_mariadb()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh, empty database on each backend, dropped afterwards."""
+    if request.param == "sqlite":
+        yield sqlite_database(tmp_path)
+        return
+    request.getfixturevalue("mariadb")
+    with fresh_mysql_database("pybaetyl_test") as database:
+        yield database
+
+
+@pytest.fixture
+async def cloud(database: Database, tmp_path: Path) -> AsyncIterator[RunningCloud]:
+    """The whole cloud on a fresh ``database``, in this test's loop."""
+    settings = cloud_settings(tmp_path / "data", database.url)
+    ca, files = ensure_pki(settings)
+    async with Cloud(settings, ca, files) as running:
+        yield RunningCloud(running, settings, ca, database)
+
+
+@pytest.fixture
+async def api_for(cloud: RunningCloud) -> AsyncIterator[Callable[[str], Awaitable[Api]]]:
+    """Make an API client for a namespace (its token created on the fly)."""
+    async with aiohttp.ClientSession() as session:
+
+        async def make(namespace: str) -> Api:
+            return Api(session, cloud.api_url, namespace, await cloud.token(namespace))
+
+        yield make
+
+
+@pytest.fixture
+async def api(api_for: Callable[[str], Awaitable[Api]]) -> Api:
+    """An API client for namespace ``default``."""
+    return await api_for("default")

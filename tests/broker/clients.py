@@ -368,3 +368,8 @@ class MosquittoSub:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+Connect = Callable[
+    ..., MqttClient
+]  # what the `connect` fixture gives: clients closed after the test

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerSettings, TLSFiles
-from tests.broker.clients import MqttClient
-from tests.broker.helpers import BrokerThread, Creds, Pki, build_pki
-
-Connect = Callable[..., MqttClient]
+from broker import TLSFiles
+from tests.broker.clients import Connect, MqttClient
+from tests.broker.helpers import BrokerThread, Creds, Pki, broker_settings, build_pki
 
 
 @pytest.fixture(scope="session")
@@ -20,26 +18,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return build_pki(tmp_path_factory.mktemp("pki"))
 
 
-def settings(**overrides: object) -> BrokerSettings:
-    """Test settings: loopback, ephemeral ports, short timeouts, a fast CRL poll."""
-    values: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "plain_port": 0,
-        "connect_timeout": 2.0,
-        "crl_poll_interval": 0.1,
-    }
-    values.update(overrides)
-    return BrokerSettings(**values)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def start_broker(pki: Pki) -> Iterator[Callable[..., BrokerThread]]:
     """Start a broker with settings overridden by keyword (``files=`` replaces the TLS files)."""
     running: list[BrokerThread] = []
 
     def start(files: TLSFiles | None = None, **overrides: object) -> BrokerThread:
-        thread = BrokerThread(settings(**overrides), files or pki.files)
+        thread = BrokerThread(broker_settings(**overrides), files or pki.files)
         running.append(thread.__enter__())
         return thread
 

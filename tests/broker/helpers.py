@@ -5,12 +5,12 @@ The clients are in `tests.broker.clients` (paho, Mosquitto) and `tests.broker.ra
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import ipaddress
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +29,7 @@ from certs import (
     write_public_file,
 )
 from certs.keys import private_key_pem
+from tests.support.loop_thread import LoopThread
 
 T = TypeVar("T")
 
@@ -155,57 +156,41 @@ def build_pki(root: Path) -> Pki:
     )
 
 
+def broker_settings(**overrides: object) -> BrokerSettings:
+    """Test settings: loopback, ephemeral ports, short timeouts, a fast CRL poll."""
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "plain_port": 0,
+        "connect_timeout": 2.0,
+        "crl_poll_interval": 0.1,
+    }
+    values.update(overrides)
+    return BrokerSettings(**values)  # type: ignore[arg-type]
+
+
 # -- the broker in a thread ----------------------------------------------------------------------
 
 
-class BrokerThread:
+class BrokerThread(LoopThread):
     """An EmbeddedBroker serving from its own event loop thread, so tests stay synchronous."""
 
+    name = "broker"
+
     def __init__(self, settings: BrokerSettings, files: TLSFiles) -> None:
+        super().__init__()
         self.settings = settings
         self.files = files
         self._events: list[ConnectionEvent] = []
         self._changed = threading.Condition()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
         self._broker: EmbeddedBroker | None = None
-        self._thread = threading.Thread(target=self._run, name="broker", daemon=True)
 
-    def __enter__(self) -> BrokerThread:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise TimeoutError("The broker did not start within 10 s.")
-        if self._error is not None:
-            self._thread.join(5)
-            raise self._error
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
-        assert not self._thread.is_alive(), "the broker did not stop within 15 s"
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # handed to the test thread
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
         async with EmbeddedBroker(self.settings, self.files) as broker:
             self._broker = broker
             broker.add_listener(self._on_event)
-            self._ready.set()
-            await self._stop.wait()
+            yield
         self._broker = None
 
     def _on_event(self, event: ConnectionEvent) -> None:
@@ -228,12 +213,7 @@ class BrokerThread:
 
     def call(self, fn: Callable[[EmbeddedBroker], Awaitable[T]], timeout: float = WAIT) -> T:
         """Run ``fn(broker)`` on the broker's loop and return its result."""
-        assert self._loop is not None
-
-        async def run() -> T:
-            return await fn(self.broker)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+        return self.run(lambda: fn(self.broker), timeout)
 
     @property
     def events(self) -> list[ConnectionEvent]:
@@ -261,16 +241,6 @@ async def _value(value: T) -> T:
 
 
 # -- small things --------------------------------------------------------------------------------
-
-
-def until(condition: Callable[[], bool], timeout: float = WAIT, step: float = 0.02) -> bool:
-    """Poll `condition` until it holds or `timeout` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return condition()
-        time.sleep(step)
-    return True
 
 
 def peer_serial(sock: ssl.SSLSocket | Any) -> int:

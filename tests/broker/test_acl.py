@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.broker.clients import MosquittoSub, MqttClient, mosquitto_pub
-from tests.broker.conftest import Connect
+from tests.broker.clients import Connect, MosquittoSub, MqttClient, mosquitto_pub
 from tests.broker.helpers import NODE_A, NODE_B, BrokerThread, Pki, node_topic
 
 DESIRE_A, REPORT_A = node_topic(NODE_A, "desire"), node_topic(NODE_A, "report")

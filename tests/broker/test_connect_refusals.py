@@ -18,8 +18,9 @@ from websockets.sync.client import connect as ws_connect
 
 from broker import BrokerStats, EmbeddedBroker, RefusalReason
 from broker.embedded import CONNECT_FAILED
-from tests.broker.helpers import HOST, BrokerThread, Pki, until
+from tests.broker.helpers import HOST, BrokerThread, Pki
 from tests.broker.rawmqtt import CONNECT, RawClient, connect_packet, packet
+from tests.support.polling import until_blocking
 
 
 def _string(value: str) -> bytes:
@@ -69,7 +70,7 @@ def test_a_refused_connect_is_counted_and_logged_once_per_interval(
             if data:
                 client.send(data)
             assert client.closed_within(2.0)
-    assert until(lambda: stats(broker).refusals[reason] == 3), stats(broker).refusals
+    assert until_blocking(lambda: stats(broker).refusals[reason] == 3), stats(broker).refusals
     others = {r: n for r, n in stats(broker).refusals.items() if r != reason}
     assert set(others.values()) == {0}
     logged = [
@@ -101,4 +102,4 @@ def test_a_websocket_connect_over_the_packet_size_is_refused_on_its_header(
         ws.send(TOO_LARGE)
         with pytest.raises(ConnectionClosed):  # before the 1 MiB body: no waiting for it
             ws.recv(timeout=1.5)  # the CONNECT timeout is 3 s
-    assert until(lambda: stats(broker).refusals[RefusalReason.PACKET_TOO_LARGE] == 1)
+    assert until_blocking(lambda: stats(broker).refusals[RefusalReason.PACKET_TOO_LARGE] == 1)

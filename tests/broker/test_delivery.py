@@ -8,7 +8,7 @@ import pytest
 
 from broker import DisconnectReason, EmbeddedBroker
 from broker.handler import MAX_INFLIGHT
-from tests.broker.conftest import Connect
+from tests.broker.clients import Connect
 from tests.broker.helpers import NODE_A, NODE_B, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import (
     CONNACK,

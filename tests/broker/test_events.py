@@ -7,7 +7,7 @@ import time
 import pytest
 
 from broker import DisconnectReason, EmbeddedBroker, EventKind
-from tests.broker.conftest import Connect
+from tests.broker.clients import Connect
 from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import CONNACK, RawClient, connect_packet
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from broker import BrokerSettings
-from tests.broker.conftest import Connect
+from tests.broker.clients import Connect
 from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import (
     CONNACK,

@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from broker import EmbeddedBroker
-from tests.broker.clients import CONNACK_NOT_AUTHORIZED, MosquittoSub, MqttClient, mosquitto_pub
-from tests.broker.conftest import Connect
-from tests.broker.helpers import NODE_A, WAIT, BrokerThread, Creds, Pki, node_topic, until
+from tests.broker.clients import (
+    CONNACK_NOT_AUTHORIZED,
+    Connect,
+    MosquittoSub,
+    MqttClient,
+    mosquitto_pub,
+)
+from tests.broker.helpers import NODE_A, WAIT, BrokerThread, Creds, Pki, node_topic
+from tests.support.polling import until_blocking
 
 DESIRE_A = node_topic(NODE_A, "desire")
 REPORT_A = node_topic(NODE_A, "report")
@@ -89,7 +95,7 @@ def test_refuses_a_revoked_certificate_soon_after_revocation(
         result = connect(creds, connected=False).try_connect(timeout=1)
         return result is None or result[0] != 0
 
-    assert until(refused, timeout=3, step=0.05)
+    assert until_blocking(refused, 3, every=0.05)
     assert time.monotonic() - started < 2.5
 
 

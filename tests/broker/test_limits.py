@@ -11,8 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from broker import EmbeddedBroker, RefusalReason
-from tests.broker.clients import MqttClient
-from tests.broker.conftest import Connect, settings
+from tests.broker.clients import Connect, MqttClient
 from tests.broker.helpers import (
     HOST,
     NODE_A,
@@ -20,10 +19,11 @@ from tests.broker.helpers import (
     WAIT,
     BrokerThread,
     Pki,
+    broker_settings,
     node_topic,
-    until,
 )
 from tests.broker.rawmqtt import RawClient, connect_packet
+from tests.support.polling import until_blocking
 
 REPORT_A = node_topic(NODE_A, "report")
 
@@ -91,7 +91,7 @@ def test_connections_over_the_cap_are_refused(
     def accepted() -> bool:
         return connect(pki.operator, port=broker.port, connected=False).try_connect() == (0, False)
 
-    assert until(accepted, timeout=3, step=0.05)
+    assert until_blocking(accepted, 3, every=0.05)
 
 
 def test_handshakes_in_progress_count_against_the_cap(
@@ -116,7 +116,7 @@ def test_handshakes_in_progress_count_against_the_cap(
         return False
 
     try:
-        assert until(refused, timeout=3, step=0.05)
+        assert until_blocking(refused, 3, every=0.05)
 
         async def refusals_of(b: EmbeddedBroker) -> dict[str, int]:
             return b.stats().refusals
@@ -127,7 +127,7 @@ def test_handshakes_in_progress_count_against_the_cap(
     finally:
         for sock in silent:
             sock.close()
-    assert until(lambda: not refused(), timeout=3, step=0.05)
+    assert until_blocking(lambda: not refused(), 3, every=0.05)
 
 
 def test_oversized_publish_over_websocket_closes_the_connection(
@@ -160,7 +160,9 @@ def test_refused_publishes_are_logged_once_per_interval(
         for _ in range(20):
             node.publish(node_topic(NODE_B, "report"), b"x", qos=1)
         node.publish(REPORT_A, b"fine", qos=1)  # a later allowed publish: the loop is alive
-        assert until(lambda: any("denied publish" in r.getMessage() for r in caplog.records))
+        assert until_blocking(
+            lambda: any("denied publish" in r.getMessage() for r in caplog.records)
+        )
         time.sleep(0.3)
     denied = [r.getMessage() for r in caplog.records if "denied publish" in r.getMessage()]
     assert len(denied) == 1, denied
@@ -170,7 +172,7 @@ def test_refused_publishes_are_logged_once_per_interval(
 def test_connections_waiting_for_admission_are_closed_when_the_broker_stops(pki: Pki) -> None:
     """A connection cancelled while it waits for a handshake slot (the broker stopping) is
     closed, not left open with its socket."""
-    thread = BrokerThread(settings(handshakes_per_source=1, connect_timeout=10.0), pki.files)
+    thread = BrokerThread(broker_settings(handshakes_per_source=1, connect_timeout=10.0), pki.files)
     thread.__enter__()
     try:
         port = thread.port

@@ -13,8 +13,9 @@ import subprocess
 import pytest
 
 from tests.broker.clients import require_mosquitto
-from tests.broker.helpers import HOST, BrokerThread, Pki, until
+from tests.broker.helpers import HOST, BrokerThread, Pki
 from tests.broker.rawmqtt import CONNACK, CONNECT, RawClient, connect_packet, packet
+from tests.support.polling import until_blocking
 
 REFUSED = b"\x00\x01"  # no session present, return code 0x01: unacceptable protocol version
 
@@ -37,7 +38,7 @@ def refusal(caplog: pytest.LogCaptureFixture) -> str:
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if "refused CONNECT" in r.getMessage()]
 
-    assert until(lambda: bool(lines())), "no refusal was logged"
+    assert until_blocking(lambda: bool(lines())), "no refusal was logged"
     (line,) = lines()
     return line
 

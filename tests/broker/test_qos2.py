@@ -5,8 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from tests.broker.clients import MqttClient
-from tests.broker.conftest import Connect
+from tests.broker.clients import Connect, MqttClient
 from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
 from tests.broker.rawmqtt import (
     CONNACK,

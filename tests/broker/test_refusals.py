@@ -15,8 +15,9 @@ from collections.abc import Callable
 import pytest
 
 from broker import BrokerStats, EmbeddedBroker, RefusalReason
-from tests.broker.conftest import Connect
-from tests.broker.helpers import HOST, NODE_A, BrokerThread, Creds, Pki, until
+from tests.broker.clients import Connect
+from tests.broker.helpers import HOST, NODE_A, BrokerThread, Creds, Pki
+from tests.support.polling import until_blocking
 
 
 def handshake(port: int, pki: Pki, creds: Creds | None) -> None:
@@ -61,7 +62,7 @@ def test_a_refused_handshake_is_counted_by_its_reason(
     """Each refused handshake adds one to its reason's count, and to no other."""
     for _ in range(3):
         handshake(broker.port, pki, who(pki))
-    assert until(lambda: stats(broker).refusals[reason] == 3)
+    assert until_blocking(lambda: stats(broker).refusals[reason] == 3)
     others = {r: n for r, n in stats(broker).refusals.items() if r != reason}
     assert set(others.values()) == {0}
 
@@ -77,14 +78,14 @@ def test_a_revoked_certificate_is_counted_as_revoked(pki: Pki, broker: BrokerThr
         handshake(broker.port, pki, creds)
         return stats(broker).refusals[RefusalReason.REVOKED] > 0
 
-    assert until(refused, timeout=3, step=0.1)
+    assert until_blocking(refused, 3, every=0.1)
 
 
 def test_a_connect_refusal_is_counted(pki: Pki, broker: BrokerThread, connect: Connect) -> None:
     """A valid certificate with another node's client id is refused at CONNECT and counted."""
     client = connect(pki.node_a, client_id="default.node-b", connected=False)
     client.try_connect()
-    assert until(lambda: stats(broker).refusals[RefusalReason.CLIENT_ID] == 1)
+    assert until_blocking(lambda: stats(broker).refusals[RefusalReason.CLIENT_ID] == 1)
 
 
 def test_refusals_from_one_address_are_one_line_per_interval_with_a_count(
@@ -99,8 +100,8 @@ def test_refusals_from_one_address_are_one_line_per_interval_with_a_count(
     with caplog.at_level(logging.WARNING, logger="broker.refusals"):
         for _ in range(20):
             handshake(broker.port, pki, None)
-        assert until(lambda: stats(broker).refusals[RefusalReason.NO_CERTIFICATE] == 20)
-        assert until(lambda: any("19 more" in r.getMessage() for r in caplog.records))
+        assert until_blocking(lambda: stats(broker).refusals[RefusalReason.NO_CERTIFICATE] == 20)
+        assert until_blocking(lambda: any("19 more" in r.getMessage() for r in caplog.records))
     lines = [r.getMessage() for r in caplog.records if r.name == "broker.refusals"]
     assert len(lines) == 2, lines
     assert lines[0].startswith(f"refused a connection from {HOST}: no-certificate")
@@ -138,7 +139,7 @@ def test_a_refused_handshake_is_freed_without_the_garbage_collector(
     try:
         for creds in (None, pki.foreign, pki.expired) * 3:
             handshake(broker.port, pki, creds)
-        assert until(lambda: sum(stats(broker).refusals.values()) == 10)
+        assert until_blocking(lambda: sum(stats(broker).refusals.values()) == 10)
 
         async def settle(_b: EmbeddedBroker) -> None:
             await asyncio.sleep(0.1)  # the transports' connection_lost callbacks run

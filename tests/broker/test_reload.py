@@ -14,17 +14,16 @@ from broker import (
     RefusalReason,
     TLSFiles,
 )
-from tests.broker.clients import MqttClient
-from tests.broker.conftest import Connect
+from tests.broker.clients import Connect, MqttClient
 from tests.broker.helpers import (
     BrokerThread,
     Pki,
     node_topic,
     peer_serial,
-    until,
     write_server_cert,
 )
 from tests.broker.rawmqtt import CONNACK, RawClient, connect_packet
+from tests.support.polling import until_blocking
 
 
 def _refused(client: MqttClient) -> bool:
@@ -83,7 +82,7 @@ def test_unreadable_crl_keeps_the_previous_tls_files(
     creds = pki.new_node()
     pki.ca.revoke(creds.serial)
     shutil.copyfile(pki.ca.crl_path, crl)  # a good file again is picked up
-    assert until(lambda: _refused(connect(creds, connected=False, port=broker.port)), 3)
+    assert until_blocking(lambda: _refused(connect(creds, connected=False, port=broker.port)), 3)
 
 
 def test_server_certificate_rotates_without_restart(
@@ -103,7 +102,7 @@ def test_server_certificate_rotates_without_restart(
         with RawClient(broker.port, pki.ca_file, pki.node_b) as raw:
             return peer_serial(raw.sock)
 
-    assert until(lambda: new_connection_serial() == new_serial, timeout=3)
+    assert until_blocking(lambda: new_connection_serial() == new_serial, 3)
     assert not node.disconnected.is_set()
     assert node.subscribe(desire, 1) == [1]
     broker.call(lambda b: b.publish(desire, b"still here", qos=1))
@@ -127,7 +126,7 @@ def test_a_connect_after_the_revocation_is_refused_though_the_handshake_was_befo
 
     with RawClient(broker.port, pki.ca_file, creds) as client:
         # The handshake is over on the broker's side too: the connection is counted as open.
-        assert until(lambda: broker.call(stats).open_connections == 1)
+        assert until_blocking(lambda: broker.call(stats).open_connections == 1)
         pki.ca.revoke(creds.serial)
         broker.call(lambda b: b.reload())
         client.send(connect_packet(creds.client_id))

@@ -6,8 +6,9 @@ import time
 
 from broker import EmbeddedBroker
 from broker.core import GAUGES_MAX_AGE
-from tests.broker.conftest import Connect
-from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic, until
+from tests.broker.clients import Connect
+from tests.broker.helpers import NODE_A, BrokerThread, Pki, node_topic
+from tests.support.polling import until_blocking
 
 
 def test_scrapes_within_the_window_walk_the_sessions_once(
@@ -36,7 +37,7 @@ def test_scrapes_within_the_window_walk_the_sessions_once(
     started = time.monotonic()
     assert broker.call(scrape) == (1, 0)
     node.publish(node_topic(NODE_A, "report"), b"{}", qos=1)
-    assert until(lambda: broker.call(scrape)[1] == 1)  # the counters are read fresh
+    assert until_blocking(lambda: broker.call(scrape)[1] == 1)  # the counters are read fresh
     elapsed = time.monotonic() - started
     assert len(walks) == 1 or elapsed >= GAUGES_MAX_AGE, (len(walks), elapsed)
     time.sleep(max(0.0, GAUGES_MAX_AGE - (time.monotonic() - walks[-1])) + 0.05)

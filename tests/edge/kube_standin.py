@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -204,6 +205,16 @@ class KubeStandIn:
             await self._runner.cleanup()
 
     # --- what tests use -------------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig at ``path`` that points a client (the agent's kube engine) here."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "s", "cluster": {"server": self.host}}],
+            "users": [{"name": "u", "user": {"token": "stand-in"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
+        }))  # fmt: skip
+        return path
 
     def fail(self, method: str, path: str, *, status: int = 500, times: int = 1) -> None:
         """Answer the next ``times`` matching requests with ``status`` (an ``InternalError``)."""

@@ -6,15 +6,11 @@ stored certificate is then used by a paho client to connect to the cloud's broke
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import shlex
 import socket
 import stat
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,46 +21,9 @@ from cryptography.x509.oid import NameOID
 from edge import ActivationError, FingerprintSource, read_fingerprint
 from edge.cli import FINGERPRINT_SOURCES
 from management.batches import batch_node_name
-from management.cli import main
-from tests.broker.clients import MqttClient
-from tests.broker.helpers import Creds
-from tests.management.conftest import Api, RunningCloud
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """What one ``baetyl`` command did: exit code, stdout, stderr."""
-
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Awaitable[Run]]
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
-
-    async def call(*argv: str) -> Run:
-        code = await asyncio.to_thread(main, list(argv))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return call
-
-
-async def install_command(api: Api, name: str, *, create: bool = True) -> list[str]:
-    """Node ``name``'s install command (node made first if ``create``) without 'baetyl'."""
-    if create:
-        status, body = await api.call("POST", "/nodes", {"name": name})
-        assert status == 201, body
-    status, body = await api.call("GET", f"/nodes/{name}/init")
-    assert status == 200, body
-    argv = shlex.split(body["cmd"])
-    assert argv[:3] == ["baetyl", "edge", "activate"]
-    return argv[1:]
+from tests.support.agent import connects, install_command, snapshot
+from tests.support.cli import Cli
+from tests.support.cloud import Api, RunningCloud
 
 
 def option(argv: list[str], name: str) -> str:
@@ -77,22 +36,6 @@ def with_option(argv: list[str], name: str, value: str) -> list[str]:
     changed = list(argv)
     changed[changed.index(name) + 1] = value
     return changed
-
-
-def snapshot(state: Path) -> dict[str, bytes]:
-    """Every file of the state directory and its bytes."""
-    return {path.name: path.read_bytes() for path in sorted(state.iterdir())}
-
-
-async def connects(cloud: RunningCloud, state: Path, node_id: str) -> bool:
-    """Whether a paho client connects to the broker as ``node_id`` with the stored files."""
-    certificate = x509.load_pem_x509_certificate((state / "node.crt").read_bytes())
-    creds = Creds(node_id, state / "node.crt", state / "node.key", certificate.serial_number)
-    client = MqttClient(cloud.mqtt_port, node_id, ca=state / "ca.crt", creds=creds)
-    try:
-        return await asyncio.to_thread(client.try_connect) == (0, False)
-    finally:
-        await asyncio.to_thread(client.close)
 
 
 async def test_install_command_activates_the_node(

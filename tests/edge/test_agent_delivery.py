@@ -21,15 +21,10 @@ from edge.specbook import SpecBook
 from management.store import Kind
 from shadow import DesiredFollower
 from tests.edge.kube_standin import KubeStandIn
-from tests.edge.test_agent_e2e import (  # noqa: F401 # agent_dir and start_agent are fixtures
-    agent_dir,
-    node_online,
-    start_agent,
-    until,
-    written,
-)
 from tests.management.api_samples import key_and_certificate
-from tests.management.conftest import Api, RunningCloud
+from tests.support.agent import node_online, written
+from tests.support.cloud import Api, RunningCloud
+from tests.support.polling import until
 
 NS = "baetyl-edge"
 PASSWORD = "pull-pw-in-clear"
@@ -72,8 +67,8 @@ def expect_files(directory: Path, body: dict[str, Any]) -> None:
 
 async def test_a_native_app_gets_its_certificate_files_and_no_registry(
     api: Api,
-    agent_dir: Path,  # noqa: F811
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    agent_dir: Path,
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
     cloud: RunningCloud,
 ) -> None:
@@ -120,7 +115,7 @@ async def test_a_native_app_gets_its_certificate_files_and_no_registry(
 
 async def test_the_kube_engine_gets_the_pull_secret_and_the_certificate_secret(
     api: Api,
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     """Through the agent's own path: the app's registry becomes a dockerconfigjson Secret named
@@ -130,13 +125,7 @@ async def test_the_kube_engine_gets_the_pull_secret_and_the_certificate_secret(
     await call(api, "POST", "/certificates", cert)
     await call(api, "POST", "/registries", registry(PASSWORD))
     async with KubeStandIn() as standin:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "s", "cluster": {"server": standin.host}}],
-            "users": [{"name": "u", "user": {"token": "stand-in"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
-        }))  # fmt: skip
+        kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig")
         agent = start_agent("--engine", "kube", env={"KUBECONFIG": str(kubeconfig)})
         app = {
             "name": "web", "type": "container", "selector": "site=x",

@@ -11,24 +11,30 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge import TokenCredentials, activate
-from edge.engines.native import NativeEngine
 from shadow import DesiredFollower
 from tests.edge.kube_standin import KubeStandIn
-from tests.management.conftest import Api, RunningCloud
-from tests.support.up import BAETYL
+from tests.support.agent import (
+    Partition,
+    activate_node,
+    app_wrote,
+    node_online,
+    point_agent_at,
+    post_site_app,
+    written,
+)
+from tests.support.cloud import Api, RunningCloud
+from tests.support.polling import until
+from tests.support.processes import alive, marked_processes
 
 # An app with no config: writes its pid to OUT, then stays up.
 APP_NO_CONFIG = (
@@ -36,136 +42,6 @@ APP_NO_CONFIG = (
     "pathlib.Path(os.environ['OUT']).write_text(str(os.getpid()))\n"
     "while True: time.sleep(1)\n"
 )
-
-# The app: reads its config file, writes what it read (and its pid) to OUT, then stays up.
-APP = (
-    "import os, pathlib, time\n"
-    "text = (pathlib.Path(os.environ['BAETYL_VOLUME_SITE']) / 'msg.txt').read_text()\n"
-    "pathlib.Path(os.environ['OUT']).write_text(f'{os.getpid()} {text}')\n"
-    "while True: time.sleep(1)\n"
-)
-
-
-async def until(
-    check: Callable[[], Awaitable[Any]], limit: float = 20.0, what: str = "condition"
-) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {limit} s waiting for {what}")
-
-
-async def node_online(api: Api, name: str = "gw-1") -> bool:
-    """Whether the API shows the node online."""
-    return bool((await api.call("GET", f"/nodes/{name}"))[1]["online"])
-
-
-async def app_wrote(out: Path, text: str) -> int | None:
-    """The pid of the app that wrote ``text`` to ``out`` (as ``<pid> <text>``), else None."""
-    pid, _, content = written(out).partition(" ")
-    return int(pid) if content == text else None
-
-
-def written(path: Path) -> str:
-    """What an app wrote to ``path`` so far ("" before it exists: it may be empty a moment)."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "X"
-
-
-def running_apps(marker: str) -> list[int]:
-    """Pids of processes whose command line carries ``marker`` (our app's OUT path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in environ and _state(int(entry.name)) not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-async def activate_node(api: Api, name: str, labels: dict[str, str], state: Path) -> None:
-    """Create node ``name`` and activate it into ``state`` from its install command."""
-    assert (await api.call("POST", "/nodes", {"name": name, "labels": labels}))[0] == 201
-    status, init = await api.call("GET", f"/nodes/{name}/init")
-    assert status == 200
-    argv = shlex.split(init["cmd"])
-    options = dict(zip(argv[3::2], argv[4::2], strict=True))
-    await asyncio.to_thread(
-        activate,
-        options["--url"].replace("localhost", "127.0.0.1"),
-        options["--ca-sha256"],
-        TokenCredentials(options["--token"]),
-        state,
-    )
-
-
-@pytest.fixture
-async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
-    """A node gw-1 activated from its install command into a fresh state directory."""
-    state = tmp_path / "edge"
-    await activate_node(api, "gw-1", {"site": "x"}, state)
-    return state
-
-
-@pytest.fixture
-async def start_agent(agent_dir: Path) -> AsyncIterator[Callable[..., subprocess.Popen[str]]]:
-    """Start `baetyl edge run` on the activated node (more options after its own); the agents
-    and every app they started are stopped after."""
-    running: list[subprocess.Popen[str]] = []
-
-    def start(*options: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(agent_dir),
-             "--report-interval", "1", "--functions-port", "0", *options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env=None if env is None else {**os.environ, **env},
-        )  # fmt: skip
-        running.append(proc)
-        return proc
-
-    yield start
-    for proc in running:  # waited for in a thread: the cloud, in this loop, must keep answering
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(proc.communicate, timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-            await asyncio.to_thread(proc.communicate)
-    await stop_left_apps(agent_dir)
-
-
-async def stop_left_apps(state_dir: Path) -> None:
-    """Stop the native apps the agents of ``state_dir`` left running: they outlive their agent
-    by design. An engine adopts them from their ``state.json`` and stops them, as the next agent
-    would on the app's deletion."""
-    async with NativeEngine(state_dir / "native", stop_timeout=2.0) as engine:
-        await engine.stop_all()
 
 
 async def test_agent_runs_the_nodes_apps_end_to_end(
@@ -215,67 +91,12 @@ async def test_agent_runs_the_nodes_apps_end_to_end(
     start_agent()
     await until(online, what="the node to be online again")
     await asyncio.sleep(3)  # time for a duplicate to appear if adoption failed
-    assert running_apps(str(out)) == [second]
+    assert marked_processes(str(out)) == [second]
 
     # The app is deleted: its process goes away.
     assert (await api.call("DELETE", "/apps/web"))[0] == 204
     await until(lambda: asyncio.sleep(0, not alive(second)), what="the app to stop")
-    assert running_apps(str(out)) == []
-
-
-class Partition:
-    """A TCP relay between the agent and the broker that can cut the network and restore it."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.frozen = False  # connections stay open but carry nothing (a cloud gone silent)
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Refuse new connections and drop the open ones."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    if not self.frozen:
-                        dst.write(data)
-                        await dst.drain()
-            dst.transport.abort()
-
-        try:
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        finally:
-            for each in (writer, up_writer):
-                each.transport.abort()
-                self._writers.discard(each)
-
-
-def point_agent_at(agent_dir: Path, port: int) -> None:
-    """Make the activated node use ``port`` for the broker (the partition's relay)."""
-    path = agent_dir / "node.json"
-    info = json.loads(path.read_text())
-    info["broker"]["port"] = port
-    path.write_text(json.dumps(info))
+    assert marked_processes(str(out)) == []
 
 
 async def test_a_partition_keeps_apps_running_and_catches_up_after(
@@ -386,28 +207,6 @@ def failing_specs(cloud: RunningCloud) -> Iterator[FailingSpecs]:
     service._resources = flaky.inner
 
 
-async def post_site_app(api: Api, out: Path) -> dict[str, Any]:
-    """Post config ``site`` (msg.txt ``one``) and the native app ``web`` that writes it to
-    ``out``; the config's body, to change it with."""
-    config = {"name": "site", "data": {"msg.txt": "one"}}
-    assert (await api.call("POST", "/configs", config))[0] == 201
-    app = {
-        "name": "web",
-        "type": "native",
-        "selector": "site=x",
-        "services": [
-            {
-                "name": "web",
-                "command": [sys.executable, "-c", APP],
-                "env": [{"name": "OUT", "value": str(out)}],
-            }
-        ],
-        "volumes": [{"name": "site", "config": {"name": "site"}}],
-    }
-    assert (await api.call("POST", "/apps", app))[0] == 201
-    return config
-
-
 async def test_the_agent_asks_again_for_a_spec_whose_answer_failed(
     api: Api,
     failing_specs: FailingSpecs,
@@ -504,13 +303,7 @@ async def test_the_agent_outlives_a_kubernetes_api_that_fails_and_applies_once_i
     logged, the agent stays up and online, and the next resync after the API recovers applies."""
     async with KubeStandIn() as standin:
         standin.fail("GET", "/api/v1/namespaces/baetyl-edge", times=10**6)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "s", "cluster": {"server": standin.host}}],
-            "users": [{"name": "u", "user": {"token": "stand-in"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
-        }))  # fmt: skip
+        kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig")
         agent = start_agent(
             "--engine", "kube", "--resync-interval", "1", env={"KUBECONFIG": str(kubeconfig)}
         )

@@ -18,8 +18,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.edge.test_agent_e2e import agent_dir, node_online, until  # noqa: F401 # fixture reused
-from tests.management.conftest import Api
+from tests.support.agent import node_online
+from tests.support.cloud import Api
+from tests.support.polling import until
 from tests.support.up import BAETYL
 
 NEVER = {"kubernetes", "amqtt", "tortoise", "aiomysql", "aiosqlite", "broker", "certs"}
@@ -29,7 +30,7 @@ IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", re.MULTILINE)
 
 async def test_native_agent_at_rest_loads_no_server_kubernetes_aiohttp_or_cryptography(
     api: Api,
-    agent_dir: Path,  # noqa: F811 # the fixture reused
+    agent_dir: Path,
     tmp_path: Path,
 ) -> None:
     """Online and past its first renewal check, the agent has imported only the node side."""

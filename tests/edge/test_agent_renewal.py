@@ -19,17 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from certs import CertificateRecord, Identity, Status
-from tests.edge.test_agent_e2e import (  # noqa: F401 # fixtures reused
-    agent_dir,
-    alive,
-    app_wrote,
-    node_online,
-    post_site_app,
-    running_apps,
-    start_agent,
-    until,
-)
-from tests.management.conftest import Api, RunningCloud
+from tests.support.agent import app_wrote, node_online, post_site_app
+from tests.support.cloud import Api, RunningCloud
+from tests.support.polling import until
+from tests.support.processes import alive, marked_processes
 
 NODE_ID = "default.gw-1"
 
@@ -50,8 +43,8 @@ def node_records(cloud: RunningCloud) -> dict[int, CertificateRecord]:
 async def test_the_agent_renews_its_certificate_while_the_app_keeps_running(
     cloud: RunningCloud,
     api: Api,
-    agent_dir: Path,  # noqa: F811
-    start_agent: StartAgent,  # noqa: F811
+    agent_dir: Path,
+    start_agent: StartAgent,
     tmp_path: Path,
 ) -> None:
     """Renewed once with a new key, old certificate retired, app untouched, changes still arrive."""
@@ -106,7 +99,7 @@ async def test_the_agent_renews_its_certificate_while_the_app_keeps_running(
     broker = cloud.cloud.broker
     assert broker is not None
     assert NODE_ID in broker.connected()
-    assert running_apps(str(out)) == [pid]
+    assert marked_processes(str(out)) == [pid]
     assert await wrote("one") == pid
 
     # A desired change still reaches the node over the new session.

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,9 @@ from edge.functions import (
     FunctionProxy,
     runtime_command,
 )
-from tests.edge.test_agent_e2e import (  # noqa: F401 # the fixture is reused
-    activate_node,
-    agent_dir,
-    stop_left_apps,
-    until,
-)
-from tests.management.conftest import Api, RunningCloud
+from tests.support.agent import activate_node, stop_left_apps
+from tests.support.cloud import Api, RunningCloud
+from tests.support.polling import until
 from tests.support.up import BAETYL
 
 HANDLERS = """\
@@ -72,18 +67,6 @@ def odd(event, context):
 HELLO = 'def handler(event, context):\n    return {"hello": event["name"]}\n'
 
 FAST: dict[str, Any] = {"stop_timeout": 2.0, "backoff": (0.1, 1.0), "poll_interval": 0.05}
-
-
-async def wait_for(check: Callable[[], Any], within: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {within} s")
-        await asyncio.sleep(0.02)
 
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
@@ -153,7 +136,7 @@ def start_runtime(tmp_path: Path) -> Iterator[Callable[[str], Awaitable[Runtime]
             # Popen returns at once; the test then waits for the port file, not the process.
             proc = subprocess.Popen(runtime_command(), env=env, stdout=out, stderr=out)  # noqa: ASYNC220
         started.append(proc)
-        await wait_for(lambda: port_file.exists() or proc.poll() is not None)
+        await until(lambda: port_file.exists() or proc.poll() is not None)
         port = int(port_file.read_text()) if port_file.exists() else 0
         return Runtime(proc, f"http://127.0.0.1:{port}", log)
 
@@ -252,7 +235,7 @@ async def test_engine_runs_a_function_app_behind_the_proxy(
     await engine.apply([function_app([hello], {"hello.py": HELLO})])
     async with FunctionProxy(engine, port=0) as proxy:
         base = f"http://127.0.0.1:{proxy.port}"
-        await wait_for(lambda: engine.function_endpoint("fn", "hello"))
+        await until(lambda: engine.function_endpoint("fn", "hello"))
         (status,) = engine.status()
         assert status.state is InstanceState.RUNNING
 
@@ -272,7 +255,7 @@ async def test_proxy_times_out_and_reports_unreachable_runtimes(
     await engine.apply([function_app([slow], {"fns.py": HANDLERS})])
     async with FunctionProxy(engine, port=0, timeout=0.5) as proxy:
         base = f"http://127.0.0.1:{proxy.port}"
-        await wait_for(lambda: engine.function_endpoint("fn", "slow"))
+        await until(lambda: engine.function_endpoint("fn", "slow"))
         code, body, _ = await post(session, f"{base}/fn/slow", 3)
         assert (code, body["code"]) == (504, "FunctionTimeout")
 
@@ -359,7 +342,7 @@ async def agent_with_proxy(state_dir: Path) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def agent_proxy(agent_dir: Path) -> AsyncIterator[str]:  # noqa: F811 # the fixture reused
+async def agent_proxy(agent_dir: Path) -> AsyncIterator[str]:
     """`baetyl edge run` on the activated node gw-1 (site=x): its proxy's URL."""
     async with agent_with_proxy(agent_dir) as url:
         yield url
@@ -479,7 +462,7 @@ async def test_a_runtime_that_cannot_start_says_why_in_the_apps_cause(engine: Na
         cause = status.cause or ""
         return cause if status.state is InstanceState.FAILED and ": " in cause else None
 
-    cause = await wait_for(failed_with_a_reason)
+    cause = await until(failed_with_a_reason)
     assert cause == (
         "exited with code 1: The module 'absent' of function 'f' cannot be imported "
         "(ModuleNotFoundError: No module named 'absent'); check the code config holds absent.py."

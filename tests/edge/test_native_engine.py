@@ -10,7 +10,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,8 @@ import pytest
 
 from edge.engines import AppSpec, AppStatus, InstanceState
 from edge.engines.native import NativeEngine
+from tests.support.polling import until
+from tests.support.processes import alive
 
 T = TypeVar("T")
 
@@ -51,27 +53,6 @@ def native_app(
     }
     spec = {"type": "native", "services": [main], **(extra or {})}
     return AppSpec(name, version, spec, configs or {}, secrets or {})
-
-
-async def eventually(check: Callable[[], T | None], *, within: float = 10.0) -> T:
-    """Poll ``check`` until it returns something true, and return that."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {result!r} after {within} s")
-        await asyncio.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not exited (a zombie has)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 def only(engine: NativeEngine) -> AppStatus:
@@ -151,8 +132,8 @@ async def test_volumes_are_files_the_app_reads(
         secrets={"api-token": {"token": "s3cr3t"}},
     )
     await engine.apply([app])
-    await eventually(out.exists)
-    seen = json.loads(await eventually(lambda: out.read_text() or None))
+    await until(out.exists)
+    seen = json.loads(await until(lambda: out.read_text() or None))
     assert seen == {"config": "hello", "secret": "s3cr3t", "host": "from the host"}
     volumes_dir = root / "apps" / "app" / "1" / "volumes"
     assert stat.S_IMODE((volumes_dir / "app-conf" / "greeting.txt").stat().st_mode) == 0o644
@@ -187,7 +168,7 @@ async def test_environment_and_working_directory(
     )
     async with NativeEngine(root, **FAST) as engine:
         await engine.apply([app])
-        env = json.loads(await eventually(lambda: (out.exists() and out.read_text()) or None))
+        env = json.loads(await until(lambda: (out.exists() and out.read_text()) or None))
     app_dir = root / "apps" / "app" / "1"
     assert env["LOG_LEVEL"] == "debug"
     assert env["PATH"] == os.environ["PATH"]
@@ -204,7 +185,7 @@ async def test_workdir_is_the_working_directory(engine: NativeEngine, tmp_path: 
     code = "import os, pathlib, time; pathlib.Path(os.environ['OUT']).write_text(os.getcwd()); "
     app = native_app(code + SLEEP, out=out, service={"workdir": str(tmp_path)})
     await engine.apply([app])
-    assert await eventually(lambda: out.exists() and out.read_text()) == str(tmp_path)
+    assert await until(lambda: out.exists() and out.read_text()) == str(tmp_path)
 
 
 async def test_new_version_replaces_the_old(
@@ -225,11 +206,11 @@ async def test_new_version_replaces_the_old(
         return native_app(code, version=v, out=out, extra=volumes, configs=configs)
 
     await engine.apply([version("1", "one")])
-    assert await eventually(lambda: out.exists() and out.read_text() == "one")
+    assert await until(lambda: out.exists() and out.read_text() == "one")
     old_pid = only(engine).instances[0].pid
     assert old_pid is not None
     await engine.apply([version("2", "two")])
-    assert await eventually(lambda: out.read_text() == "two")
+    assert await until(lambda: out.read_text() == "two")
     status = only(engine)
     assert (status.version, status.state) == ("2", InstanceState.RUNNING)
     assert status.instances[0].pid != old_pid
@@ -262,7 +243,7 @@ async def test_stop_kills_what_ignores_sigterm(root: Path, tmp_path: Path) -> No
     )
     async with NativeEngine(root, **{**FAST, "stop_timeout": 0.3}) as engine:
         await engine.apply([native_app(code, out=ready)])
-        await eventually(ready.exists)
+        await until(ready.exists)
         pid = only(engine).instances[0].pid
         assert pid is not None
         began = time.monotonic()
@@ -282,7 +263,7 @@ async def test_crash_is_restarted_with_its_cause(engine: NativeEngine) -> None:
     def restarted_twice() -> bool:
         return all(i.restarts >= 2 for i in only(engine).instances)
 
-    await eventually(restarted_twice)
+    await until(restarted_twice)
     causes = {i.name: i.cause for i in only(engine).instances}
     assert causes == {"crash-0": "exited with code 3", "killed-0": "killed by signal SIGKILL"}
 
@@ -293,7 +274,7 @@ async def test_backoff_doubles(root: Path, tmp_path: Path) -> None:
     code = "import os, time; open(os.environ['OUT'], 'a').write(f'{time.time()}\\n'); exit(1)"
     async with NativeEngine(root, **{**FAST, "backoff": (0.3, 10.0)}) as engine:
         await engine.apply([native_app(code, out=starts)])
-        await eventually(lambda: len(read_lines(starts)) >= 4)
+        await until(lambda: len(read_lines(starts)) >= 4)
         status = only(engine)
     times = [float(line) for line in read_lines(starts)]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
@@ -309,7 +290,7 @@ async def test_job_succeeds_once(engine: NativeEngine, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     code = "import os; open(os.environ['OUT'], 'a').write('ran\\n')"
     await engine.apply([native_app(code, out=runs, extra={"workload": "job"})])
-    await eventually(lambda: only(engine).state is InstanceState.SUCCEEDED)
+    await until(lambda: only(engine).state is InstanceState.SUCCEEDED)
     await asyncio.sleep(0.4)  # several polls and back-offs
     instance = only(engine).instances[0]
     assert (instance.state, instance.restarts, instance.pid) == (InstanceState.SUCCEEDED, 0, None)
@@ -322,7 +303,7 @@ async def test_missing_command_fails_and_is_retried(engine: NativeEngine) -> Non
     status = only(engine)
     assert status.state is InstanceState.FAILED
     assert status.cause == "cannot run /nonexistent/program: no such file or directory"
-    await eventually(lambda: only(engine).instances[0].restarts >= 2)
+    await until(lambda: only(engine).instances[0].restarts >= 2)
     assert only(engine).state is InstanceState.FAILED
 
 
@@ -339,7 +320,7 @@ async def test_app_without_its_config_fails_until_it_arrives(
     assert "'c'" in status.cause
     await engine.apply([native_app(COUNT_STARTS, out=out, extra=extra, configs={"c": {}})])
     assert only(engine).state is InstanceState.RUNNING
-    await eventually(lambda: read_lines(out))
+    await until(lambda: read_lines(out))
 
 
 async def test_other_app_types_are_not_run(engine: NativeEngine, root: Path) -> None:
@@ -365,7 +346,7 @@ async def test_logs_hold_stdout_and_stderr(engine: NativeEngine, root: Path) -> 
     code = "import sys; print('to stdout', flush=True); print('to stderr', file=sys.stderr)\n"
     await engine.apply([native_app(code + SLEEP)])
     log = root / "apps" / "app" / "1" / "logs" / "main.log"
-    await eventually(lambda: log.exists() and "to stderr" in log.read_text())
+    await until(lambda: log.exists() and "to stderr" in log.read_text())
     assert "to stdout" in log.read_text()
 
 
@@ -383,8 +364,8 @@ async def test_logs_are_rotated(root: Path, tmp_path: Path) -> None:
     async with NativeEngine(root, **settings) as engine:
         await engine.apply([native_app(code + SLEEP, out=done)])
         log = root / "apps" / "app" / "1" / "logs" / "main.log"
-        await eventually(done.exists)
-        await eventually(lambda: log.stat().st_size <= 2000)
+        await until(done.exists)
+        await until(lambda: log.stat().st_size <= 2000)
         backup = log.with_name("main.log.2")
         assert log.with_name("main.log.1").stat().st_size > 0
         assert backup.stat().st_size > 0
@@ -400,7 +381,7 @@ async def test_new_engine_adopts_running_processes(root: Path, tmp_path: Path) -
         await first.apply([native_app(COUNT_STARTS, out=starts)])
         pid = only(first).instances[0].pid
         assert pid is not None
-        await eventually(lambda: read_lines(starts))
+        await until(lambda: read_lines(starts))
     assert alive(pid)
     async with NativeEngine(root, **FAST) as second:
         instance = only(second).instances[0]
@@ -420,15 +401,15 @@ async def test_dead_process_is_restarted_on_adoption(root: Path, tmp_path: Path)
         await first.apply([native_app(COUNT_STARTS, out=starts)])
         pid = only(first).instances[0].pid
         assert pid is not None
-        await eventually(lambda: read_lines(starts))
+        await until(lambda: read_lines(starts))
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: not alive(pid))
+    await until(lambda: not alive(pid))
     async with NativeEngine(root, **FAST) as second:
         instance = only(second).instances[0]
         assert instance.state is InstanceState.RUNNING
         assert instance.pid not in (None, pid)
         assert (instance.restarts, instance.cause) == (1, "killed by signal SIGKILL")
-        await eventually(lambda: len(read_lines(starts)) == 2)
+        await until(lambda: len(read_lines(starts)) == 2)
 
 
 async def test_reused_pid_is_not_adopted(root: Path, tmp_path: Path) -> None:
@@ -479,6 +460,6 @@ async def test_a_relative_root_gives_apps_absolute_paths(
     async with NativeEngine(Path("relative-node"), **FAST) as engine:
         try:
             await engine.apply([app])
-            assert await eventually(lambda: read_lines(out)) == ["Truehi"]
+            assert await until(lambda: read_lines(out)) == ["Truehi"]
         finally:
             await engine.stop_all()

@@ -11,7 +11,6 @@ under 2 s; a half-open link (the agent frozen) within ceil(1.5 x keepalive) s.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -25,14 +24,9 @@ import aiohttp
 
 from edge.properties import KEEPALIVE
 from tests.edge.kube_standin import KubeStandIn
-from tests.edge.test_agent_e2e import (  # noqa: F401 # fixtures reused
-    Partition,
-    agent_dir,
-    point_agent_at,
-    start_agent,
-    until,
-)
-from tests.management.conftest import Api, RunningCloud
+from tests.support.agent import Partition, point_agent_at
+from tests.support.cloud import Api, RunningCloud
+from tests.support.polling import until
 from tests.support.up import BAETYL
 
 NODE = "default.gw-1"
@@ -98,7 +92,7 @@ async def seconds_until_offline(cloud: RunningCloud, limit: float) -> float:
 async def test_properties_go_both_ways_between_the_cloud_and_the_apps_on_the_node(
     cloud: RunningCloud,
     api: Api,
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811 # the fixture imported above
+    start_agent: Callable[..., subprocess.Popen[str]],
 ) -> None:
     """Desired properties reach the node's apps; the agent reports the keepalive it applied and
     refuses an invalid one with its cause; an app's report (and its deletion) reaches the
@@ -158,8 +152,8 @@ async def test_properties_go_both_ways_between_the_cloud_and_the_apps_on_the_nod
 async def test_properties_reported_offline_reach_the_cloud_though_the_agent_was_killed(
     cloud: RunningCloud,
     api: Api,
-    agent_dir: Path,  # noqa: F811
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    agent_dir: Path,
+    start_agent: Callable[..., subprocess.Popen[str]],
 ) -> None:
     """Cut from the broker, an app reports; the agent is SIGKILLed (no chance to save its
     report queue) and started again; once the network is back the report reaches the cloud."""
@@ -195,7 +189,7 @@ async def test_properties_reported_offline_reach_the_cloud_though_the_agent_was_
 
 async def test_a_closed_socket_or_a_disconnect_shows_the_node_offline_within_2_s(
     cloud: RunningCloud,
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    start_agent: Callable[..., subprocess.Popen[str]],
 ) -> None:
     """SIGTERM (the agent says offline and sends DISCONNECT) and SIGKILL (the kernel closes
     the socket): either way the cloud shows the node offline in under 2 s."""
@@ -213,7 +207,7 @@ async def test_a_closed_socket_or_a_disconnect_shows_the_node_offline_within_2_s
 async def test_a_frozen_agent_shows_offline_within_one_and_a_half_keepalives(
     cloud: RunningCloud,
     api: Api,
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    start_agent: Callable[..., subprocess.Popen[str]],
 ) -> None:
     """The keepalive desired as a node property (5 s) is the one the broker enforces: an
     agent frozen by SIGSTOP (its socket open, silent: a half-open link) shows offline within
@@ -241,19 +235,13 @@ async def test_a_frozen_agent_shows_offline_within_one_and_a_half_keepalives(
 async def test_apps_report_properties_on_the_kube_engine_too(
     cloud: RunningCloud,
     api: Api,
-    start_agent: Callable[..., subprocess.Popen[str]],  # noqa: F811
+    start_agent: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     """The kube engine has no function apps on the node, but the local endpoint serves the
     node's properties all the same (a function call there is 404)."""
     async with KubeStandIn() as standin:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "s", "cluster": {"server": standin.host}}],
-            "users": [{"name": "u", "user": {"token": "stand-in"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "s", "user": "u"}}],
-        }))  # fmt: skip
+        kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig")
         port = free_port()
         start_agent("--engine", "kube", "--functions-port", str(port),
                     env={"KUBECONFIG": str(kubeconfig)})  # fmt: skip

@@ -23,25 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs import Identity, Status, build_csr, generate_private_key
 from edge.renewal import RenewalRefused, renew_if_due, renewal_due, retire_previous
-from management.cli import main
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
-from tests.edge.test_activation_cli import Cli, Run, connects, install_command, snapshot
-from tests.management.conftest import Api, RunningCloud
+from tests.support.agent import connects, install_command, snapshot
+from tests.support.cli import Cli
+from tests.support.cloud import Api, RunningCloud
 
 NODE_ID = "default.gw-1"
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
-
-    async def call(*argv: str) -> Run:
-        code = await asyncio.to_thread(main, list(argv))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return call
 
 
 @pytest.fixture

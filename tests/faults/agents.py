@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.cloud import Rest, baetyl_env
+from tests.support.processes import marked_processes
 from tests.support.up import BAETYL
 
 __all__ = ["MARK", "Agents", "agent_converged"]
@@ -106,21 +107,6 @@ class Agents:
         for pid in marked_processes(f"{MARK}={self.marker}"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Pids of live processes whose environment holds ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
 
 
 async def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:

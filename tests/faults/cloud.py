@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.shadow.conftest import Database
+from tests.support.db import Database
 from tests.support.up import BAETYL, EPHEMERAL
 
 __all__ = ["Rest", "StoredShadow", "Up", "baetyl_env", "read_shadows"]
@@ -170,6 +170,8 @@ class Rest:
 
 @dataclass(frozen=True, slots=True)
 class StoredShadow:
+    """A shadow's desired and reported sections as committed in the database."""
+
     desired_version: int
     desired: dict[str, Any]
     reported_version: int

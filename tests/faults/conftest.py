@@ -1,7 +1,7 @@
 """Fixtures of the fault suite: a fresh MariaDB database per test, the profile, the figures.
 
 MariaDB is expected at 127.0.0.1:3306 as root with an empty password (the ``mariadb`` fixture
-of tests/shadow/conftest.py): without it the tests skip, or fail under any truthy ``CI``
+of tests/conftest.py): without it the tests skip, or fail under any truthy ``CI``
 (tests/support/ci.py).
 
 The profile comes from the environment (``BAETYL_FAULTS_PROFILE=ci|long``,
@@ -20,8 +20,7 @@ import pytest
 
 from tests.faults.scenarios import summary_line
 from tests.faults.world import Profile
-from tests.shadow.conftest import Database, fresh_mysql_database
-from tests.shadow.conftest import mariadb as mariadb  # the fixture, reused
+from tests.support.db import Database, fresh_mysql_database
 
 FIGURES = pytest.StashKey[list[str]]()
 

@@ -21,6 +21,7 @@ from typing import Any
 from certs import CertificateAuthority, Identity, build_csr, generate_private_key
 from certs.keys import private_key_pem, write_private_file
 from tests.faults.simnode import SimNode, Target
+from tests.support.polling import until
 
 __all__ = ["Fleet", "issue_nodes", "percentile", "summary"]
 
@@ -128,15 +129,16 @@ class Fleet:
     async def wait_until(
         self, check: Callable[[], bool], limit: float, what: str, *, every: float = 0.1
     ) -> float:
-        """Poll ``check`` until it holds; the seconds it took. Fails after ``limit`` seconds."""
-        started = time.monotonic()
-        while True:
+        """``until`` (tests/support/polling.py) that also fails as soon as a node task died; the
+        seconds it took (a scenario's figure)."""
+
+        def holds() -> bool:
             self.check_alive()
-            if check():
-                return time.monotonic() - started
-            if time.monotonic() - started > limit:
-                raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
-            await asyncio.sleep(every)
+            return check()
+
+        started = time.monotonic()
+        await until(holds, limit, what, every=every)
+        return time.monotonic() - started
 
     # -- views -----------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import requests
 from certs import CertificateAuthority
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds, issue_node
-from tests.faults.cloud import Up
+from tests.faults.cloud import StoredShadow, Up
 
 __all__ = ["NAMESPACE", "Answer", "LiveCloud", "Query", "StoredShadow", "node_id", "sqlite_query"]
 
@@ -63,16 +63,6 @@ class Answer:
     status: int
     body: Any
     headers: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredShadow:
-    """A shadow's desired and reported sections as committed in the database."""
-
-    desired_version: int
-    desired: dict[str, Any]
-    reported_version: int
-    reported: dict[str, Any]
 
 
 class LiveCloud:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.faults.scenarios import convergence
 from tests.faults.world import Profile, World
-from tests.shadow.conftest import Database
+from tests.support.db import Database
 
 
 @pytest.mark.slow

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.faults.livecloud import LiveCloud, sqlite_query
+from tests.faults.strategies import FUZZING, json_values
 from tests.management.api_samples import COLLECTIONS, sample
 
-MAX_EXAMPLES = 150
+MAX_EXAMPLES = FUZZING.max_examples
 REFUSALS = {400, 404, 409, 413}
 BATCH = {
     "name": "order",
@@ -40,20 +41,7 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("PUT", "/nodes/gw/properties", {"desire": {"interval": 5}}),
 ]
 
-_LEAVES = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-VALUES = st.recursive(
-    _LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
+VALUES = json_values(st.integers(-(2**70), 2**70))
 # JSON text Python's json module reads but the JSON standard does not allow, or that strains a
 # store: NaN and infinities, a lone surrogate, a 400-digit number, nesting 5,000 deep.
 ODD_JSON = [
@@ -168,13 +156,7 @@ def test_hostile_bodies_on_write_routes_are_refused_and_change_nothing(
     strict JSON and readable afterwards, alone and in its list."""
     statuses: collections.Counter[int] = collections.Counter()
 
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @FUZZING
     @given(write=writes())
     @examples_of_odd_json
     def send(write: tuple[str, str, bytes, dict[str, str]]) -> None:

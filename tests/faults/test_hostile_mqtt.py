@@ -23,16 +23,17 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from broker import NODE_DOWNSTREAM, NODE_UPSTREAM
 from shadow.codec import decode
 from tests.broker.clients import Message, MqttClient
 from tests.faults.livecloud import LiveCloud, node_id, sqlite_query
+from tests.faults.strategies import FUZZING, json_values
 
 FUZZER, OTHER = "fuzzer", "other"
-MAX_EXAMPLES = 150
+MAX_EXAMPLES = FUZZING.max_examples
 REFUSAL_CODES = {400, 403, 404, 409, 413, 429}  # a bad input is never a 5xx
 SHADOW_CHANNELS = ("report", "desire/get", "resource/get")  # answered by the shadow service
 ANSWER_WAIT = 10.0  # seconds a valid request may take before the cloud counts as stuck
@@ -58,20 +59,7 @@ FORBIDDEN = [
 
 # -- payloads --------------------------------------------------------------------------------------
 
-_LEAVES = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-VALUES = st.recursive(
-    _LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
+VALUES = json_values(st.integers(-(2**63), 2**64 - 1))
 OBJECTS = st.dictionaries(st.text(max_size=8), VALUES, max_size=5)
 TOKENS = st.text(
     min_size=1, max_size=64, alphabet=st.characters(min_codepoint=33, max_codepoint=126)
@@ -229,13 +217,7 @@ def test_fuzzed_payloads_on_every_topic_are_refused_cleanly(
     codes: collections.Counter[int] = collections.Counter()
     tally = collections.Counter[str]()
 
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @FUZZING
     @given(request=requests())
     @examples_of_every_refusal
     def send(request: tuple[str, bytes]) -> None:

@@ -24,8 +24,9 @@ import pytest
 
 import certs
 from tests.faults.cloud import read_shadows
-from tests.faults.world import Profile, World, until
-from tests.shadow.conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
+from tests.faults.world import Profile, World
+from tests.support.db import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, Database
+from tests.support.polling import until
 
 
 class StaleDesired(AssertionError):

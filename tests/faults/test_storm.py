@@ -12,7 +12,7 @@ import pytest
 
 from tests.faults.scenarios import storm
 from tests.faults.world import Profile, World
-from tests.shadow.conftest import Database
+from tests.support.db import Database
 
 
 @pytest.mark.slow

@@ -31,7 +31,8 @@ from tests.faults.agents import MARK, Agents, agent_converged
 from tests.faults.cloud import Rest, StoredShadow, Up, read_shadows
 from tests.faults.fleet import Fleet, issue_nodes
 from tests.faults.simnode import SimNode, Target
-from tests.shadow.conftest import Database
+from tests.support.db import Database
+from tests.support.polling import until
 
 __all__ = ["PROBE", "Profile", "World", "until"]
 
@@ -85,15 +86,12 @@ LONG = Profile(
 )  # fmt: skip
 
 
-async def until(
+async def seconds_until(
     check: Callable[[], Awaitable[bool]], limit: float, what: str, *, every: float = 0.25
 ) -> float:
-    """Poll ``check`` until it holds; the seconds it took. Fails after ``limit`` seconds."""
+    """``until`` (tests/support/polling.py), and the seconds it took: a scenario's figure."""
     started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > limit:
-            raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
-        await asyncio.sleep(every)
+    await until(check, limit, what, every=every)
     return time.monotonic() - started
 
 
@@ -263,7 +261,7 @@ class World:
             return not behind and not agents
 
         try:
-            return await until(synced, limit, what, every=0.5)
+            return await seconds_until(synced, limit, what, every=0.5)
         except AssertionError as exc:
             raise AssertionError(
                 f"{exc}; {len(behind)} nodes behind, e.g. {behind[:5]}; agents behind: {agents}"

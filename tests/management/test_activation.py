@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-import ssl
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
@@ -28,8 +26,6 @@ from certs import (
     Status,
     build_csr,
     generate_private_key,
-    write_private_file,
-    write_public_file,
 )
 from management.bootstrap import ensure_pki
 from management.cloud import Cloud
@@ -37,28 +33,9 @@ from management.errors import NotFound
 from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind, TokenSigner
 from tests.broker.clients import MqttClient
-from tests.broker.helpers import Creds
-from tests.management.conftest import Api, RunningCloud, cloud_settings
-from tests.shadow.conftest import Database
-
-Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def make_csr(key: Key | None = None, subject: list[x509.NameAttribute[Any]] | None = None) -> str:
-    """A PEM CSR for ``key`` (a fresh EC P-256 key if none) with ``subject`` (empty if none)."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name(subject or []))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def https_session(ca_path: Path) -> aiohttp.ClientSession:
-    """A client that trusts only the cloud's CA (and checks the server's name)."""
-    context = ssl.create_default_context(cafile=str(ca_path))
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+from tests.management.activation import https_session, make_csr, save_creds
+from tests.support.cloud import Api, RunningCloud, cloud_settings
+from tests.support.db import Database
 
 
 @pytest.fixture
@@ -88,21 +65,6 @@ async def install_token(api: Api, name: str) -> str:
     token: str = body["token"]
     assert f"--token {token}" in body["cmd"]
     return token
-
-
-def save_creds(directory: Path, answer: dict[str, Any], key: Key) -> Creds:
-    """Write the activation's certificate and the node's key as a node would keep them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key_path = directory / "node.crt", directory / "node.key"
-    write_public_file(cert, answer["certificate"].encode())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    write_private_file(key_path, pem)
-    serial = x509.load_pem_x509_certificate(answer["certificate"].encode()).serial_number
-    return Creds(answer["nodeId"], cert, key_path, serial)
 
 
 def flip(text: str, index: int) -> str:

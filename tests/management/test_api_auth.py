@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 
 from management.tokens import parse_api_token
 from tests.management.api_samples import COLLECTIONS, assert_schema, sample
-from tests.management.conftest import Api, RunningCloud
+from tests.support.cloud import Api, RunningCloud
 
 ApiFor = Callable[[str], Awaitable[Api]]
 

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.management.api_samples import assert_schema, key_and_certificate, sample
-from tests.management.conftest import Api, RunningCloud
+from tests.support.cloud import Api, RunningCloud
 
 
 async def _send(api: Api, method: str, path: str, data: bytes) -> tuple[int, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.management.api_samples import COLLECTIONS, READ_SCHEMA, assert_schema, sample
-from tests.management.conftest import Api, RunningCloud
+from tests.support.cloud import Api, RunningCloud
 
 
 def _changed(collection: str, name: str) -> dict[str, Any]:

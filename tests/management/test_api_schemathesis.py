@@ -38,8 +38,8 @@ from schemathesis.specs.openapi.checks import (
 from management.api import openapi
 from management.bootstrap import ensure_pki
 from management.cloud import Cloud
-from tests.management.conftest import RunningCloud, cloud_settings
-from tests.shadow.conftest import Database
+from tests.support.cloud import RunningCloud, cloud_settings
+from tests.support.db import Database
 
 Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 Case = schemathesis.Case[Operation]

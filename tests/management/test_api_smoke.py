@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from tests.management.conftest import Api
+from tests.support.cloud import Api
 
 
 async def test_create_node_and_matching_app(api: Api) -> None:

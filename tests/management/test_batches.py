@@ -26,8 +26,8 @@ from management.batches import BATCH_LABEL, batch_node_name
 from management.schemas import validate
 from management.tokens import hash_secret
 from tests.broker.clients import MqttClient
-from tests.management.conftest import Api, RunningCloud
-from tests.management.test_activation import https_session, make_csr, save_creds
+from tests.management.activation import https_session, make_csr, save_creds
+from tests.support.cloud import Api, RunningCloud
 
 BATCH = {
     "name": "paris-gateways",

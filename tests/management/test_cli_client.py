@@ -6,11 +6,7 @@ it runs in a thread (``asyncio.to_thread``) while the loop serves its requests.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,28 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from management.cli import main
 from management.cli.client import DEFAULT_URL, ClientError, resolve_endpoint
 from management.cli.resources import KINDS, render_table
 from management.store import Kind
 from tests.management.api_samples import key_and_certificate, sample
-from tests.management.conftest import RunningCloud
-from tests.shadow.conftest import Database
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """What one ``baetyl`` command did: exit code, stdout, stderr."""
-
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Awaitable[Run]]
+from tests.support.cli import Cli, capture
+from tests.support.cloud import RunningCloud
+from tests.support.db import Database
 
 
 @pytest.fixture
@@ -60,13 +41,7 @@ def no_client_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str], no_client_config: None) -> Cli:
     """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
-
-    async def call(*argv: str) -> Run:
-        code = await asyncio.to_thread(main, list(argv))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return call
+    return capture(capsys)
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.management.conftest import Api
-from tests.shadow.conftest import Database
+from tests.support.cloud import Api
+from tests.support.db import Database
 
 # Never for 'baetyl --help' or an API command.
 SERVER = {"amqtt", "tortoise", "aiomysql", "aiosqlite", "kubernetes", "broker", "certs"}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,16 +44,6 @@ def box(keyring_path: Path) -> SecretBox:
 def shared_box(tmp_path_factory: pytest.TempPathFactory) -> SecretBox:
     """One box for the property tests, which cannot take function-scoped fixtures."""
     return SecretBox.open_or_create(tmp_path_factory.mktemp("crypto") / "secrets.key")
-
-
-@pytest.fixture
-def permissive_umask() -> Iterator[None]:
-    """Run the test with umask 000, the worst case for file permissions."""
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_round_trip(box: SecretBox) -> None:

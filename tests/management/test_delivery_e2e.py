@@ -12,16 +12,15 @@ from typing import Any
 
 from management.store import Kind, Resource
 from tests.management.api_samples import key_and_certificate
-from tests.management.conftest import Api, RunningCloud
-from tests.management.test_matching_e2e import (  # noqa: F401 # connect_node is a fixture
+from tests.management.nodes import (
     ConnectNode,
     app,
-    connect_node,
     create,
     node_at,
     ref,
     update,
 )
+from tests.support.cloud import Api, RunningCloud
 
 PASSWORD = "registry-pw-in-clear"
 
@@ -46,7 +45,7 @@ def user_app(name: str = "web", selector: str = "site=x", **extra: Any) -> dict[
 
 async def test_updating_a_used_registry_or_certificate_bumps_the_app(
     api: Api,
-    connect_node: ConnectNode,  # noqa: F811
+    connect_node: ConnectNode,
 ) -> None:
     """A registry or certificate update gives each app using it a new version, pushed to its
     nodes; an update of one no app uses pushes nothing."""
@@ -71,7 +70,7 @@ async def test_updating_a_used_registry_or_certificate_bumps_the_app(
 async def test_a_node_fetches_the_registry_and_certificate_its_app_uses(
     cloud: RunningCloud,
     api: Api,
-    connect_node: ConnectNode,  # noqa: F811
+    connect_node: ConnectNode,
 ) -> None:
     """The app spec names their versions; the registry comes with its password and the
     certificate as tls.crt, tls.key and ca.crt, in clear for the node only; neither is stored
@@ -109,7 +108,7 @@ async def test_a_node_fetches_the_registry_and_certificate_its_app_uses(
 
 async def test_a_certificate_without_a_ca_has_no_ca_file(
     api: Api,
-    connect_node: ConnectNode,  # noqa: F811
+    connect_node: ConnectNode,
 ) -> None:
     """ca.crt is delivered only when the certificate was stored with a CA."""
     node = await node_at(api, connect_node, "gw-1", site="x")
@@ -123,7 +122,7 @@ async def test_a_certificate_without_a_ca_has_no_ca_file(
 async def test_a_node_gets_no_registry_or_certificate_its_apps_do_not_use(
     api: Api,
     api_for: Callable[[str], Awaitable[Api]],
-    connect_node: ConnectNode,  # noqa: F811
+    connect_node: ConnectNode,
 ) -> None:
     """Unused ones, those of apps running elsewhere and those of another namespace (same
     names) are 404, as is a registry asked for as a certificate."""
@@ -242,7 +241,7 @@ async def test_registries_are_refused_on_native_and_function_apps(api: Api) -> N
 async def test_a_stored_native_app_with_registries_leaks_no_password(
     cloud: RunningCloud,
     api: Api,
-    connect_node: ConnectNode,  # noqa: F811
+    connect_node: ConnectNode,
 ) -> None:
     """A native app stored with registries before the API refused them: its spec names none,
     the node is refused the registry, the registry's updates do not bump it and it is not in

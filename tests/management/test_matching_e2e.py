@@ -10,140 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import pytest
+from collections.abc import Awaitable, Callable
 
 from management.store import Kind
-from tests.broker.clients import MqttClient
-from tests.broker.helpers import issue_node
-from tests.management.conftest import Api, RunningCloud
+from tests.management.nodes import (
+    QUIET,
+    SERVICES,
+    ConnectNode,
+    app,
+    create,
+    node_at,
+    ref,
+    update,
+)
+from tests.support.cloud import Api, RunningCloud
 
 PUSH_WITHIN = 1.0  # seconds from an API write to the node's desire
-QUIET = 0.4  # seconds of silence that show nothing was pushed
-SERVICES = [{"name": "web", "image": "nginx:1.27"}]
-
-
-@dataclass
-class Node:
-    """A node's MQTT client, subscribed to its own downstream topics."""
-
-    namespace: str
-    name: str
-    client: MqttClient
-
-    @property
-    def node_id(self) -> str:
-        return f"{self.namespace}.{self.name}"
-
-    def topic(self, suffix: str) -> str:
-        return f"$baetyl/node/{self.node_id}/{suffix}"
-
-    async def desire(self) -> dict[str, Any]:
-        """The desired state of the next ``desire`` push (waiting a few seconds at most)."""
-        message = await asyncio.to_thread(self.client.receive_on, self.topic("desire"))
-        assert message.qos == 1
-        envelope = json.loads(message.payload)
-        assert "clientToken" not in envelope  # a push, not an answer
-        state: dict[str, Any] = envelope["desired"]
-        return state
-
-    async def apps(self) -> list[dict[str, str]]:
-        """The apps of the next ``desire`` push."""
-        apps: list[dict[str, str]] = (await self.desire())["apps"]
-        return apps
-
-    async def nothing(self) -> None:
-        """Nothing arrives for a while."""
-        received = await asyncio.to_thread(self.client.drain, QUIET)
-        assert received == [], f"{self.node_id} got {received}"
-
-    async def fetch(self, kind: str, name: str, version: str) -> tuple[str, dict[str, Any]]:
-        """Ask for a spec with ``resource/get``; ``(channel answered on, payload)``."""
-        request = {"clientToken": "res-1", "kind": kind, "name": name, "version": version}
-        await asyncio.to_thread(
-            self.client.publish, self.topic("resource/get"), json.dumps(request).encode(), 1
-        )
-        message = await asyncio.to_thread(self.client.receive)
-        assert message.topic in (self.topic("resource"), self.topic("resource/rejected"))
-        payload: dict[str, Any] = json.loads(message.payload)
-        assert payload["clientToken"] == "res-1"
-        return message.topic.removeprefix(self.topic("")), payload
-
-    async def spec(self, kind: str, name: str, version: str) -> dict[str, Any]:
-        """The spec the cloud answers with (it must answer on ``resource``)."""
-        channel, payload = await self.fetch(kind, name, version)
-        assert channel == "resource", payload
-        assert (payload["kind"], payload["name"], payload["version"]) == (kind, name, version)
-        spec: dict[str, Any] = payload["spec"]
-        return spec
-
-    async def refused(self, kind: str, name: str, version: str) -> None:
-        """The cloud answers 404 on ``resource/rejected``."""
-        channel, payload = await self.fetch(kind, name, version)
-        assert channel == "resource/rejected", payload
-        assert payload["code"] == 404, payload
-        assert "spec" not in payload
-
-
-ConnectNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def connect_node(cloud: RunningCloud, tmp_path: Path) -> AsyncIterator[ConnectNode]:
-    """Connect a node (``namespace`` default) with a certificate issued by the cloud's CA."""
-    nodes: list[Node] = []
-
-    async def connect(name: str, namespace: str = "default") -> Node:
-        creds = await asyncio.to_thread(issue_node, cloud.ca, tmp_path / "clients", namespace, name)
-        client = MqttClient(cloud.mqtt_port, creds.client_id, ca=cloud.ca.ca_path, creds=creds)
-        node = Node(namespace, name, client)
-        nodes.append(node)
-        await asyncio.to_thread(client.connect)
-        for suffix in ("desire", "resource", "resource/rejected"):
-            assert await asyncio.to_thread(client.subscribe, node.topic(suffix), 1) == [1]
-        return node
-
-    yield connect
-    for node in nodes:
-        await asyncio.to_thread(node.client.close)
-
-
-async def create(api: Api, collection: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST a resource; insist on 201."""
-    status, answer = await api.call("POST", f"/{collection}", body)
-    assert status == 201, answer
-    created: dict[str, Any] = answer
-    return created
-
-
-async def update(api: Api, collection: str, body: dict[str, Any]) -> dict[str, Any]:
-    """PUT a resource; insist on 200."""
-    status, answer = await api.call("PUT", f"/{collection}/{body['name']}", body)
-    assert status == 200, answer
-    updated: dict[str, Any] = answer
-    return updated
-
-
-async def node_at(api: Api, connect: ConnectNode, name: str, **labels: str) -> Node:
-    """Create node ``name`` with ``labels`` in the API, then connect it."""
-    await create(api, "nodes", {"name": name, "labels": labels})
-    return await connect(name, api.namespace)
-
-
-def app(name: str, selector: str, *volumes: dict[str, Any]) -> dict[str, Any]:
-    """An app body running nginx on the nodes ``selector`` matches."""
-    body: dict[str, Any] = {"name": name, "selector": selector, "services": SERVICES}
-    if volumes:
-        body["volumes"] = list(volumes)
-    return body
-
-
-def ref(name: str, version: int | str) -> dict[str, str]:
-    return {"name": name, "version": str(version)}
 
 
 # -- desire pushes ---------------------------------------------------------------------------------

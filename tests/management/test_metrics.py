@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from certs import CertificateAuthority
 from tests.broker.clients import MqttClient
-from tests.broker.helpers import Creds, issue_node, until
+from tests.broker.helpers import Creds, issue_node
+from tests.support.polling import until_blocking
 from tests.support.up import BAETYL, start_up_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +153,7 @@ def test_metrics_move_with_nodes_reports_and_refused_handshakes(
         found = samples(scrape(ports["api"])[0])
         return value(found, "baetyl_broker_disconnects_total", reason="client-disconnect") == 1
 
-    assert until(disconnected)
+    assert until_blocking(disconnected)
 
 
 def test_the_doc_lists_exactly_the_exposed_metrics(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from management.cloud import Cloud
 from management.matching import node_id
 from management.store import Kind, Resource
-from tests.management.conftest import RunningCloud
+from tests.support.cloud import RunningCloud
 
 
 async def test_reconcile_pushes_only_the_nodes_behind_their_resources(

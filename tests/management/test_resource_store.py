@@ -10,7 +10,7 @@ import pytest
 
 from management.matching import mounts
 from management.store import Kind, Resource
-from tests.management.conftest import RunningCloud
+from tests.support.cloud import RunningCloud
 
 
 class _CrashHere(Exception):

@@ -19,7 +19,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import TokenCredentials, activate
+from tests.support.polling import until_blocking
 from tests.support.up import BAETYL
 
-__all__ = ["Api", "Broker", "Replica", "SimNode", "free_port", "until"]
+__all__ = ["Api", "Broker", "Replica", "SimNode", "free_port"]
 
 
 def free_port() -> int:
@@ -39,24 +39,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def until(check: Callable[[], Any], limit: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {limit} s waiting for {what}")
-
-
 def wait_port(port: int, limit: float = 10.0) -> None:
     def up() -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
             return True
         return False
 
-    until(up, limit, f"port {port}")
+    until_blocking(up, limit, f"port {port}")
 
 
 @dataclass
@@ -240,7 +229,7 @@ class SimNode:
         client.connect("127.0.0.1", self.port, keepalive=5)
         client.loop_start()
         self.client = client
-        until(self.connected.is_set, 10, f"{self.node_id} connected")
+        until_blocking(self.connected.is_set, 10, f"{self.node_id} connected")
 
     def __repr__(self) -> str:
         return (

@@ -23,8 +23,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadow.server.mqttbus import owner
-from tests.scaleout.cluster import Api, Broker, Replica, SimNode, until
-from tests.shadow.conftest import fresh_mysql_database
+from tests.scaleout.cluster import Api, Broker, Replica, SimNode
+from tests.support.db import fresh_mysql_database
+from tests.support.polling import until_blocking
 from tests.support.tools import require_tool
 from tests.support.up import BAETYL
 
@@ -148,7 +149,7 @@ def test_two_replicas_share_the_nodes_and_survive_one_being_killed(cluster: Clus
 
     # Presence from the nodes' own messages (retained, Last Will): both replicas see them online.
     for api in (a, b):
-        until(functools.partial(_all_online, api, names), 20, "every node online")
+        until_blocking(functools.partial(_all_online, api, names), 20, "every node online")
 
     # Desired writes through either replica reach the node, whichever replica answers it.
     for index, name in enumerate(names):
@@ -156,7 +157,7 @@ def test_two_replicas_share_the_nodes_and_survive_one_being_killed(cluster: Clus
         status, body = api.call("PUT", f"/nodes/{name}/properties", {"desire": {"round": 1}})
         assert status == 200, body
     for node in cluster.nodes:
-        until(functools.partial(_props, node, {"round": 1}), 15, "round 1 desired")
+        until_blocking(functools.partial(_props, node, {"round": 1}), 15, "round 1 desired")
 
     # Nodes report while replica a is killed mid-stream.
     _report_for(cluster, 2.0)
@@ -164,7 +165,9 @@ def test_two_replicas_share_the_nodes_and_survive_one_being_killed(cluster: Clus
     _report_for(cluster, 3.0)
     # Every node's last report is answered in the end (resent to b where a died with it).
     for node in cluster.nodes:
-        until(functools.partial(_resend_until_settled, node), 30, f"{node} last report accepted")
+        until_blocking(
+            functools.partial(_resend_until_settled, node), 30, f"{node} last report accepted"
+        )
 
     # No accepted report lost: what b's API shows is exactly each node's last counter, which is
     # also the highest counter it saw accepted.
@@ -182,13 +185,17 @@ def test_two_replicas_share_the_nodes_and_survive_one_being_killed(cluster: Clus
     for name in names:
         assert b.call("PUT", f"/nodes/{name}/properties", {"desire": {"round": 2}})[0] == 200
     for node in cluster.nodes:
-        until(functools.partial(_props, node, {"round": 2}), 15, "round 2 desired")
+        until_blocking(functools.partial(_props, node, {"round": 2}), 15, "round 2 desired")
 
     # Replica a comes back on the same store and serves writes that reach the nodes.
     cluster.replicas[0].start()
     a = cluster.api(0)
     assert a.call("PUT", f"/nodes/{names[0]}/properties", {"desire": {"round": 3}})[0] == 200
-    until(lambda: cluster.nodes[0].desired.get("nodeprops") == {"round": 3}, 15, "round 3")
+    # Polled every 0.1 s as before the shared helper: the check below reads presence at once,
+    # and a quicker return here left replica a too little time to have read it (2 runs in 4).
+    until_blocking(
+        lambda: cluster.nodes[0].desired.get("nodeprops") == {"round": 3}, 15, "round 3", every=0.1
+    )
     # ... and knows who is online from the retained presence messages.
     assert all(_online(a, n) for n in names)
 
@@ -196,13 +203,13 @@ def test_two_replicas_share_the_nodes_and_survive_one_being_killed(cluster: Clus
 def test_a_lost_node_goes_offline_through_its_last_will(cluster: Cluster) -> None:
     a, b = cluster.api(0), cluster.api(1)
     name = cluster.nodes[0].node_id.split(".", 1)[1]
-    until(lambda: _online(a, name) and _online(b, name), 20, "node online")
+    until_blocking(lambda: _online(a, name) and _online(b, name), 20, "node online")
     cluster.nodes[0].drop()
     for api in (a, b):
-        until(functools.partial(_offline, api, name), 20, "node offline on every replica")
+        until_blocking(functools.partial(_offline, api, name), 20, "node offline on every replica")
     cluster.nodes[0].connect()
     for api in (a, b):
-        until(functools.partial(_online, api, name), 20, "node online again")
+        until_blocking(functools.partial(_online, api, name), 20, "node online again")
 
 
 def _ready(port: int) -> int:
@@ -236,7 +243,7 @@ def test_replicas_serve_the_shadow_metrics_and_no_broker_ones(cluster: Cluster) 
             for replica in cluster.replicas
         )
 
-    until(reports, 15, "reports counted by the replicas")
+    until_blocking(reports, 15, "reports counted by the replicas")
     for replica in cluster.replicas:
         found = scrape(replica)
         assert not [name for name in found if name.startswith("baetyl_broker_")]
@@ -251,13 +258,17 @@ def test_replicas_are_not_ready_while_the_broker_is_away(cluster: Cluster) -> No
     ports = [replica.api for replica in cluster.replicas]
     assert [_ready(port) for port in ports] == [200, 200]
     cluster.broker.stop()
-    until(lambda: [_ready(port) for port in ports] == [503, 503], 15, "both replicas not ready")
+    until_blocking(
+        lambda: [_ready(port) for port in ports] == [503, 503], 15, "both replicas not ready"
+    )
     name = cluster.nodes[0].node_id.split(".", 1)[1]
     status, _ = cluster.api(0).call("PUT", f"/nodes/{name}/properties", {"desire": {"away": 1}})
     assert status == 200
     cluster.broker.start(require_tool("mosquitto"))
-    until(lambda: [_ready(port) for port in ports] == [200, 200], 30, "both replicas ready")
-    until(lambda: _props(cluster.nodes[0], {"away": 1}), 30, "the write made while away")
+    until_blocking(
+        lambda: [_ready(port) for port in ports] == [200, 200], 30, "both replicas ready"
+    )
+    until_blocking(lambda: _props(cluster.nodes[0], {"away": 1}), 30, "the write made while away")
 
 
 def test_the_exported_acl_keeps_nodes_to_their_own_topics(cluster: Cluster) -> None:
@@ -276,7 +287,7 @@ def test_the_exported_acl_keeps_nodes_to_their_own_topics(cluster: Cluster) -> N
     impostor.connect(client_id=victim.node_id)
     try:
         assert a.call("PUT", f"/nodes/{victim_name}/properties", {"desire": {"x": 1}})[0] == 200
-        until(lambda: victim.desired.get("nodeprops") == {"x": 1}, 15, "victim's desired")
+        until_blocking(lambda: victim.desired.get("nodeprops") == {"x": 1}, 15, "victim's desired")
         time.sleep(1.0)  # what would leak has had time to arrive
         with spy.lock:
             leaked = [t for t in spy.received if t.startswith(victim.topic(""))]
@@ -336,7 +347,9 @@ def test_an_operator_reads_the_traffic_with_mosquitto_sub(cluster: Cluster, tmp_
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out.split() == [node.topic("desire"), stale]
-    until(lambda: node.topic("resource") in node.received, 10, "the node's resource answer")
+    until_blocking(
+        lambda: node.topic("resource") in node.received, 10, "the node's resource answer"
+    )
 
 
 def test_export_config_refuses_to_overwrite(tmp_path: Path) -> None:

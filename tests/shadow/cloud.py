@@ -6,9 +6,8 @@ Python interface is driven with ``cloud.call(lambda svc: svc.update_desired(...)
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from broker import BrokerSettings, EmbeddedBroker, TLSFiles
@@ -23,6 +22,7 @@ from shadow.server import (
     ShadowWrite,
     SqlShadowStore,
 )
+from tests.support.loop_thread import LoopThread
 
 T = TypeVar("T")
 
@@ -68,8 +68,12 @@ class FlakyStore:
         await self.inner.ping()
 
 
-class CloudThread:
+class CloudThread(LoopThread):
     """Broker + store + shadow service serving from their own event loop thread."""
+
+    name = "cloud"
+    start_limit = 30.0
+    stop_limit = 20.0
 
     def __init__(
         self,
@@ -78,48 +82,18 @@ class CloudThread:
         db_url: str,
         settings: ShadowSettings | None = None,
     ) -> None:
+        super().__init__()
         self.broker_settings = broker_settings
         self.files = files
         self.db_url = db_url
         self.settings = settings or ShadowSettings()
         self.resources = Resources()
         self.store: FlakyStore | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
         self._service: ShadowService | None = None
         self._ports: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._run, name="cloud", daemon=True)
 
-    def __enter__(self) -> CloudThread:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise TimeoutError("The cloud did not start within 30 s.")
-        if self._error is not None:
-            self._thread.join(5)
-            raise self._error
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
-        assert not self._thread.is_alive(), "the cloud did not stop within 20 s"
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # handed to the test thread
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
         async with (
             EmbeddedBroker(self.broker_settings, self.files) as broker,
             Database.open(self.db_url) as db,
@@ -130,8 +104,7 @@ class CloudThread:
             ) as service:
                 self._service = service
                 self._ports = broker.ports
-                self._ready.set()
-                await self._stop.wait()
+                yield
             self._service = None
 
     @property
@@ -140,14 +113,9 @@ class CloudThread:
 
     def call(self, fn: Callable[[ShadowService], Awaitable[T]], timeout: float = 10) -> T:
         """Run ``fn(service)`` on the cloud's loop and return its result (or raise its error)."""
-        assert self._loop is not None
         assert self._service is not None
         service = self._service
-
-        async def run() -> T:
-            return await fn(service)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+        return self.run(lambda: fn(service), timeout)
 
     def record(self, node_id: str) -> ShadowRecord:
         return self.call(lambda svc: svc.get(node_id))

@@ -16,7 +16,7 @@ from shadow.server import Database as Db
 from shadow.server import ShadowRecord, SqlShadowStore
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import issue_node
-from tests.shadow.conftest import Database
+from tests.support.db import Database
 from tests.support.up import BAETYL, start_up
 
 NODE = "default.crash-1"

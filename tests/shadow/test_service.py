@@ -27,8 +27,7 @@ from shadow import (
 )
 from shadow.server import DesiredWrite, ShadowSettings
 from tests.broker.clients import MosquittoSub, MqttClient, require_mosquitto
-from tests.broker.conftest import settings as broker_settings
-from tests.broker.helpers import NODE_A, NODE_B, Pki, build_pki
+from tests.broker.helpers import NODE_A, NODE_B, Pki, broker_settings, build_pki
 from tests.shadow.cloud import CloudThread
 
 A = f"$baetyl/node/{NODE_A}/"

@@ -17,7 +17,7 @@ from shadow.server.database import Database as Db
 from shadow.server.migrations import MIGRATIONS, Migration, _check
 from shadow.server.shadows import SqlShadowStore
 from shadow.server.store import ShadowRecord, ShadowWrite
-from tests.shadow.conftest import Database
+from tests.support.db import Database
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,8 @@
-"""Fixtures for the shadow store: a fresh database on each backend (SQLite file, MariaDB).
+"""Test databases: a fresh one on each backend (SQLite file, MariaDB), with raw SQL on the side.
 
 MariaDB is expected at 127.0.0.1:3306 as root with an empty password. If it cannot be reached
-the MariaDB tests skip, or fail under any truthy ``CI`` (tests/support/ci.py).
+the MariaDB tests skip, or fail under any truthy ``CI`` (``require_mariadb``, tests/support/ci.py).
+The fixtures (``mariadb``, ``database``) are in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pymysql
-import pytest
 
 from tests.support.ci import missing
 
@@ -40,7 +40,7 @@ class Database:
                 return [tuple(row) for row in conn.execute(sql, params).fetchall()]
             finally:
                 conn.close()
-        mysql = _mysql_connect(self.name)
+        mysql = mysql_connect(self.name)
         try:
             with mysql.cursor() as cursor:
                 cursor.execute(sql.replace("?", "%s"), params)
@@ -49,7 +49,7 @@ class Database:
             mysql.close()
 
 
-def _mysql_connect(database: str | None = None) -> pymysql.Connection[Any]:
+def mysql_connect(database: str | None = None) -> pymysql.Connection[Any]:
     return pymysql.connect(
         host=MYSQL_HOST,
         port=MYSQL_PORT,
@@ -65,7 +65,7 @@ def _mysql_connect(database: str | None = None) -> pymysql.Connection[Any]:
 def fresh_mysql_database(prefix: str) -> Iterator[Database]:
     """A new, empty MariaDB database ``<prefix>_<hex>``, dropped afterwards."""
     name = f"{prefix}_{secrets.token_hex(6)}"
-    admin = _mysql_connect()
+    admin = mysql_connect()
     try:
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
@@ -78,11 +78,10 @@ def fresh_mysql_database(prefix: str) -> Iterator[Database]:
         admin.close()
 
 
-@pytest.fixture(scope="session")
-def mariadb() -> None:
+def require_mariadb() -> None:
     """MariaDB answers at 127.0.0.1:3306; otherwise skip (fail under CI)."""
     try:
-        _mysql_connect().close()
+        mysql_connect().close()
     except pymysql.Error as exc:
         missing(
             f"MariaDB is not reachable at {MYSQL_HOST}:{MYSQL_PORT} as {MYSQL_USER} ({exc}); "
@@ -90,13 +89,7 @@ def mariadb() -> None:
         )
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A fresh, empty database on each backend, dropped afterwards."""
-    if request.param == "sqlite":
-        path = tmp_path / "baetyl.db"
-        yield Database("sqlite", f"sqlite://{path}", path=path)
-        return
-    request.getfixturevalue("mariadb")
-    with fresh_mysql_database("pybaetyl_test") as database:
-        yield database
+def sqlite_database(tmp_path: Path) -> Database:
+    """A fresh SQLite database file in ``tmp_path``."""
+    path = tmp_path / "baetyl.db"
+    return Database("sqlite", f"sqlite://{path}", path=path)
