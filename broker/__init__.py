@@ -13,8 +13,10 @@ Exceptions::
 """
 
 from broker.acl import (
+    NODE_DOWNLINK,
     NODE_DOWNSTREAM,
     NODE_SECRETS,
+    NODE_UPLINK,
     NODE_UPSTREAM,
     Principal,
     Role,
@@ -44,8 +46,10 @@ from broker.settings import BrokerSettings, TLSFiles
 from broker.stats import BrokerStats, DropReason
 
 __all__ = [
+    "NODE_DOWNLINK",
     "NODE_DOWNSTREAM",
     "NODE_SECRETS",
+    "NODE_UPLINK",
     "NODE_UPSTREAM",
     "BrokerError",
     "BrokerSettings",

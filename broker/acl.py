@@ -3,8 +3,10 @@
 Rules (PROTOCOL.md has the topic table):
 
 * a **node** publishes only to its own upstream topics ``$baetyl/node/<id>/{report,desire/get,
-  resource/get}`` and subscribes only to filters inside ``$baetyl/node/<id>/`` that cannot match an
-  upstream topic (so it can never see another node's traffic, nor need a per-message check);
+  resource/get,presence}`` and its uplink ``$baetyl/node/<id>/up/...`` (what its routes send), and
+  subscribes only to filters inside ``$baetyl/node/<id>/`` that cannot match an upstream or uplink
+  topic (so it can never see another node's traffic, nor need a per-message check); its downlink
+  ``$baetyl/node/<id>/down/...`` is what services send it;
 * an **operator** reads everything and publishes nothing (``mosquitto_sub -t '$baetyl/#'``);
 * a **service** (the cloud's own components) may do anything;
 * a **local** client (plaintext loopback listener, no certificate) may use ordinary topics but
@@ -19,8 +21,10 @@ from enum import StrEnum
 from certs import Identity, Kind
 
 __all__ = [
+    "NODE_DOWNLINK",
     "NODE_DOWNSTREAM",
     "NODE_SECRETS",
+    "NODE_UPLINK",
     "NODE_UPSTREAM",
     "Principal",
     "Role",
@@ -48,6 +52,9 @@ NODE_DOWNSTREAM = (
     "resource",
     "resource/rejected",
 )
+# The data plane (shadow/topics.py: UP, DOWN): a node publishes under up/, receives under down/.
+NODE_UPLINK = "up"
+NODE_DOWNLINK = "down"
 
 
 class Role(StrEnum):
@@ -130,7 +137,12 @@ def may_publish(principal: Principal, topic: str) -> bool:
         return True
     if principal.role is Role.NODE:
         prefix = node_prefix(principal.name)
-        return topic.startswith(prefix) and topic[len(prefix) :] in NODE_UPSTREAM
+        if not topic.startswith(prefix):
+            return False
+        rest = topic[len(prefix) :]
+        return rest in NODE_UPSTREAM or (
+            rest.startswith(NODE_UPLINK + "/") and len(rest) > len(NODE_UPLINK) + 1
+        )
     if principal.role is Role.LOCAL:
         return not topic.startswith("$")
     return False  # operators are read-only
@@ -146,7 +158,15 @@ def may_subscribe(principal: Principal, topic_filter: str) -> bool:
     prefix = node_prefix(principal.name)
     if not topic_filter.startswith(prefix) or len(topic_filter) == len(prefix):
         return False
+    if _may_match_uplink(topic_filter[len(prefix) :]):
+        return False
     return not any(filter_matches(topic_filter, prefix + up) for up in NODE_UPSTREAM)
+
+
+def _may_match_uplink(rest: str) -> bool:
+    """Whether a filter's levels after the node prefix can match some ``up/<...>`` topic."""
+    first, sep, tail = rest.partition("/")
+    return first == "#" or (first in (NODE_UPLINK, "+") and bool(sep) and bool(tail))
 
 
 def may_receive(principal: Principal, topic: str) -> bool:
@@ -162,4 +182,7 @@ def may_receive(principal: Principal, topic: str) -> bool:
     if principal.role is Role.LOCAL:
         return not topic.startswith("$")
     prefix = node_prefix(principal.name)
-    return topic.startswith(prefix) and topic[len(prefix) :] not in NODE_UPSTREAM
+    if not topic.startswith(prefix):
+        return False
+    rest = topic[len(prefix) :]
+    return rest not in NODE_UPSTREAM and not rest.startswith(NODE_UPLINK + "/")

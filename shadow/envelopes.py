@@ -60,6 +60,8 @@ class ResourceKind(StrEnum):
     SECRET = "secret"  # noqa: S105 # a resource kind, not a password
     REGISTRY = "registry"
     CERTIFICATE = "certificate"
+    DEVICE = "device"  # a device bound to the node (the node broker's credentials and ACL)
+    ROUTE = "route"  # a route placed on the node by its selector
 
 
 # -- field helpers -------------------------------------------------------------------------------

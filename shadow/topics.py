@@ -11,14 +11,19 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
+    "DOWN",
     "DOWNSTREAM",
     "PREFIX",
     "PRESENCE",
+    "UP",
     "UPSTREAM",
     "Channel",
+    "downlink",
     "parse",
+    "parse_data",
     "subscription_filter",
     "topic",
+    "uplink",
     "valid_node_id",
 ]
 
@@ -46,6 +51,11 @@ UPSTREAM = (Channel.REPORT, Channel.DESIRE_GET, Channel.RESOURCE_GET)
 # cloud replicas on an external broker learn who is online. Not a shadow request.
 PRESENCE = "presence"
 DOWNSTREAM = tuple(channel for channel in Channel if channel not in UPSTREAM)
+# The node's data plane (routes, PROTOCOL.md "Device data"): what a node's routes send up arrives on
+# ``$baetyl/node/<id>/up/<rest>``; what services send the node goes on ``.../down/<rest>``. Not
+# shadow requests: the shadow service ignores both.
+UP = "up"
+DOWN = "down"
 _CHANNELS = {channel.value: channel for channel in Channel}
 
 
@@ -81,3 +91,32 @@ def parse(name: str) -> tuple[str, Channel] | None:
     if not sep or channel is None or not valid_node_id(node_id):
         return None
     return node_id, channel
+
+
+def _data_topic(node_id: str, direction: str, rest: str) -> str:
+    if not valid_node_id(node_id):
+        raise ValueError(f"{node_id!r} is not a node id: use one topic level like 'acme.gw-1'.")
+    if not rest or rest.startswith("/"):
+        raise ValueError(f"{rest!r} is not a topic under {direction}/: give at least one level.")
+    return f"{PREFIX}{node_id}/{direction}/{rest}"
+
+
+def uplink(node_id: str, rest: str) -> str:
+    """``$baetyl/node/<node_id>/up/<rest>``: where a route's cloud target lands."""
+    return _data_topic(node_id, UP, rest)
+
+
+def downlink(node_id: str, rest: str = "#") -> str:
+    """``$baetyl/node/<node_id>/down/<rest>`` (a filter with the default ``#``)."""
+    return _data_topic(node_id, DOWN, rest)
+
+
+def parse_data(name: str) -> tuple[str, str, str] | None:
+    """``(node_id, "up" | "down", rest)`` of a data-plane topic, or None if it is not one."""
+    if not name.startswith(PREFIX):
+        return None
+    node_id, sep, tail = name[len(PREFIX) :].partition("/")
+    direction, sep2, rest = tail.partition("/")
+    if not sep or not sep2 or not rest or direction not in (UP, DOWN) or not valid_node_id(node_id):
+        return None
+    return node_id, direction, rest

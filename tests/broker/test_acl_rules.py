@@ -236,3 +236,44 @@ def test_a_filter_with_an_extra_level_does_not_match(topic: str, extra: str) -> 
     """``a/b/c`` and ``a/b/+`` do not match ``a/b``."""
     assert not filter_matches(f"{topic}/{extra}", topic)
     assert not filter_matches(f"{topic}/+", topic)
+
+
+def test_a_node_sends_on_its_own_uplink_only() -> None:
+    """A node's routes publish under ``up/``; never another node's, never ``up`` alone."""
+    assert may_publish(NODE, OWN + "up/telemetry/thermo-1")
+    assert may_publish(NODE, OWN + "up/x")
+    assert not may_publish(NODE, OWN + "up")
+    assert not may_publish(NODE, OWN + "up/")
+    assert not may_publish(NODE, THEIRS + "up/telemetry")
+    assert not may_publish(NODE, OWN + "down/cmd")  # the downlink is the services'
+    assert may_publish(SERVICE, OWN + "down/cmd")
+    assert not may_publish(OPERATOR, OWN + "down/cmd")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "allowed"),
+    [
+        ("down/#", True),
+        ("down/cmd/+", True),
+        ("up/#", False),
+        ("up/x", False),
+        ("+/x", False),  # could match up/x
+        ("+/#", False),
+        ("#", False),
+        ("up", True),  # matches the topic "up" alone, which nobody may publish
+        ("+", False),  # matches report
+    ],
+)
+def test_a_node_cannot_subscribe_to_its_uplink(suffix: str, allowed: bool) -> None:
+    """What a node sends up is for the cloud's services and operators, not for the node itself:
+    no filter of a node may match an ``up/`` topic (so no per-message check is needed)."""
+    assert may_subscribe(NODE, OWN + suffix) is allowed
+
+
+def test_the_uplink_and_downlink_are_received_by_the_right_parties() -> None:
+    """Operators and services read a node's uplink (mosquitto_sub works); the node its downlink."""
+    assert may_receive(OPERATOR, OWN + "up/telemetry")
+    assert may_receive(SERVICE, OWN + "up/telemetry")
+    assert may_receive(NODE, OWN + "down/cmd")
+    assert not may_receive(NODE, OWN + "up/telemetry")
+    assert not may_receive(NODE, THEIRS + "down/cmd")

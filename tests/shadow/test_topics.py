@@ -36,3 +36,19 @@ def test_the_services_filters_match_what_nodes_send() -> None:
         for other in Channel:
             sent = topics.topic("acme.gw-1", other)
             assert filter_matches(topics.subscription_filter(channel), sent) is (other is channel)
+
+
+def test_the_data_plane_directions_are_the_brokers() -> None:
+    """``up`` and ``down`` are named the same on both sides, and the built topics parse back."""
+    from broker import NODE_DOWNLINK, NODE_UPLINK
+
+    assert (topics.UP, topics.DOWN) == (NODE_UPLINK, NODE_DOWNLINK)
+    up = topics.uplink("acme.gw-1", "telemetry/thermo-1")
+    assert up == "$baetyl/node/acme.gw-1/up/telemetry/thermo-1"
+    assert topics.parse_data(up) == ("acme.gw-1", "up", "telemetry/thermo-1")
+    assert topics.parse(up) is None  # not a shadow request
+    down = topics.downlink("acme.gw-1", "cmd/reboot")
+    assert topics.parse_data(down) == ("acme.gw-1", "down", "cmd/reboot")
+    assert filter_matches(topics.downlink("acme.gw-1"), down)
+    assert topics.parse_data("$baetyl/node/acme.gw-1/up") is None
+    assert topics.parse_data("$baetyl/node/acme.gw-1/report") is None
