@@ -72,8 +72,12 @@ class Principal:
     name: str  # the node id for nodes, the certificate CN otherwise, "local" for plaintext
 
     @classmethod
-    def from_identity(cls, identity: Identity) -> Principal:
+    def from_identity(cls, identity: Identity) -> Principal | None:
+        """The cloud broker's principal of a certificate identity; None for a device, which only
+        its node's broker accepts (its CA is not the cloud broker's, so this is a second line)."""
         role = {Kind.NODE: Role.NODE, Kind.OPERATOR: Role.OPERATOR, Kind.SERVICE: Role.SERVICE}
+        if identity.kind not in role:
+            return None
         return cls(role[identity.kind], identity.common_name)
 
     @classmethod

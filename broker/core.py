@@ -148,9 +148,11 @@ def _peer_of(ssl_object: ssl.SSLObject | None) -> tuple[Principal, PeerCertifica
         # Refused at CONNECT as "no-identity", logged there at a bounded rate.
         log.debug("a certificate without a pybaetyl identity: %s", exc)
         return None
-    return Principal.from_identity(identity), PeerCertificate(
-        cert.serial_number, cert.not_valid_after_utc
-    )
+    principal = Principal.from_identity(identity)
+    if principal is None:
+        log.debug("a %s certificate, which this broker does not accept", identity.kind)
+        return None
+    return principal, PeerCertificate(cert.serial_number, cert.not_valid_after_utc)
 
 
 # A connection reads at most its TLS read buffer per event-loop turn. A node's reads are

@@ -1,4 +1,4 @@
-"""Who a certificate speaks for: a node of a namespace, an operator, or a cloud service.
+"""Who a certificate speaks for: a node of a namespace, an operator, a cloud service, or a device.
 
 The identity is in two places of every client certificate the CA issues, and both must agree:
 
@@ -7,6 +7,10 @@ The identity is in two places of every client certificate the CA issues, and bot
 
 A node's common name is its *node id*: one MQTT topic segment (``$baetyl/node/<node id>/...``) and
 its MQTT client id. It is unique across namespaces because labels contain no dots.
+
+A device is bound to one node of its namespace: ``spiffe://pybaetyl/ns/acme/node/gw-1/device/t-1``,
+CN ``acme.gw-1.t-1``. Device certificates are signed by the device CA (never trusted by the cloud's
+broker), and only a node broker of that node accepts them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _LABEL_RE = re.compile(_LABEL)
 _URI_RE = re.compile(
     rf"spiffe://{TRUST_DOMAIN}/(?:"
-    rf"ns/(?P<namespace>{_LABEL})/node/(?P<node>{_LABEL})"
+    rf"ns/(?P<namespace>{_LABEL})/node/(?P<node>{_LABEL})(?:/device/(?P<device>{_LABEL}))?"
     rf"|operator/(?P<operator>{_LABEL})"
     rf"|service/(?P<service>{_LABEL}))"
 )
@@ -43,6 +47,7 @@ class Kind(StrEnum):
     NODE = "node"
     OPERATOR = "operator"
     SERVICE = "service"
+    DEVICE = "device"
 
 
 def _check_label(what: str, value: str) -> None:
@@ -55,11 +60,13 @@ def _check_label(what: str, value: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A validated identity; build it with `node`, `operator`, `service` or the `from_*` parsers."""
+    """A validated identity; build it with `node`, `operator`, `service`, `device` or the
+    `from_*` parsers."""
 
     kind: Kind
     name: str
     namespace: str | None = None
+    host: str | None = None  # a device's node (its name in the namespace); None for other kinds
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Kind):
@@ -68,6 +75,20 @@ class Identity:
                 f"{', '.join(k.value for k in Kind)}."
             )
         _check_label(f"{self.kind} name", self.name)
+        if self.kind is Kind.DEVICE:
+            if self.namespace is None or self.host is None:
+                raise InvalidIdentityError(
+                    f"The device {self.name!r} needs a namespace and a node; every device is "
+                    "bound to one node of its namespace."
+                )
+            _check_label("namespace", self.namespace)
+            _check_label("node name", self.host)
+            return
+        if self.host is not None:
+            raise InvalidIdentityError(
+                f"The {self.kind} {self.name!r} was given node {self.host!r}; only devices are "
+                "bound to a node, so pass none."
+            )
         if self.kind is Kind.NODE:
             if self.namespace is None:
                 raise InvalidIdentityError(
@@ -95,12 +116,25 @@ class Identity:
         """Return the identity of a cloud service (e.g. a shadow replica on an external broker)."""
         return cls(Kind.SERVICE, name)
 
+    @classmethod
+    def device(cls, namespace: str, node: str, name: str) -> Self:
+        """Return the identity of device `name`, bound to node `node` of `namespace`."""
+        return cls(Kind.DEVICE, name, namespace, node)
+
     @property
     def common_name(self) -> str:
-        """The subject CN: ``<namespace>.<name>`` for a node, ``<kind>:<name>`` otherwise."""
+        """The subject CN: ``<namespace>.<name>`` for a node, ``<namespace>.<node>.<name>`` for a
+        device, ``<kind>:<name>`` otherwise."""
         if self.kind is Kind.NODE:
             return f"{self.namespace}.{self.name}"
+        if self.kind is Kind.DEVICE:
+            return f"{self.namespace}.{self.host}.{self.name}"
         return f"{self.kind}:{self.name}"
+
+    @property
+    def device_node_id(self) -> str | None:
+        """The node id (``<namespace>.<node>``) a device is bound to; None for any other kind."""
+        return f"{self.namespace}.{self.host}" if self.kind is Kind.DEVICE else None
 
     @property
     def node_id(self) -> str | None:
@@ -112,6 +146,8 @@ class Identity:
         """The SPIFFE URI put in the certificate's subject alternative name."""
         if self.kind is Kind.NODE:
             return f"{_URI_PREFIX}ns/{self.namespace}/node/{self.name}"
+        if self.kind is Kind.DEVICE:
+            return f"{_URI_PREFIX}ns/{self.namespace}/node/{self.host}/device/{self.name}"
         return f"{_URI_PREFIX}{self.kind}/{self.name}"
 
     def __str__(self) -> str:
@@ -124,9 +160,12 @@ class Identity:
         if match is None:
             raise InvalidIdentityError(
                 f"The URI {uri!r} is not a pybaetyl identity; expected "
-                f"{_URI_PREFIX}ns/<namespace>/node/<name>, {_URI_PREFIX}operator/<name> "
-                f"or {_URI_PREFIX}service/<name>."
+                f"{_URI_PREFIX}ns/<namespace>/node/<name>, "
+                f"{_URI_PREFIX}ns/<namespace>/node/<node>/device/<name>, "
+                f"{_URI_PREFIX}operator/<name> or {_URI_PREFIX}service/<name>."
             )
+        if (device := match["device"]) is not None:
+            return cls(Kind.DEVICE, device, match["namespace"], match["node"])
         if (node := match["node"]) is not None:
             return cls(Kind.NODE, node, match["namespace"])
         if (operator := match["operator"]) is not None:

@@ -36,6 +36,8 @@ def test_principal_from_identity() -> None:
     assert Principal.from_identity(Identity.node("default", "node-a")) == NODE
     assert Principal.from_identity(Identity.operator("dbg")) == OPERATOR
     assert Principal.from_identity(Identity.service("shadow")) == SERVICE
+    # A device belongs on its node's broker, never on the cloud's.
+    assert Principal.from_identity(Identity.device("default", "node-a", "t-1")) is None
     assert Principal.local() == Principal(Role.LOCAL, "local")
 
 

@@ -20,6 +20,7 @@ IDENTITIES = st.one_of(
     st.builds(Identity.node, LABEL, LABEL),
     st.builds(Identity.operator, LABEL),
     st.builds(Identity.service, LABEL),
+    st.builds(Identity.device, LABEL, LABEL, LABEL),
 )
 
 
@@ -31,6 +32,22 @@ def test_node_names() -> None:
     assert node.node_id == "acme.gateway-1"
     assert node.uri == "spiffe://pybaetyl/ns/acme/node/gateway-1"
     assert str(node) == node.uri
+
+
+def test_device_names() -> None:
+    """A device names its namespace and node (``host``): CN <namespace>.<node>.<name>."""
+    device = Identity.device("acme", "gw-1", "thermo-1")
+    assert device.kind is Kind.DEVICE
+    assert device.common_name == "acme.gw-1.thermo-1"
+    assert device.uri == "spiffe://pybaetyl/ns/acme/node/gw-1/device/thermo-1"
+    assert device.host == "gw-1"
+    assert device.device_node_id == "acme.gw-1"
+    assert device.node_id is None  # a device is not a node: it never gets a node's topics
+    assert Identity.from_uri(device.uri) == device
+    with pytest.raises(InvalidIdentityError, match="needs a namespace and a node"):
+        Identity(Kind.DEVICE, "thermo-1", "acme")
+    with pytest.raises(InvalidIdentityError, match="only devices are bound to a node"):
+        Identity(Kind.NODE, "gw-1", "acme", "gw-2")
 
 
 def test_operator_and_service_names() -> None:
