@@ -12,7 +12,7 @@ What the README promises is asserted: the operator sees the report accepted and 
 one rejected, another node's topic is refused, the resources are created, the node comes
 online and its app serves the config's page; every command succeeds but the one the README
 says is refused (an ERR trap names each failure). Then, in the same shell with both variables
-exported, the cloud's commands still work (issue 21: they failed on ``api_token``), a second
+exported, the cloud's commands still work (they once failed on ``api_token``), a second
 ``baetyl up`` is refused for the busy data directory, and deleting the app stops it. Stopping
 the cloud makes the agent say its connection closed; every file the walk-through wrote is
 ignored by the repository's ``.gitignore``. The test ends every process it starts: the cloud,
@@ -186,7 +186,7 @@ def test_the_readme_walkthrough_works_pasted_into_one_shell(tmp_path: Path) -> N
     script = f"""trap 'echo "{ERR} $? $BASH_COMMAND" >&2' ERR
 {script}
 echo "@@after"; echo "@@after" >&2
-# The commands issue 21 found broken in a shell with BAETYL_API_URL/TOKEN exported.
+# The commands once found broken in a shell with BAETYL_API_URL/TOKEN exported.
 baetyl tokens list
 baetyl certs list
 baetyl certs issue operator --name me2 --out-dir op

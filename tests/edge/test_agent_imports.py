@@ -1,4 +1,4 @@
-"""The agent at rest holds only what it runs (issue 21: the agent's memory on small devices).
+"""The agent at rest holds only what it runs (the agent's memory on small devices).
 
 ``baetyl edge run`` on the native engine, against the whole cloud, with Python reporting every
 import (``PYTHONPROFILEIMPORTTIME``): once the node is online and the agent has made its first

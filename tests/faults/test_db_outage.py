@@ -1,4 +1,4 @@
-"""Database outage: MariaDB stopped under a running cloud, then started again (issue 9, item 4).
+"""Database outage: MariaDB stopped under a running cloud, then started again.
 
 The cloud (``baetyl up`` on a throwaway MariaDB of this test's own, see ``mariadb_instance``)
 must say it is not ready, refuse API requests with a clear 503 and MQTT reports with the

@@ -1,4 +1,4 @@
-"""Hostile bodies on the management API's write routes (issue 9, item 5).
+"""Hostile bodies on the management API's write routes.
 
 tests/management/test_api_schemathesis.py already sends every operation schema-derived valid
 and invalid requests and checks that none is answered 5xx and that every answer fits the

@@ -1,4 +1,4 @@
-"""Hostile MQTT payloads from a real node, and a node flooding reports (issue 9, item 5).
+"""Hostile MQTT payloads from a real node, and a node flooding reports.
 
 Against ``baetyl up`` (SQLite): hypothesis sends random bytes, random JSON and msgpack
 structures and mutations of valid requests, from one node's mTLS connection, to every topic a

@@ -1,4 +1,4 @@
-"""Malformed MQTT packets and slow-loris connections at the socket (issue 9, item 5).
+"""Malformed MQTT packets and slow-loris connections at the socket.
 
 Against ``baetyl up`` with ``broker.connect_timeout`` at 1 s: a node's TLS connection that
 sends a malformed packet is closed, nothing it carried reaches the shadow, and the broker goes

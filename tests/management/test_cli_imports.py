@@ -1,7 +1,7 @@
 """``baetyl`` imports per command: its help and the API client load none of the cloud.
 
 Each command runs in a fresh interpreter (``python -c``) that prints, after the command, the
-top-level packages it has imported. What each command may not load is what issue 21 measured
+top-level packages it has imported. What each command may not load is what was measured
 as slow start-up: the broker (amqtt), the ORM (tortoise), the Kubernetes client, the server
 stack, and the libraries only some commands need (cryptography, aiohttp, jsonschema, PyYAML).
 How fast that makes them is measured by ``bench/cli.py``, not here.
