@@ -4,8 +4,9 @@ Rules (PROTOCOL.md has the topic table):
 
 * a **node** publishes only to its own upstream topics ``$baetyl/node/<id>/{report,desire/get,
   resource/get,presence}`` and its uplink ``$baetyl/node/<id>/up/...`` (what its routes send), and
-  subscribes only to filters inside ``$baetyl/node/<id>/`` that cannot match an upstream or uplink
-  topic (so it can never see another node's traffic, nor need a per-message check); its downlink
+  subscribes only to filters inside ``$baetyl/node/<id>/`` that cannot match an upstream topic
+  and do not name its uplink (so it can never see another node's traffic, nor need a per-message
+  check); its downlink
   ``$baetyl/node/<id>/down/...`` is what services send it;
 * an **operator** reads everything and publishes nothing (``mosquitto_sub -t '$baetyl/#'``);
 * a **service** (the cloud's own components) may do anything;
@@ -168,9 +169,14 @@ def may_subscribe(principal: Principal, topic_filter: str) -> bool:
 
 
 def _may_match_uplink(rest: str) -> bool:
-    """Whether a filter's levels after the node prefix can match some ``up/<...>`` topic."""
+    """Whether a filter names the node's uplink explicitly (``up/...``).
+
+    A wildcard first level (``+/rejected``, which the node's own answers need) may also match an
+    ``up/`` topic; only the node and the cloud's services publish there, so such a filter can
+    bring the node its own data at most, never another node's.
+    """
     first, sep, tail = rest.partition("/")
-    return first == "#" or (first in (NODE_UPLINK, "+") and bool(sep) and bool(tail))
+    return first == NODE_UPLINK and bool(sep) and bool(tail)
 
 
 def may_receive(principal: Principal, topic: str) -> bool:
