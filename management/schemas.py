@@ -931,6 +931,11 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
         "target": {"cloud": "telemetry/{device}"},
         "qos": 1,
     },
+    "DeviceCertificateRequest": {"csr": _EXAMPLE_CSR},
+    "BrokerCertificateRequest": {
+        "csr": _EXAMPLE_CSR,
+        "hosts": ["gw-1.local", "192.168.1.10", "127.0.0.1", "localhost"],
+    },
     "BatchWrite": {
         "name": "paris-gateways",
         "labels": {"site": "paris"},
