@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from certs import CertificateNotFoundError, CertsError, Identity, format_serial, parse_serial
+from certs import CertificateNotFoundError, CertsError, Identity, parse_serial
 from management.api.app import json_body
 from management.api.routes import _MAX_RACE_ATTEMPTS, _ctx, _ns
 from management.api.views import CERTIFICATES, PASSWORD_HASH
@@ -116,7 +116,7 @@ async def issue_certificate(request: web.Request) -> web.Response:
         )  # fmt: skip
     except CertsError as exc:
         raise BadRequest(str(exc), field="csr") from None
-    serial = format_serial(issued.certificate.serial_number)
+    serial = format(issued.certificate.serial_number, "x")  # the contract's form: lowercase
     entry = {"serial": serial, "notAfter": _iso(issued.certificate.not_valid_after_utc)}
     try:
         await _write_device(
@@ -145,7 +145,7 @@ async def revoke_certificate(request: web.Request) -> web.Response:
     ca = ctx.devices_ca
     text = request.match_info["serial"]
     try:
-        serial = format_serial(parse_serial(text))
+        serial = format(parse_serial(text), "x")
     except (CertsError, ValueError):
         raise BadRequest(f"{text!r} is not a certificate serial; give it in hex, as the device's "
                          "certificates list it.", field="serial") from None  # fmt: skip
