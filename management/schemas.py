@@ -512,7 +512,10 @@ _DEVICE_WRITE = _resource_write(
             **_NODE_NAME,
             "description": "The node (of the namespace) the device connects to; it cannot change.",
         },
-        "topics": _closed({"publish": _TOPIC_FILTERS, "subscribe": _TOPIC_FILTERS}),
+        "topics": _closed(
+            {"publish": _TOPIC_FILTERS, "subscribe": _TOPIC_FILTERS},
+            default={"publish": ["devices/{device}/#"], "subscribe": ["devices/{device}/#"]},
+        ),
     },
     ["node"],
 )
