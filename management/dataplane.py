@@ -4,8 +4,8 @@ A ``Device`` is bound to one node of its namespace: the topics it may publish an
 that node's broker (``{device}`` expands to its name), a password (only a scrypt hash kept) and
 client certificates from the device CA (only their serials kept). A ``Route`` is placed on nodes
 by label selector like an app: a source (a local topic filter, or the node's downlink), an
-optional function, a target (a local topic, or the node's uplink) and a QoS. DATAPLANE.md and
-PROTOCOL.md ("Device data") give the shapes.
+optional function, a target (a local topic, or the node's uplink) and a QoS. PROTOCOL.md
+(``resource/get``) gives the shapes nodes get.
 
 Every check here raises ``Unprocessable`` (422) with a sentence naming the field and what to do:
 the body has the right shape (``schemas.py`` checked it) but could not work on a node.
@@ -43,7 +43,7 @@ __all__ = [
 DEFAULT_TOPICS = ("devices/{device}/#",)
 MAX_TOPICS = 32  # per direction: each is checked by the node broker on every publish
 MAX_FILTER_LENGTH = 1024
-# The password hash format (DATAPLANE.md): scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>.
+# The password hash format (PROTOCOL.md, resource/get): scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN, SALT_BYTES = 16384, 8, 1, 32, 16
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TEMPLATE_NAMES = frozenset({"device", "node", "topic", *(str(i) for i in range(1, 10))})
