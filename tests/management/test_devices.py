@@ -18,10 +18,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker import RefusalReason
-from certs import Identity, Status, build_csr, generate_private_key
+from certs import (
+    Identity,
+    Status,
+    build_csr,
+    generate_private_key,
+    write_private_file,
+    write_public_file,
+)
 from certs.keys import private_key_pem
 from tests.broker.clients import MqttClient
-from tests.broker.helpers import _write_creds
+from tests.broker.helpers import Creds
 from tests.management.activation import make_csr
 from tests.management.nodes import ConnectNode, create, node_at, ref
 from tests.support.cloud import Api, RunningCloud
@@ -223,9 +230,12 @@ async def test_the_cloud_broker_refuses_a_device_certificate(
     issued = cloud.context.device_ca.record(int(answer["serial"], 16))
     assert issued.status is Status.VALID
     certificate = x509.load_pem_x509_certificate(answer["certificate"].encode())
-    creds = _write_creds(tmp_path / "device", "default.gw-1.thermo-1",
-                         _Issued(answer["certificate"].encode() + answer["ca"].encode(),
-                                 certificate), private_key_pem(key))  # fmt: skip
+    directory = tmp_path / "device"
+    directory.mkdir()
+    cert, key_file = directory / "device.crt", directory / "device.key"
+    write_public_file(cert, (answer["certificate"] + answer["ca"]).encode())
+    write_private_file(key_file, private_key_pem(key))
+    creds = Creds("default.gw-1.thermo-1", cert, key_file, certificate.serial_number)
     broker = cloud.cloud.broker
     assert broker is not None
     before = broker.stats().refusals.get(RefusalReason.UNKNOWN_CA, 0)
@@ -235,14 +245,6 @@ async def test_the_cloud_broker_refuses_a_device_certificate(
     finally:
         await asyncio.to_thread(client.close)
     await until(lambda: broker.stats().refusals.get(RefusalReason.UNKNOWN_CA, 0) > before)
-
-
-class _Issued:
-    """The two fields of an ``IssuedCertificate`` that ``_write_creds`` reads."""
-
-    def __init__(self, chain_pem: bytes, certificate: x509.Certificate) -> None:
-        self.chain_pem = chain_pem
-        self.certificate = certificate
 
 
 # -- what nodes get --------------------------------------------------------------------------------
