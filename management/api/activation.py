@@ -139,7 +139,7 @@ def _peer_certificate(request: web.Request) -> x509.Certificate:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise Unauthorized(
-            "Renewing needs the node's current certificate: connect with it as the TLS client "
+            "This route needs the node's current certificate: connect with it as the TLS client "
             "certificate (mutual TLS), as 'baetyl edge renew' does."
         )
     return x509.load_der_x509_certificate(der)

@@ -5,7 +5,9 @@ The activation endpoints are a separate HTTPS app (``activation.py``, port 9003,
 and are not in this document: ``POST /v1/activate`` (``ActivationRequest``: a node's install
 token and CSR) and ``POST /v1/activate/batch`` (``BatchActivationRequest``: namespace, batch,
 the batch's secret, the device's fingerprint and CSR; see ``batches.py`` for its checks and
-status codes). Both answer 201 with an ``ActivationResponse``; their schemas are here.
+status codes). Both answer 201 with an ``ActivationResponse``; their schemas are here. So is
+``BrokerCertificateRequest`` of ``POST /v1/broker-certificate`` (mutual TLS with the node's
+certificate: a node broker's server certificate from the device CA, ``BrokerCertificate``).
 """
 
 from __future__ import annotations
