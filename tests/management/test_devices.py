@@ -305,3 +305,18 @@ async def test_device_presence_comes_from_the_nodes_report(
     _status, page = await api.call("GET", "/devices")
     online = {item["name"]: item["online"] for item in page["items"]}
     assert online == {"thermo-1": True, "thermo-2": False}
+
+
+async def test_the_bootstrap_makes_a_device_ca_apart_from_the_clouds(cloud: RunningCloud) -> None:
+    """``<data>/device-ca/`` holds a CA of its own (key 0600 in a 0700 directory), which the
+    cloud broker's TLS files do not name."""
+    directory = cloud.settings.data_dir / "device-ca"
+    device_ca = cloud.context.device_ca
+    assert device_ca.directory == directory
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert (directory / "ca.key").stat().st_mode & 0o777 == 0o600
+    subject = device_ca.certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert [a.value for a in subject] == ["pybaetyl device CA"]
+    assert device_ca.certificate_pem != cloud.ca.certificate_pem
+    assert cloud.cloud.files.ca == cloud.ca.ca_path
+    assert device_ca.certificate_pem not in cloud.cloud.files.ca.read_bytes()
