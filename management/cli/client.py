@@ -53,6 +53,7 @@ from management.cli.resources import (
     load_manifests,
     render,
     render_app_statuses,
+    render_devices,
     render_properties,
     render_table,
     server_fields,
@@ -229,6 +230,8 @@ def _get(args: argparse.Namespace) -> int:
         print(f"\n{properties}")
     if kind.word == "node" and args.output == "table" and (apps := render_app_statuses(item)):
         print(f"\n{apps}")  # each app's status and cause, as the node last reported them
+    if kind.word == "node" and args.output == "table" and (devices := render_devices(item)):
+        print(f"\n{devices}")  # its devices' presence, as the node last reported it
     if kind.word == "device" and args.output == "table" and item.get("certificates"):
         rows = [["CERTIFICATE", "NOT-AFTER"]] + [
             [str(c.get("serial")), str(c.get("notAfter"))] for c in item["certificates"]

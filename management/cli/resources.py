@@ -38,6 +38,7 @@ __all__ = [
     "load_manifests",
     "render",
     "render_app_statuses",
+    "render_devices",
     "render_properties",
     "render_table",
     "server_fields",
@@ -484,6 +485,35 @@ def render_app_statuses(node: Mapping[str, Any]) -> str:
         [" ".join(c.split()) for c in r] for r in rows
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _epoch(value: Any) -> str:
+    """Epoch seconds as an ISO time, or <none> for anything else (it is the node's report)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return NONE
+    try:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return NONE
+
+
+def render_devices(node: Mapping[str, Any]) -> str:
+    """A node's devices as it last reported them (``report.devices``): online and since when
+    ('' when it reported none)."""
+    report = node.get("report") if isinstance(node.get("report"), dict) else {}
+    devices = (report or {}).get("devices")
+    if not isinstance(devices, dict) or not devices:
+        return ""
+    rows = [["DEVICE", "ONLINE", "SINCE"]]
+    for name, entry in sorted(devices.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        online = "yes" if entry.get("online") else "no"
+        rows.append([" ".join(str(name).split()), online, _epoch(entry.get("since"))])
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows

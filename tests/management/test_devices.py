@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from certs import (
     write_public_file,
 )
 from certs.keys import private_key_pem
+from management.cli.resources import render_devices
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
 from tests.management.activation import make_csr
@@ -305,6 +307,14 @@ async def test_device_presence_comes_from_the_nodes_report(
     _status, page = await api.call("GET", "/devices")
     online = {item["name"]: item["online"] for item in page["items"]}
     assert online == {"thermo-1": True, "thermo-2": False}
+    _status, stats = await api.call("GET", "/nodes/gw-1/stats")
+    assert stats["devices"] == report["reported"]["devices"]
+    assert stats["routes"] == {}
+    _status, node = await api.call("GET", "/nodes/gw-1")
+    assert render_devices(node).splitlines() == [
+        "DEVICE     ONLINE   SINCE",
+        "thermo-1   yes      2025-12-06T05:46:40Z",
+    ]
 
 
 async def test_the_bootstrap_makes_a_device_ca_apart_from_the_clouds(cloud: RunningCloud) -> None:
@@ -320,3 +330,16 @@ async def test_the_bootstrap_makes_a_device_ca_apart_from_the_clouds(cloud: Runn
     assert device_ca.certificate_pem != cloud.ca.certificate_pem
     assert cloud.cloud.files.ca == cloud.ca.ca_path
     assert device_ca.certificate_pem not in cloud.cloud.files.ca.read_bytes()
+
+
+async def test_another_namespace_sees_no_device_and_binds_none_to_our_node(
+    api: Api, api_for: Callable[[str], Awaitable[Api]]
+) -> None:
+    await create(api, "nodes", {"name": "gw-1"})
+    await device(api, "thermo-1", "gw-1")
+    other = await api_for("other")
+    assert (await other.call("GET", "/devices/thermo-1"))[0] == 404
+    assert (await other.call("POST", "/devices/thermo-1/password"))[0] == 404
+    status, answer = await other.call("POST", "/devices", {"name": "thermo-1", "node": "gw-1"})
+    assert status == 422, answer
+    assert answer["field"] == "node"
