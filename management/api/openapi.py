@@ -177,7 +177,7 @@ def document() -> dict[str, Any]:
         "parameters": [_NAME],
         "get": {
             "tags": ["nodes"], "operationId": "node_stats", "summary": "What the node reported",
-            "responses": {"200": {"description": "node, nodestats, appstats and presence.",
+            "responses": {"200": {"description": "node, nodestats, appstats, routes, devices.",
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           **_error_responses(401, 404, 503)},
         },
