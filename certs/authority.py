@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs import layout
-from certs.csr import PublicKey, validate_csr
+from certs.csr import PublicKey, validate_csr, validate_server_csr
 from certs.errors import (
     CAExistsError,
     CAInvalidError,
@@ -225,6 +225,40 @@ class CertificateAuthority:
             )
             record = txn.add(certificate, CertificateKind.SERVER, None)
         return self._issued(certificate, record, private_key_pem(key))
+
+    def issue_server_from_csr(
+        self,
+        csr_pem: bytes,
+        common_name: str,
+        *,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        validity_days: int = 825,
+        accepted_common_names: Sequence[str] = (),
+    ) -> IssuedCertificate:
+        """Issue a TLS server certificate (EKU serverAuth) for the CSR's key, with the names the
+        caller decided (a node broker's, signed by the device CA).
+
+        `certs.csr.validate_server_csr` says what the CSR may say: a subject of ``common_name``
+        (or one of `accepted_common_names`), SANs among the names given.
+        """
+        if not common_name:
+            raise ValueError("A server certificate needs a common name.")
+        sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(address)) for address in ip_addresses]
+        if not sans:
+            raise ValueError("A server certificate needs at least one DNS name or IP address.")
+        lifetime = _lifetime(validity_days)
+        csr = validate_server_csr(csr_pem, [common_name, *accepted_common_names], sans)
+        public_key = csr.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            raise CSRRejectedError("The CSR's public key is neither EC nor RSA; use an EC key.")
+        with self._registry.transaction(self._clock()) as txn:
+            certificate = self._sign(
+                common_name, public_key, sans, ExtendedKeyUsageOID.SERVER_AUTH, lifetime, txn.now
+            )
+            record = txn.add(certificate, CertificateKind.SERVER, None)
+        return self._issued(certificate, record, None)
 
     def issue_from_csr(
         self, csr_pem: bytes, identity: Identity, *, validity_days: int = 365

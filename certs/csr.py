@@ -7,6 +7,7 @@ itself is limited to repeating the identity it is for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeAlias
 
 from cryptography import x509
@@ -17,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from certs.errors import CSRRejectedError
 from certs.identity import Identity
 
-__all__ = ["PublicKey", "describe_key", "validate_csr"]
+__all__ = ["PublicKey", "describe_key", "validate_csr", "validate_server_csr"]
 
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 """The public keys the CA certifies."""
@@ -106,13 +107,8 @@ def _check_extensions(csr: x509.CertificateSigningRequest, identity: Identity) -
         )
 
 
-def validate_csr(csr_pem: bytes, identity: Identity) -> x509.CertificateSigningRequest:
-    """Parse `csr_pem` and check it may be certified as `identity`, or raise CSRRejectedError.
-
-    Checked: it is one PEM CSR; its key is EC P-256/P-384 or RSA 2048..4096; its self-signature
-    verifies; its subject is empty or exactly ``CN=<identity.common_name>``; any SAN it requests is
-    exactly the identity's URI. Other requested extensions are ignored (never copied).
-    """
+def _load(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    """Parse one PEM CSR and check its key and its self-signature."""
     if not isinstance(csr_pem, bytes):
         raise CSRRejectedError("The CSR must be given as PEM bytes.")
     try:
@@ -138,6 +134,54 @@ def validate_csr(csr_pem: bytes, identity: Identity) -> x509.CertificateSigningR
             "The CSR's signature does not verify with its own public key, so it proves no "
             "possession of the key; generate the CSR again with the matching private key."
         )
+    return csr
+
+
+def validate_csr(csr_pem: bytes, identity: Identity) -> x509.CertificateSigningRequest:
+    """Parse `csr_pem` and check it may be certified as `identity`, or raise CSRRejectedError.
+
+    Checked: it is one PEM CSR; its key is EC P-256/P-384 or RSA 2048..4096; its self-signature
+    verifies; its subject is empty or exactly ``CN=<identity.common_name>``; any SAN it requests is
+    exactly the identity's URI. Other requested extensions are ignored (never copied).
+    """
+    csr = _load(csr_pem)
     _check_subject(csr, identity)
     _check_extensions(csr, identity)
+    return csr
+
+
+def validate_server_csr(
+    csr_pem: bytes, common_names: Sequence[str], names: Sequence[x509.GeneralName]
+) -> x509.CertificateSigningRequest:
+    """Check a CSR for a server certificate whose names the caller decided (a node broker's).
+
+    The key and self-signature as for `validate_csr`; the subject empty or exactly one CN among
+    `common_names`; any SAN it requests among `names`. Nothing is copied from it but its key.
+    """
+    csr = _load(csr_pem)
+    attributes = list(csr.subject)
+    if attributes and not (
+        len(attributes) == 1
+        and attributes[0].oid == NameOID.COMMON_NAME
+        and attributes[0].value in common_names
+    ):
+        raise CSRRejectedError(
+            f"The CSR's subject {csr.subject.rfc4514_string()!r} is not this server's; leave it "
+            f"empty or set only CN={common_names[0]}."
+        )
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return csr
+    except ValueError as exc:
+        raise CSRRejectedError(
+            f"The CSR's requested extensions cannot be parsed ({exc}); request none."
+        ) from exc
+    extra = [name for name in san if name not in names]
+    if extra:
+        claimed = ", ".join(str(name.value) for name in extra)
+        raise CSRRejectedError(
+            f"The CSR's subject alternative name asks for {claimed}, which are not among the "
+            "hosts requested; request no SAN (the hosts decide them) or only those hosts."
+        )
     return csr

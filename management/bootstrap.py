@@ -1,4 +1,11 @@
-"""First start and every start: the data directory, the CA and the server certificate."""
+"""First start and every start: the data directory, the CAs and the server certificate.
+
+Two CAs live in the data directory: ``ca/`` (the cloud's: nodes, operators, services, the
+cloud's server certificate; what the cloud broker trusts) and ``device-ca/`` (the node data
+plane's: devices' client certificates and node brokers' server certificates). The cloud broker
+and the agents never trust the device CA for the cloud, so a node broker's certificate cannot
+impersonate the cloud and a device's certificate never reaches the cloud broker.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +26,10 @@ from management.config import ConfigError, Settings
 
 __all__ = [
     "CLOUD_SERVICE_NAME",
+    "DEVICE_CA_COMMON_NAME",
     "RENEW_SERVER_BEFORE",
     "DataDirectoryBusy",
+    "ensure_device_ca",
     "ensure_pki",
     "ensure_service_cert",
     "serving",
@@ -34,6 +43,7 @@ SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 # The cloud's own client identity on an external broker: CN "service:cloud".
 CLOUD_SERVICE_NAME = "cloud"
 SERVICE_CERT, SERVICE_KEY = "service.crt", "service.key"
+DEVICE_CA_COMMON_NAME = "pybaetyl device CA"
 # Held (flock) by the process that serves from the data directory; it holds that process's pid.
 SERVING_LOCK = "serving.lock"
 
@@ -97,7 +107,18 @@ def ensure_pki(settings: Settings) -> tuple[CertificateAuthority, TLSFiles]:
             write_public_file(files.cert, issued.chain_pem)
             log.info("issued the server certificate %s", files.cert)
     ca.crl_pem()  # re-signs crl.pem when it is close to its next update
+    ensure_device_ca(settings)
     return ca, files
+
+
+def ensure_device_ca(settings: Settings) -> CertificateAuthority:
+    """Open (or on first start create) the device CA in ``<data-dir>/device-ca``."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    device_ca = CertificateAuthority.open_or_init(
+        settings.device_ca_dir, common_name=DEVICE_CA_COMMON_NAME
+    )
+    device_ca.crl_pem()
+    return device_ca
 
 
 def _server_cert_needed(files: TLSFiles, settings: Settings) -> bool:

@@ -32,7 +32,7 @@ from aiohttp import web
 from broker import EmbeddedBroker, TLSFiles
 from certs import CertificateAuthority, Identity
 from management.api import ApiContext, create_activation_app, create_app
-from management.bootstrap import CLOUD_SERVICE_NAME, ensure_service_cert
+from management.bootstrap import CLOUD_SERVICE_NAME, ensure_device_ca, ensure_service_cert
 from management.config import BusMode, ConfigError, Settings
 from management.crypto import SecretBox
 from management.matching import Matcher, NodeResources
@@ -119,6 +119,7 @@ class Cloud:
                 install_token_ttl=settings.api.install_token_ttl,
                 node_cert_days=settings.pki.node_cert_days,
                 metrics=metrics_registry(self.broker, shadow),
+                device_ca=ensure_device_ca(settings),
             )
             self._ports["activation"] = await self._serve(
                 create_activation_app(self.context),

@@ -233,6 +233,12 @@ class Settings:
         return self.data_dir / "ca"
 
     @property
+    def device_ca_dir(self) -> Path:
+        """The device CA: devices' client certificates and node brokers' server certificates.
+        Never trusted by the cloud broker nor by the agents for the cloud."""
+        return self.data_dir / "device-ca"
+
+    @property
     def server_dir(self) -> Path:
         return self.data_dir / "server"
 

@@ -6,13 +6,20 @@ selector matches no node: an app reaches a node only when someone said so.
 
 A node's desired state holds references, not payloads (PROTOCOL.md)::
 
-    {"apps": [{"name": "web", "version": "3"}, ...], "nodeprops": {...}}
+    {"apps": [{"name": "web", "version": "3"}, ...], "nodeprops": {...},
+     "devices": [{"name", "version"}, ...], "routes": [{"name", "version"}, ...]}
+
+``devices`` (bound to the node) and ``routes`` (whose selector matches it, as for apps) appear
+only when non-empty: the desired document is replaced whole, so an absent key is an empty list,
+and a node without a data plane keeps the document it had.
 
 Every change recomputes only the nodes it affects, in one pass, and writes their desired state
 through the shadow service in one batch (``write_desired_many``):
 
 * an app created, updated or deleted: the nodes its old or new selector matches;
 * a node's labels or properties changed: that node;
+* a device created, updated (its credentials too) or deleted: its node;
+* a route created, updated or deleted: the nodes its old or new selector matches;
 * a config, secret or certificate updated: each app mounting it gets a new version in the same
   transaction as the update (``ResourceStore.update_used``), then as above; so does each app
   pulling its images with an updated registry (the app's ``registries: [{name}]``).
@@ -26,6 +33,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from management.dataplane import device_answer, devices_of, route_answer
 from management.selectors import Selector, SelectorError
 from management.store import Kind, Resource, ResourceStore
 from shadow import JSONObject, RequestError, ResourceKind
@@ -130,10 +138,44 @@ def references(app: Resource) -> set[tuple[Kind, str]]:
     return mounts(app) | {(Kind.REGISTRY, name) for name in registries(app)}
 
 
-def desired_of(node: Resource, apps: Iterable[Resource]) -> JSONObject:
+def _refs(resources: Iterable[Resource]) -> list[dict[str, str]]:
+    return [{"name": r.name, "version": str(r.version)} for r in sorted(resources, key=_name)]
+
+
+def _name(resource: Resource) -> str:
+    return resource.name
+
+
+def desired_of(
+    node: Resource,
+    apps: Iterable[Resource],
+    devices: Iterable[Resource] = (),
+    routes: Iterable[Resource] = (),
+) -> JSONObject:
     """The whole desired state the cloud wants on ``node``."""
     properties: Any = node.body.get("properties") or {}
-    return {"apps": desired_apps(node, apps), "nodeprops": properties}
+    desired: JSONObject = {"apps": desired_apps(node, apps), "nodeprops": properties}
+    bound = _refs(devices_of(node, devices))
+    if bound:
+        desired["devices"] = bound
+    placed = _refs(r for r in routes if app_matches(r, node))
+    if placed:
+        desired["routes"] = placed
+    return desired
+
+
+class _DataPlane:
+    """A namespace's devices and routes, read once for a push."""
+
+    def __init__(self, devices: list[Resource], routes: list[Resource]) -> None:
+        self.devices = devices
+        self.routes = routes
+
+    @classmethod
+    async def read(cls, store: ResourceStore, namespace: str) -> _DataPlane:
+        return cls(
+            await store.list(namespace, Kind.DEVICE), await store.list(namespace, Kind.ROUTE)
+        )
 
 
 class Matcher:
@@ -162,7 +204,13 @@ class Matcher:
     async def _write(
         self, nodes: Sequence[Resource], apps: Sequence[Resource]
     ) -> dict[str, JSONObject]:
-        wrote = {node_id(node.namespace, node.name): desired_of(node, apps) for node in nodes}
+        planes = {ns: await _DataPlane.read(self.store, ns) for ns in {n.namespace for n in nodes}}
+        wrote = {
+            node_id(node.namespace, node.name): desired_of(
+                node, apps, planes[node.namespace].devices, planes[node.namespace].routes
+            )
+            for node in nodes
+        }
         writes = [DesiredWrite(node, desired, replace=True) for node, desired in wrote.items()]
         results = await self.shadow.write_desired_many(writes)
         failed = [r for r in results if isinstance(r, RequestError)]
@@ -184,13 +232,17 @@ class Matcher:
             fresh_apps: dict[str, list[Resource]] = {}
             for namespace in namespaces:
                 fresh_apps[namespace] = await self.store.list(namespace, Kind.APP)
+                plane = await _DataPlane.read(self.store, namespace)
                 fresh = {n.name: n for n in await self.store.list(namespace, Kind.NODE)}
                 for node in nodes:
                     current = fresh.get(node.name) if node.namespace == namespace else None
                     if current is None:
                         continue  # deleted meanwhile: its shadow goes with it
                     key = node_id(namespace, node.name)
-                    if desired_of(current, fresh_apps[namespace]) != wrote.get(key):
+                    desired = desired_of(
+                        current, fresh_apps[namespace], plane.devices, plane.routes
+                    )
+                    if desired != wrote.get(key):
                         stale.append(current)
             if not stale:
                 return
@@ -249,6 +301,27 @@ class Matcher:
         async with self._lock:
             return await self._after_mounted_change(namespace, bumped)
 
+    async def after_device_change(
+        self, namespace: str, before: Resource | None, after: Resource | None
+    ) -> int:
+        """Push to the node the device was bound to, and to the one it is bound to now."""
+        async with self._lock:
+            names = {str(d.body.get("node")) for d in (before, after) if d is not None}
+            nodes = [n for n in await self.store.list(namespace, Kind.NODE) if n.name in names]
+            return await self.push(nodes, await self.store.list(namespace, Kind.APP))
+
+    async def after_route_change(
+        self, namespace: str, before: Resource | None, after: Resource | None
+    ) -> int:
+        """Push to the nodes the route was placed on before or is now (its selector, as apps)."""
+        async with self._lock:
+            nodes = [
+                node
+                for node in await self.store.list(namespace, Kind.NODE)
+                if any(r is not None and app_matches(r, node) for r in (before, after))
+            ]
+            return await self.push(nodes, await self.store.list(namespace, Kind.APP))
+
     async def reconcile(self) -> int:
         """Bring every node's desired state in line with the stored resources; how many moved.
 
@@ -268,6 +341,7 @@ class Matcher:
                 if not nodes:
                     continue
                 apps = await self.store.list(namespace, Kind.APP)
+                plane = await _DataPlane.read(self.store, namespace)
                 # Straight from the store: at start the nodes' reconnect storm fills the service's
                 # queue, and 5,000 reads behind it held the API back for 8 s.
                 stored = await self.shadow.stored([node_id(namespace, n.name) for n in nodes])
@@ -275,7 +349,7 @@ class Matcher:
                     node
                     for node in nodes
                     if (record := stored.get(node_id(namespace, node.name))) is None
-                    or record.desired.state != desired_of(node, apps)
+                    or record.desired.state != desired_of(node, apps, plane.devices, plane.routes)
                 ]
                 if not stale:
                     continue
@@ -326,11 +400,13 @@ class Matcher:
 class NodeResources:
     """What a node may fetch with ``resource/get``: only what its desired state leads to.
 
-    An app must run on the node (its selector matches) and be at the version asked for; a config,
-    secret or certificate must be mounted by such an app, a registry named in its
-    ``registries``. Anything else is "not found" (404) — a node cannot learn what exists beyond
-    its own apps, in its own namespace. Secret values (a secret's data, a registry's password, a
-    certificate's key) are decrypted only here, for the node that may have them.
+    A device must be bound to the node, a route placed on it (its selector matches), each at the
+    version asked for. An app must run on the node (its selector matches) and be at the version
+    asked for; a config, secret or certificate must be mounted by such an app, a registry named
+    in its ``registries``. Anything else is "not found" (404) — a node cannot learn what exists
+    beyond its own apps and devices, in its own namespace. Secret values (a secret's data, a
+    registry's password, a certificate's key) are decrypted only here, for the node that may
+    have them.
     """
 
     def __init__(self, store: ResourceStore, secrets: Any) -> None:
@@ -344,6 +420,16 @@ class NodeResources:
         node = await self.store.find(namespace, Kind.NODE, node_name)
         if node is None:
             return None
+        if kind is ResourceKind.DEVICE:
+            device = await self.store.find(namespace, Kind.DEVICE, name)
+            if device is None or device.body.get("node") != node_name:
+                return None  # another node's device is not found, as if it did not exist
+            return device_answer(device) if str(device.version) == version else None
+        if kind is ResourceKind.ROUTE:
+            route = await self.store.find(namespace, Kind.ROUTE, name)
+            if route is None or not app_matches(route, node) or str(route.version) != version:
+                return None
+            return route_answer(route)
         apps = [a for a in await self.store.list(namespace, Kind.APP) if app_matches(a, node)]
         if kind is ResourceKind.APP:
             app = next((a for a in apps if a.name == name), None)

@@ -492,6 +492,78 @@ _CERTIFICATE = _resource_read(
     },
 )
 
+# --- devices and routes (the node data plane, dataplane.py) ---------------------------------------
+
+_TOPIC_FILTERS: Final[JsonSchema] = {
+    "type": "array",
+    "items": {"type": "string", "maxLength": 1024},
+    "maxItems": 1024,
+    "description": "Topic filters on the node broker, at most 32 (422 beyond); {device} is the "
+    'device\'s name. Default: ["devices/{device}/#"].',
+}
+_DEVICE_WRITE = _resource_write(
+    {
+        "name": {
+            **_LABEL_NAME,
+            "description": "A DNS-1123 label: the device's MQTT client id "
+            "and username on its node's broker.",
+        },
+        "node": {
+            **_NODE_NAME,
+            "description": "The node (of the namespace) the device connects to; it cannot change.",
+        },
+        "topics": _closed(
+            {"publish": _TOPIC_FILTERS, "subscribe": _TOPIC_FILTERS},
+            default={"publish": ["devices/{device}/#"], "subscribe": ["devices/{device}/#"]},
+        ),
+    },
+    ["node"],
+)
+_DEVICE_CERTIFICATE = _open(
+    {"serial": {"type": "string", "description": "Lowercase hex."}, "notAfter": _TIMESTAMP},
+    ["serial", "notAfter"],
+)
+_DEVICE = _resource_read(
+    _DEVICE_WRITE,
+    add={
+        "password": {"type": "boolean", "readOnly": True,
+                     "description": "Whether the device has a password (never shown)."},
+        "certificates": {"type": "array", "items": ref("DeviceCertificate"), "readOnly": True},
+        "online": {"type": "boolean", "readOnly": True,
+                   "description": "As its node last reported."},
+        "since": {"type": ["number", "null"], "readOnly": True,
+                  "description": "Since when (epoch seconds) it is online or offline."},
+    },
+)  # fmt: skip
+_ENDPOINT_TOPIC: Final[JsonSchema] = {"type": "string", "maxLength": 1024}
+_ROUTE_ENDPOINT: Final[JsonSchema] = _closed(
+    {"local": _ENDPOINT_TOPIC, "cloud": _ENDPOINT_TOPIC},
+    description="Exactly one of local (a topic on the node broker) or cloud (under the node's "
+    "$baetyl/node/<id>/down/ as a source, up/ as a target).",
+)
+_ROUTE_WRITE = _resource_write(
+    {
+        "selector": {
+            "type": "string",
+            "maxLength": 4096,
+            "description": "A Kubernetes label selector over node labels, as for apps.",
+        },
+        "source": _ROUTE_ENDPOINT,
+        "function": _closed(
+            {"app": _NAME, "function": _LABEL_NAME},
+            ["app", "function"],
+            description="A function app of the namespace and one of its functions; its answer "
+            "is the message forwarded (empty drops it).",
+        ),
+        "target": {
+            **_ROUTE_ENDPOINT,
+            "description": "A topic template: {device}, {node}, {topic} and {1}..{9}.",
+        },
+        "qos": {"type": "integer", "default": 1, "description": "0 or 1."},
+    },
+    ["source", "target"],
+)
+
 # --- activation, batches, tokens ----------------------------------------------------------------
 
 _BATCH_NAME: Final[JsonSchema] = {
@@ -605,6 +677,47 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     "Registry": _resource_read(_REGISTRY_WRITE, drop=["password"]),
     "CertificateWrite": _CERTIFICATE_WRITE,
     "Certificate": _CERTIFICATE,
+    "DeviceWrite": _DEVICE_WRITE,
+    "Device": _DEVICE,
+    "DeviceCertificate": _DEVICE_CERTIFICATE,
+    "DevicePassword": _open(
+        {
+            "username": {"type": "string"},
+            "password": {"type": "string", "description": "Shown once: only its hash is kept."},
+        },
+        ["username", "password"],
+    ),
+    "DeviceCertificateRequest": _closed({"csr": _PEM_CSR}, ["csr"]),
+    "DeviceCertificateIssued": _open(
+        {
+            "certificate": _PEM_CERTIFICATE,
+            "ca": {**_PEM_CERTIFICATE, "description": "The device CA."},
+            "serial": {"type": "string", "description": "Lowercase hex."},
+        },
+        ["certificate", "ca", "serial"],
+    ),
+    "RouteWrite": _ROUTE_WRITE,
+    "Route": _resource_read(_ROUTE_WRITE),
+    "BrokerCertificateRequest": _closed(
+        {
+            "csr": _PEM_CSR,
+            "hosts": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 253},
+                "minItems": 1,
+                "maxItems": 16,
+                "description": "DNS names or IP addresses devices reach the node at.",
+            },
+        },
+        ["csr", "hosts"],
+    ),
+    "BrokerCertificate": _open(
+        {
+            "certificate": _PEM_CERTIFICATE,
+            "ca": {**_PEM_CERTIFICATE, "description": "The device CA."},
+        },
+        ["certificate", "ca"],
+    ),
     "BatchWrite": _BATCH_WRITE,
     "Batch": _BATCH,
     "BatchActivation": _BATCH_ACTIVATION,
@@ -685,6 +798,8 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
             ("Secret", "SecretSummary"),
             ("Registry", "Registry"),
             ("Certificate", "Certificate"),
+            ("Device", "Device"),
+            ("Route", "Route"),
             ("Batch", "Batch"),
             ("ApiToken", "ApiToken"),
         ]
@@ -698,6 +813,10 @@ WRITE_SCHEMAS: Final = (
     "SecretWrite",
     "RegistryWrite",
     "CertificateWrite",
+    "DeviceWrite",
+    "DeviceCertificateRequest",
+    "RouteWrite",
+    "BrokerCertificateRequest",
     "BatchWrite",
     "BatchActivationRequest",
     "ActivationRequest",
@@ -796,6 +915,29 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
         "name": "plc-server-ca",
         "description": "Trust anchor of the PLC",
         "data": {"certificate": _EXAMPLE_CERT, "key": _EXAMPLE_KEY},
+    },
+    "DeviceWrite": {
+        "name": "thermo-1",
+        "node": "edge-01",
+        "labels": {"site": "paris"},
+        "description": "Cold room thermometer",
+        "topics": {
+            "publish": ["devices/{device}/telemetry"],
+            "subscribe": ["devices/{device}/commands/#"],
+        },
+    },
+    "RouteWrite": {
+        "name": "telemetry-up",
+        "selector": "site=paris",
+        "description": "Thermometers' readings to the cloud",
+        "source": {"local": "devices/+/telemetry"},
+        "target": {"cloud": "telemetry/{device}"},
+        "qos": 1,
+    },
+    "DeviceCertificateRequest": {"csr": _EXAMPLE_CSR},
+    "BrokerCertificateRequest": {
+        "csr": _EXAMPLE_CSR,
+        "hosts": ["gw-1.local", "192.168.1.10", "127.0.0.1", "localhost"],
     },
     "BatchWrite": {
         "name": "paris-gateways",
@@ -966,7 +1108,7 @@ _JSON_TYPES: Final = {
 }
 _READ_ONLY_FIELDS: Final = frozenset(_READ_META) | {
     "online", "lastSeen", "report", "desire", "apps", "fingerprint", "notBefore", "notAfter",
-    "subject", "dnsNames", "id", "token", "activated", "activations",
+    "subject", "dnsNames", "id", "token", "activated", "activations", "password", "since",
 }  # fmt: skip
 
 

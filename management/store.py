@@ -2,9 +2,9 @@
 
 They live in the same ``Database`` as the shadows (``shadow.server``), in tables of their own
 created by the ``management`` component's migrations. Every resource kind (node, app, config,
-secret, registry, certificate, batch) shares one table keyed by (namespace, kind, name): a
-resource is its labels and its body (JSON, with secret values already encrypted by the caller)
-and a version that every write bumps. An update can be made conditional on the version read.
+secret, registry, certificate, batch, device, route) shares one table keyed by (namespace, kind,
+name): a resource is its labels and its body (JSON, with secret values already encrypted by the
+caller) and a version that every write bumps. An update can be made conditional on the version read.
 
 Every failure is a ``StoreError`` (from ``shadow``): ``ResourceMissing`` and ``ResourceConflict``
 for what the caller can fix, the plain ``StoreError`` when the database failed or cannot be
@@ -44,6 +44,8 @@ class Kind(StrEnum):
     REGISTRY = "registry"
     CERTIFICATE = "certificate"
     BATCH = "batch"
+    DEVICE = "device"
+    ROUTE = "route"
 
 
 MANAGEMENT_MIGRATIONS: tuple[Migration, ...] = (

@@ -28,12 +28,20 @@ sessions still made with it. A node that never confirms keeps the old one valid 
 Refused: no client certificate (401), a certificate revoked, superseded or unknown to the CA (401),
 one that is not a node's (403), a node that no longer exists (404), a bad CSR (400, field
 ``csr``). A certificate of another CA, or an expired one, fails the TLS handshake itself.
+
+``POST /v1/broker-certificate`` with ``{"csr", "hosts"}``, over mutual TLS with the node's
+certificate (refused as ``/v1/renew`` refuses): the node broker's server certificate, signed by
+the *device* CA for the CSR's key (made on the node), CN ``broker.<ns>.<node>``, SANs the hosts
+(1 to 16 DNS names or IP addresses), for the node certificates' validity; the answer is
+``{certificate, ca}`` with the device CA, which devices trust and the cloud broker never does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +72,9 @@ from management.schemas import validate
 from management.store import Kind, Resource
 from management.tokens import ActivationClaims, ActivationKind, TokenError
 
-__all__ = ["create_activation_app"]
+__all__ = ["MAX_BROKER_HOSTS", "create_activation_app"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +139,7 @@ def _peer_certificate(request: web.Request) -> x509.Certificate:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise Unauthorized(
-            "Renewing needs the node's current certificate: connect with it as the TLS client "
+            "This route needs the node's current certificate: connect with it as the TLS client "
             "certificate (mutual TLS), as 'baetyl edge renew' does."
         )
     return x509.load_der_x509_certificate(der)
@@ -157,7 +167,8 @@ async def _current_node(request: web.Request) -> _Holder:
     if identity.kind is not IdentityKind.NODE or identity.namespace is None:
         raise Forbidden(
             f"The client certificate is a {identity.kind}'s ({identity.common_name}); only a "
-            "node renews its certificate here. Use 'baetyl certs issue' for the others."
+            "node renews its certificate (or asks for its broker's) here. Use 'baetyl certs "
+            "issue' for the others."
         )
     try:
         record = await asyncio.to_thread(ctx.ca.record, certificate.serial_number)
@@ -287,6 +298,68 @@ async def confirm_renewal(request: web.Request) -> web.Response:
     return web.json_response({"retired": old.serial_hex})
 
 
+MAX_BROKER_HOSTS = 16
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}"
+    r"[A-Za-z0-9])?)*\.?"
+)
+
+
+def _broker_hosts(body: dict[str, Any]) -> tuple[list[str], list[IPAddress]]:
+    """The DNS names and IP addresses of ``hosts``; 400 naming the first that is neither."""
+    hosts = body.get("hosts")
+    if not isinstance(hosts, list) or not 1 <= len(hosts) <= MAX_BROKER_HOSTS:
+        raise BadRequest(
+            f"hosts must list 1 to {MAX_BROKER_HOSTS} DNS names or IP addresses devices reach "
+            'the node at, e.g. ["gw-1.local", "192.168.1.10"].',
+            field="hosts",
+        )
+    names: list[str] = []
+    addresses: list[IPAddress] = []
+    for index, host in enumerate(hosts):
+        if not isinstance(host, str):
+            raise BadRequest(f"hosts[{index}] must be a string.", field=f"hosts[{index}]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            if _DNS_NAME.fullmatch(host) is None:
+                raise BadRequest(
+                    f"hosts[{index}] {host[:80]!r} is neither a DNS name nor an IP address; give "
+                    "e.g. gw-1.local or 192.168.1.10.",
+                    field=f"hosts[{index}]",
+                ) from None
+            if host.rstrip(".").lower() not in names:
+                names.append(host.rstrip(".").lower())
+        else:
+            if address not in addresses:
+                addresses.append(address)
+    return names, addresses
+
+
+async def broker_certificate(request: web.Request) -> web.Response:
+    """The node broker's server certificate, signed by the device CA, for the caller's node."""
+    ctx: ApiContext = request.app[CONTEXT]
+    holder = await _current_node(request)
+    body = await json_body(request)
+    csr_text = body.get("csr")
+    if not isinstance(csr_text, str) or not csr_text:
+        raise BadRequest("The body needs 'csr', a PEM certificate signing request.", field="csr")
+    names, addresses = _broker_hosts(body)
+    node_cn = holder.identity.common_name
+    ca = ctx.devices_ca
+    try:
+        issued = await asyncio.to_thread(
+            ca.issue_server_from_csr, csr_text.encode(), f"broker.{node_cn}",
+            dns_names=names, ip_addresses=addresses, validity_days=ctx.node_cert_days,
+            accepted_common_names=[node_cn],
+        )  # fmt: skip
+    except CertsError as exc:
+        raise BadRequest(str(exc), field="csr") from None
+    log.info("issued the broker certificate %s of node %s", issued.record.serial_hex, node_cn)
+    answer = {"certificate": issued.certificate_pem.decode(), "ca": ca.certificate_pem.decode()}
+    return web.json_response(answer, status=201)
+
+
 async def ca_certificate(request: web.Request) -> web.Response:
     """The CA certificate (public), which the node pins by the SHA-256 of its install command."""
     ctx: ApiContext = request.app[CONTEXT]
@@ -301,5 +374,6 @@ def create_activation_app(context: ApiContext) -> web.Application:
     app.router.add_post("/v1/activate", activate)
     app.router.add_post("/v1/renew", renew)
     app.router.add_post("/v1/renew/confirm", confirm_renewal)
+    app.router.add_post("/v1/broker-certificate", broker_certificate)
     batches.add_activation_routes(app)
     return app

@@ -65,6 +65,16 @@ class ApiContext:
     node_cert_days: int = 365
     mqtt_host: str = ""  # the broker's host name for nodes, when not public_host (external bus)
     metrics: CollectorRegistry | None = None  # served at /metrics (management/metrics.py)
+    # Signs devices' certificates and node brokers' server certificates (bootstrap.py); the
+    # cloud broker never trusts it. None only for a context built without one (no data plane).
+    device_ca: CertificateAuthority | None = None
+
+    @property
+    def devices_ca(self) -> CertificateAuthority:
+        """The device CA, or a 503 saying the cloud was started without one."""
+        if self.device_ca is None:
+            raise Unavailable("This cloud has no device CA; restart it with 'baetyl up'.")
+        return self.device_ca
 
     @property
     def broker_address(self) -> dict[str, str | int]:
@@ -302,7 +312,7 @@ async def not_found(_request: web.Request) -> web.Response:
 def create_app(context: ApiContext) -> web.Application:
     """The management API for ``context``: every route under ``/v1``, health, docs."""
     from management import batches  # it imports this module too
-    from management.api import nodes, openapi, routes  # they import this module
+    from management.api import devices, nodes, openapi, routes  # they import this module
 
     app = web.Application(middlewares=[errors, authenticate], client_max_size=MAX_BODY)
     app[CONTEXT] = context
@@ -311,6 +321,7 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/metrics", metrics)
     routes.add_routes(app)
     nodes.add_routes(app)
+    devices.add_routes(app)
     batches.add_routes(app)
     openapi.add_routes(app)
     return app

@@ -49,7 +49,8 @@ async def node_apps(request: web.Request) -> web.Response:
 
 
 async def node_stats(request: web.Request) -> web.Response:
-    """What the node last reported about itself: node info, stats, app stats."""
+    """What the node last reported about itself: node info, stats, app stats, its routes' counts
+    and its devices' presence."""
     ctx = _ctx(request)
     node = await ctx.store.get(_ns(request), Kind.NODE, request.match_info["name"])
     record = await ctx.shadow.get(node_id(node.namespace, node.name))
@@ -60,6 +61,10 @@ async def node_stats(request: web.Request) -> web.Response:
             "node": reported.get("node", {}),
             "nodestats": reported.get("nodestats", {}),
             "appstats": reported.get("appstats", []),
+            # The node data plane: per route forwarded/queued/dropped/failed/lastError, and the
+            # presence of its devices (DATA plane sections of the reported state).
+            "routes": reported.get("routes", {}),
+            "devices": reported.get("devices", {}),
         }
     )
 

@@ -5,7 +5,9 @@ The activation endpoints are a separate HTTPS app (``activation.py``, port 9003,
 and are not in this document: ``POST /v1/activate`` (``ActivationRequest``: a node's install
 token and CSR) and ``POST /v1/activate/batch`` (``BatchActivationRequest``: namespace, batch,
 the batch's secret, the device's fingerprint and CSR; see ``batches.py`` for its checks and
-status codes). Both answer 201 with an ``ActivationResponse``; their schemas are here.
+status codes). Both answer 201 with an ``ActivationResponse``; their schemas are here. So is
+``BrokerCertificateRequest`` of ``POST /v1/broker-certificate`` (mutual TLS with the node's
+certificate: a node broker's server certificate from the device CA, ``BrokerCertificate``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ _READ = {
     "SecretWrite": "Secret",
     "RegistryWrite": "Registry",
     "CertificateWrite": "Certificate",
+    "DeviceWrite": "Device",
+    "RouteWrite": "Route",
 }
 _LIST = {"Secret": "SecretList"}
 # The kinds whose writes are also checked for what cannot work (422): apps (routes._check).
-_SEMANTIC: dict[str, tuple[int, ...]] = {"app": (422,)}
+_SEMANTIC: dict[str, tuple[int, ...]] = {"app": (422,), "device": (422,), "route": (422,)}
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
@@ -76,7 +80,8 @@ def _body(schema: str) -> dict[str, Any]:
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _NODE_DELETE = (
     "Revokes the node's certificates (the broker closes its connection), deletes the node, "
-    "revokes again any certificate issued meanwhile, and empties its desired state. A delete "
+    "revokes again any certificate issued meanwhile, and empties its desired state. A node with "
+    "devices is refused (409). A delete "
     "that fails after the first step (503, or the cloud stopped) leaves the node in place but "
     "unable to connect: delete it again."
 )
@@ -172,7 +177,7 @@ def document() -> dict[str, Any]:
         "parameters": [_NAME],
         "get": {
             "tags": ["nodes"], "operationId": "node_stats", "summary": "What the node reported",
-            "responses": {"200": {"description": "node, nodestats, appstats and presence.",
+            "responses": {"200": {"description": "node, nodestats, appstats, routes, devices.",
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           **_error_responses(401, 404, 503)},
         },
@@ -256,6 +261,7 @@ def document() -> dict[str, Any]:
         },
     }  # fmt: skip
     paths.update(_batch_paths())
+    paths.update(_device_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -272,6 +278,57 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _device_paths() -> dict[str, Any]:
+    """A device's credentials (``devices.py``): each change is a new version of the device."""
+    tag = "devices"
+    serial = {
+        "name": "serial",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The certificate's serial, hex.",
+    }
+    return {
+        "/v1/devices/{name}/password": {
+            "parameters": [_NAME],
+            "post": {
+                "tags": [tag], "operationId": "set_device_password",
+                "summary": "Make a new random password; it is in this answer only",
+                "description": "Only its scrypt hash is kept; calling again replaces it.",
+                "responses": {"201": _json("DevicePassword", "The username and password."),
+                              **_error_responses(401, 404, 409, 503)},
+            },
+            "delete": {
+                "tags": [tag], "operationId": "delete_device_password",
+                "summary": "Remove the device's password",
+                "responses": {"204": {"description": "Removed."},
+                              **_error_responses(401, 404, 409, 503)},
+            },
+        },
+        "/v1/devices/{name}/certificates": {
+            "parameters": [_NAME],
+            "post": {
+                "tags": [tag], "operationId": "issue_device_certificate",
+                "summary": "Sign the device's CSR with the device CA",
+                "description": "The identity is the cloud's (namespace, node, device), never the "
+                               "CSR's; the serial is listed in the device.",
+                "requestBody": _body("DeviceCertificateRequest"),
+                "responses": {"201": _json("DeviceCertificateIssued", "The certificate."),
+                              **_error_responses(400, 401, 404, 409, 503)},
+            },
+        },
+        "/v1/devices/{name}/certificates/{serial}": {
+            "parameters": [_NAME, serial],
+            "delete": {
+                "tags": [tag], "operationId": "revoke_device_certificate",
+                "summary": "Unlist and revoke one of the device's certificates",
+                "responses": {"204": {"description": "Revoked."},
+                              **_error_responses(400, 401, 404, 409, 503)},
+            },
+        },
+    }  # fmt: skip
 
 
 def _batch_paths() -> dict[str, Any]:

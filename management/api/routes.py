@@ -1,5 +1,6 @@
-"""The ``/v1`` routes: nodes, apps, configs, secrets, registries, certificates (the routes under
-one node beyond its CRUD are in ``nodes.py``).
+"""The ``/v1`` routes: nodes, apps, configs, secrets, registries, certificates, devices, routes
+(the routes under one node beyond its CRUD are in ``nodes.py``, a device's credentials in
+``devices.py``).
 
 Writes validate the body against its schema (``schemas.py``), then check what a schema cannot
 (label syntax, selectors, references between resources), store, and push the change to the
@@ -17,10 +18,18 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 
 from certs import Identity, Status
 from management.api.app import CONTEXT, NAMESPACE, ApiContext, json_body
-from management.api.views import INSTALL_GENERATION, stored_body, view
+from management.api.views import (
+    CERTIFICATES,
+    INSTALL_GENERATION,
+    PASSWORD_HASH,
+    stored_body,
+    view,
+)
+from management.dataplane import check_device_topics, check_route, devices_of, routes_using
 from management.errors import BadRequest, Conflict, Unprocessable
 from management.matching import (
     MOUNTED_KINDS,
@@ -37,7 +46,7 @@ from shadow import Limits, RequestError
 from shadow import validate as validate_section
 from shadow.server import ShadowRecord
 
-__all__ = ["COLLECTIONS", "add_routes"]
+__all__ = ["COLLECTIONS", "SYSTEM_APP_PREFIX", "add_routes", "revoke_device"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +58,11 @@ COLLECTIONS: dict[str, tuple[Kind, str]] = {
     "secrets": (Kind.SECRET, "SecretWrite"),
     "registries": (Kind.REGISTRY, "RegistryWrite"),
     "certificates": (Kind.CERTIFICATE, "CertificateWrite"),
+    "devices": (Kind.DEVICE, "DeviceWrite"),
+    "routes": (Kind.ROUTE, "RouteWrite"),
 }
+# User apps may not take the names of the system apps an agent runs beside them (baetyl-broker).
+SYSTEM_APP_PREFIX = "baetyl-"
 MAX_PAGE_SIZE = 200
 _MAX_RACE_ATTEMPTS = 5  # conditional writes read again after a conflict at most this often
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a label key shown as labels.<key>
@@ -121,6 +134,23 @@ async def _check(ctx: ApiContext, namespace: str, kind: Kind, body: dict[str, An
     _check_labels(body.get("labels") or {})
     if kind is Kind.NODE:
         _check_properties(ctx, body.get("properties"), "properties")
+    if kind is Kind.APP and str(body["name"]).startswith(SYSTEM_APP_PREFIX):
+        raise Unprocessable(
+            f"name {body['name']!r}: names starting with {SYSTEM_APP_PREFIX!r} are reserved for "
+            "the system apps the agent runs (baetyl-broker); choose another name.",
+            field="name",
+        )
+    if kind is Kind.DEVICE:
+        if await ctx.store.find(namespace, Kind.NODE, str(body["node"])) is None:
+            raise Unprocessable(
+                f"node: there is no node named {body['node']!r} in this namespace; create it "
+                "first, or name an existing node.",
+                field="node",
+            )
+        body["topics"] = check_device_topics(body.get("topics"))
+    if kind is Kind.ROUTE:
+        Selector.parse(str(body.get("selector", "")))
+        check_route(body, await ctx.store.list(namespace, Kind.APP))
     if kind is Kind.APP:
         text = str(body.get("selector", ""))
         Selector.parse(text)  # SelectorError -> 400 naming the position
@@ -259,7 +289,23 @@ async def _view(ctx: ApiContext, resource: Resource, *, full: bool = True) -> di
         record = await ctx.shadow.get(node_id(resource.namespace, resource.name))
         apps = await ctx.store.list(resource.namespace, Kind.APP)
         return _node_view(ctx, resource, record, apps, full=full)
-    return view(resource, box=ctx.secrets if full else None, full=full)
+    out = view(resource, box=ctx.secrets if full else None, full=full)
+    if resource.kind is Kind.DEVICE:
+        out.update(await _presence(ctx, resource))
+    return out
+
+
+async def _presence(ctx: ApiContext, device: Resource) -> dict[str, Any]:
+    """``online`` and ``since`` of a device, as its node last reported them (``devices``)."""
+    record = await ctx.shadow.get(node_id(device.namespace, str(device.body.get("node"))))
+    reported = record.reported.state.get("devices")
+    entry = reported.get(device.name) if isinstance(reported, dict) else None
+    entry = entry if isinstance(entry, dict) else {}
+    since = entry.get("since")
+    return {
+        "online": entry.get("online") is True,
+        "since": since if isinstance(since, int | float) and not isinstance(since, bool) else None,
+    }
 
 
 def _node_view(
@@ -322,6 +368,17 @@ def _update_handler(kind: Kind, schema: str) -> Callable[[web.Request], Any]:
         if kind is Kind.REGISTRY and "password" not in body and "password" in before.body:
             # Write-only, so a client cannot send it back: a PUT without one keeps the stored one.
             resource.body["password"] = before.body["password"]
+        if kind is Kind.DEVICE:
+            if body["node"] != before.body.get("node"):
+                raise Unprocessable(
+                    f"node: the device {name!r} is bound to the node {before.body.get('node')!r} "
+                    "(its certificates name it); delete the device and create it on the other "
+                    "node.",
+                    field="node",
+                )
+            for kept in (PASSWORD_HASH, CERTIFICATES):  # set by their own routes only
+                if kept in before.body:
+                    resource.body[kept] = before.body[kept]
         if kind in _USED_KINDS:
             # Its users get new versions in the same transaction: a crash cannot split them.
             updated, bumped = await ctx.store.update_used(
@@ -383,6 +440,27 @@ def _delete_handler(kind: Kind) -> Callable[[web.Request], Any]:
                     f"from their {where} first."
                 )
         if kind is Kind.NODE:
+            bound = devices_of(
+                await ctx.store.get(namespace, kind, name),
+                await ctx.store.list(namespace, Kind.DEVICE),
+            )
+            if bound:
+                raise Conflict(
+                    f"The node {name!r} has device(s) {', '.join(d.name for d in bound)}; delete "
+                    "them first ('baetyl device delete NAME')."
+                )
+        if kind is Kind.APP:
+            users = routes_using(name, await ctx.store.list(namespace, Kind.ROUTE))
+            if users:
+                raise Conflict(
+                    f"The app {name!r} is the function of route(s) {', '.join(users)}; change "
+                    "or delete them first."
+                )
+        if kind is Kind.DEVICE:
+            # Revoked before the row goes, as for nodes: a crash in between leaves a device that
+            # cannot connect with a certificate (delete it again), never a deleted one that can.
+            await revoke_device(ctx, await ctx.store.get(namespace, kind, name))
+        if kind is Kind.NODE:
             # Its certificates are revoked before its row goes: a cloud killed in between leaves
             # a node that can no longer connect (delete it again), never a deleted node that
             # still can. _forget_node revokes again, for a certificate issued meanwhile.
@@ -400,6 +478,10 @@ async def _after_write(ctx: ApiContext, before: Resource | None, after: Resource
     assert resource is not None
     if resource.kind is Kind.APP:
         await ctx.matcher.after_app_change(resource.namespace, before, after)
+    elif resource.kind is Kind.DEVICE:
+        await ctx.matcher.after_device_change(resource.namespace, before, after)
+    elif resource.kind is Kind.ROUTE:
+        await ctx.matcher.after_route_change(resource.namespace, before, after)
     elif resource.kind is Kind.NODE:
         if after is not None:
             await ctx.matcher.after_node_change(after)
@@ -417,6 +499,20 @@ async def _revoke_node(ctx: ApiContext, node: Resource) -> None:
         for record in ctx.ca.records():
             if record.identity == identity and record.status is Status.VALID:
                 ctx.ca.revoke(record.serial)
+
+    await asyncio.to_thread(revoke_all)
+
+
+async def revoke_device(ctx: ApiContext, device: Resource) -> None:
+    """Revoke every valid certificate the device CA issued for the device (any serial it holds,
+    listed or not: one issued by a request that crashed before listing it too)."""
+    ca = ctx.devices_ca
+    identity = Identity.device(device.namespace, str(device.body.get("node")), device.name)
+
+    def revoke_all() -> None:  # file I/O under the CA's lock: off the event loop
+        for record in ca.records():
+            if record.identity == identity and record.status is Status.VALID:
+                ca.revoke(record.serial, x509.ReasonFlags.cessation_of_operation)
 
     await asyncio.to_thread(revoke_all)
 

@@ -20,7 +20,15 @@ from management.crypto import SecretBox
 from management.errors import BadRequest
 from management.store import Kind, Resource
 
-__all__ = ["INSTALL_GENERATION", "decrypt_data", "node_data", "stored_body", "view"]
+__all__ = [
+    "CERTIFICATES",
+    "INSTALL_GENERATION",
+    "PASSWORD_HASH",
+    "decrypt_data",
+    "node_data",
+    "stored_body",
+    "view",
+]
 
 # Fields every kind keeps in its body besides the common ones.
 _COMMON = ("name", "labels", "description")
@@ -37,6 +45,13 @@ INSTALL_GENERATION = "installGeneration"
 """A node's body field kept by the server (never written by clients, never shown): its install
 commands' generation, moved on by ``DELETE /v1/nodes/{name}/init``; tokens of an earlier one are
 refused (``ActivationClaims.generation``). A counter, not a time: cloud replicas' clocks differ."""
+
+
+PASSWORD_HASH = "passwordHash"  # noqa: S105 # a field name, not a password
+CERTIFICATES = "certificates"
+"""A device's body fields kept by the server (never written by clients): its password's scrypt
+hash (never shown: a read says ``"password": true``) and its certificates ``[{serial,
+notAfter}]``, set by ``POST /v1/devices/{name}/password`` and ``.../certificates``."""
 
 
 def _time(ms: int) -> str:
@@ -226,6 +241,11 @@ def view(resource: Resource, *, box: SecretBox | None = None, full: bool = True)
     elif resource.kind is Kind.REGISTRY:
         out["address"] = body.get("address", "")
         out["username"] = body.get("username", "")
+    elif resource.kind is Kind.DEVICE:
+        out["node"] = body.get("node", "")
+        out["topics"] = body.get("topics", {})
+        out["password"] = bool(body.get(PASSWORD_HASH))  # the hash itself is never shown
+        out["certificates"] = list(body.get(CERTIFICATES) or [])
     elif resource.kind is Kind.CERTIFICATE:
         data = body.get("data", {})
         out["data"] = {"certificate": data.get("certificate", "")}

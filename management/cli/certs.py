@@ -1,9 +1,11 @@
 """``baetyl certs``: the PKI from the command line (CA, certificates, revocation, CRL).
 
-The CA lives in ``<data dir>/ca``. Handlers raise `certs.CertsError`; the root command prints it as
-``error: <message>`` and exits 1. Serial numbers are printed and accepted in hexadecimal (as
-``openssl x509 -serial`` prints them); ``0x`` prefixes and ``:`` separators are accepted, decimal
-is not.
+The CA lives in ``<data dir>/ca``. ``certs issue device`` is the exception: a device's
+certificate comes from the device CA through the management API (``--api-url``/``--token``, as
+``baetyl device ...``), which records its serial in the device. Handlers raise
+`certs.CertsError`; the root command prints it as ``error: <message>`` and exits 1. Serial
+numbers are printed and accepted in hexadecimal (as ``openssl x509 -serial`` prints them); ``0x``
+prefixes and ``:`` separators are accepted, decimal is not.
 """
 
 from __future__ import annotations
@@ -147,6 +149,43 @@ def _issue_node(args: argparse.Namespace) -> int:
         validity_days=_days(args, "node_cert_days"),
     )
     _emit(issued.chain_pem, args.out, _summary(issued))
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write public PEM ``text`` to ``path`` (0644), atomically: no reader sees half of it."""
+    import os
+    import tempfile
+
+    from management.cli.apiclient import ClientError
+
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ClientError(f"Cannot write {path} ({exc.strerror or exc}); check the path.") from None
+
+
+def _issue_device(args: argparse.Namespace) -> int:
+    """A device's certificate from its CSR, signed by the device CA through the API."""
+    from management.cli.apiclient import ApiClient, ClientError, quote, resolve_endpoint
+
+    try:
+        csr = args.csr.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not PEM text"
+        raise ClientError(f"Cannot read the CSR {args.csr} ({reason}); check the path.") from None
+    client = ApiClient(resolve_endpoint(args.api_url, args.token))
+    answer = client.request("POST", f"/devices/{quote(args.name)}/certificates", {"csr": csr})
+    _write_text(args.out, answer["certificate"])
+    print(f"issued device certificate {answer['serial']} for device {args.name}")
+    print(f"written {args.out}")
+    if args.ca_out is not None:
+        _write_text(args.ca_out, answer["ca"])
+        print(f"written {args.ca_out} (the device CA: devices verify their node's broker with it)")
     return 0
 
 
@@ -300,6 +339,27 @@ def _add_issue_parsers(
     node.add_argument("--out", type=Path, metavar="FILE", help="write the chain here, not stdout")
     node.set_defaults(func=_issue_node)
 
+    from management.cli.client import connection_options  # standard library only at its top
+
+    device = issue.add_parser(
+        "device",
+        help="certify a device's CSR with the device CA (through the API)",
+        description="Issue a device's client certificate from its CSR, signed by the device CA "
+        "through the management API, which decides the identity (namespace, node, device) and "
+        "lists the serial in the device. Revoke it with DELETE "
+        "/v1/devices/NAME/certificates/SERIAL; deleting the device revokes them all.",
+        parents=[connection_options()],
+    )
+    device.add_argument("name", metavar="NAME", help="the device's name")
+    device.add_argument("--csr", required=True, type=Path, metavar="FILE", help="the PEM CSR")
+    device.add_argument("--out", required=True, type=Path, metavar="FILE",
+                        help="write the certificate here")  # fmt: skip
+    device.add_argument(
+        "--ca-out", type=Path, metavar="FILE",
+        help="write the device CA here (what devices trust for the node broker)",
+    )  # fmt: skip
+    device.set_defaults(func=_issue_device, client_command=True)
+
     for kind, func, days in (
         ("operator", _issue_operator, "pki.operator_cert_days, 90"),
         ("service", _issue_service, "365"),
@@ -379,7 +439,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     issue = commands.add_parser(
         "issue",
         help="issue a certificate",
-        description="Issue a node, operator, service or server certificate.",
+        description="Issue a node, device, operator, service or server certificate.",
     )
     _add_issue_parsers(issue.add_subparsers(dest="kind", metavar="KIND", required=True))
 

@@ -10,6 +10,8 @@ kubectl-like commands over the management REST API, synchronous, on ``urllib``::
     baetyl app delete NAME [NAME...]
     baetyl node init NAME            # the install command for the device
     baetyl node revoke-init NAME     # the install commands issued so far stop working
+    baetyl device password NAME      # a new password for the device, printed once
+    baetyl device password NAME --remove
     baetyl apply -f FILE             # objects of any kind, each with kind: App, Config, ...
 
 The API address and token come from ``--api-url``/``--token``, else ``BAETYL_API_URL`` /
@@ -51,6 +53,7 @@ from management.cli.resources import (
     load_manifests,
     render,
     render_app_statuses,
+    render_devices,
     render_properties,
     render_table,
     server_fields,
@@ -67,6 +70,7 @@ __all__ = [
     "Endpoint",
     "Unreachable",
     "add_parser",
+    "connection_options",
     "resolve_endpoint",
 ]
 
@@ -78,8 +82,8 @@ T = TypeVar("T")
 # -- commands --------------------------------------------------------------------------------------
 
 
-def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``baetyl <kind> ...`` for each kind and ``baetyl apply``; after ``config``'s group."""
+def connection_options() -> argparse.ArgumentParser:
+    """A parent parser of ``--api-url`` and ``--token`` (every command that talks to the API)."""
     connection = argparse.ArgumentParser(add_help=False)
     where = connection.add_argument_group("API")
     where.add_argument(
@@ -93,6 +97,12 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help=f"the API token (default: ${TOKEN_ENV} or the client config; "
         f"${CONFIG_ENV} or ~/.config/baetyl/client.toml)",
     )
+    return connection
+
+
+def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``baetyl <kind> ...`` for each kind and ``baetyl apply``; after ``config``'s group."""
+    connection = connection_options()
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
         "-o",
@@ -155,6 +165,16 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                 kind=kind,
             )  # fmt: skip
             revoke.add_argument("name", metavar="NAME")
+        if kind.word == "device":
+            password = leaf(
+                commands, "password", _password,
+                "give a device a new random password (printed once), or --remove it",
+                kind=kind,
+            )  # fmt: skip
+            password.add_argument("name", metavar="NAME")
+            password.add_argument(
+                "--remove", action="store_true", help="remove the password instead"
+            )
     leaf(
         groups,
         "apply",
@@ -210,6 +230,14 @@ def _get(args: argparse.Namespace) -> int:
         print(f"\n{properties}")
     if kind.word == "node" and args.output == "table" and (apps := render_app_statuses(item)):
         print(f"\n{apps}")  # each app's status and cause, as the node last reported them
+    if kind.word == "node" and args.output == "table" and (devices := render_devices(item)):
+        print(f"\n{devices}")  # its devices' presence, as the node last reported it
+    if kind.word == "device" and args.output == "table" and item.get("certificates"):
+        rows = [["CERTIFICATE", "NOT-AFTER"]] + [
+            [str(c.get("serial")), str(c.get("notAfter"))] for c in item["certificates"]
+        ]
+        width = max(len(row[0]) for row in rows)
+        print("\n" + "\n".join(f"{row[0].ljust(width)}   {row[1]}" for row in rows))
     return 0
 
 
@@ -223,6 +251,23 @@ def _init(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(answer["cmd"])
+    return 0
+
+
+def _password(args: argparse.Namespace) -> int:
+    path = f"/devices/{quote(args.name)}/password"
+    if args.remove:
+        _client(args).request("DELETE", path)
+        print(f"removed the password of device {args.name}")
+        return 0
+    answer = _client(args).request("POST", path)
+    print(
+        f"# The password of device {args.name}: shown this once, only its hash is kept. Run "
+        f"'baetyl device password {args.name}' again for a new one.",
+        file=sys.stderr,
+    )
+    print(f"username: {answer['username']}")
+    print(f"password: {answer['password']}")
     return 0
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "load_manifests",
     "render",
     "render_app_statuses",
+    "render_devices",
     "render_properties",
     "render_table",
     "server_fields",
@@ -130,6 +131,29 @@ def _keys(item: Mapping[str, Any]) -> str:
     return _joined(sorted(item.get("data") or {}))  # keys only: never a value
 
 
+def _credentials(item: Mapping[str, Any]) -> str:
+    """``password``, ``2 certificates``: what a device may connect with (never a secret)."""
+    kinds = ["password"] if item.get("password") else []
+    count = len(item.get("certificates") or [])
+    if count:
+        kinds.append(f"{count} certificate{'s' if count != 1 else ''}")
+    return _joined(kinds)
+
+
+def _endpoint(value: Any) -> str:
+    """A route's source or target: ``local:devices/+/telemetry``."""
+    if not isinstance(value, dict) or not value:
+        return NONE
+    return _joined(f"{key}:{topic}" for key, topic in sorted(value.items()))
+
+
+def _function(item: Mapping[str, Any]) -> str:
+    function = item.get("function")
+    if not isinstance(function, dict):
+        return NONE
+    return f"{function.get('app')}/{function.get('function')}"
+
+
 _NAME = Column("NAME", _text("name"))
 _TAIL = (
     Column("LABELS", _labels),
@@ -198,12 +222,31 @@ KINDS: dict[str, ResourceKind] = {
             Column("DNS-NAMES", lambda item: _joined(item.get("dnsNames") or [])),
             Column("NOT-AFTER", _text("notAfter")),
         ),
+        _kind(
+            "device",
+            "devices",
+            "devices: MQTT clients of a node's broker, their topics and credentials",
+            Column("NODE", _text("node")),
+            Column("ONLINE", lambda item: "yes" if item.get("online") else "no"),
+            Column("CREDENTIALS", _credentials),
+        ),
+        _kind(
+            "route",
+            "routes",
+            "routes: messages moved by the nodes their selector matches",
+            Column("SELECTOR", _text("selector")),
+            Column("SOURCE", lambda item: _endpoint(item.get("source"))),
+            Column("FUNCTION", _function),
+            Column("TARGET", lambda item: _endpoint(item.get("target"))),
+        ),
     )
 }
 
 # What a mixed file creates first: apps mount configs, secrets and certificates and pull with
-# registries, so those go before them.
-APPLY_ORDER: tuple[str, ...] = ("config", "secret", "registry", "certificate", "node", "app")
+# registries, so those go before them; a device names its node, a route its function app.
+APPLY_ORDER: tuple[str, ...] = (
+    "config", "secret", "registry", "certificate", "node", "device", "app", "route",
+)  # fmt: skip
 
 
 def kind_named(text: str) -> ResourceKind | None:
@@ -442,6 +485,35 @@ def render_app_statuses(node: Mapping[str, Any]) -> str:
         [" ".join(c.split()) for c in r] for r in rows
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _epoch(value: Any) -> str:
+    """Epoch seconds as an ISO time, or <none> for anything else (it is the node's report)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return NONE
+    try:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return NONE
+
+
+def render_devices(node: Mapping[str, Any]) -> str:
+    """A node's devices as it last reported them (``report.devices``): online and since when
+    ('' when it reported none)."""
+    report = node.get("report") if isinstance(node.get("report"), dict) else {}
+    devices = (report or {}).get("devices")
+    if not isinstance(devices, dict) or not devices:
+        return ""
+    rows = [["DEVICE", "ONLINE", "SINCE"]]
+    for name, entry in sorted(devices.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        online = "yes" if entry.get("online") else "no"
+        rows.append([" ".join(str(name).split()), online, _epoch(entry.get("since"))])
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows

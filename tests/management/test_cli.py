@@ -33,7 +33,9 @@ def baetyl(
     [
         ((), ["up", "broker", "certs", "edge", "config", "tokens"]),
         (("certs",), ["init", "issue", "renew", "revoke", "list", "crl"]),
-        (("certs", "issue"), ["node", "operator", "service", "server"]),
+        (("certs", "issue"), ["node", "device", "operator", "service", "server"]),
+        (("device",), ["list", "get", "create", "apply", "delete", "password"]),
+        (("route",), ["list", "get", "create", "apply", "delete"]),
         (("broker",), ["run"]),
         (("edge",), ["keygen"]),
         (("config",), ["show"]),

@@ -439,3 +439,104 @@ def test_the_age_column_uses_the_largest_unit_that_fits(seconds: int, age: str) 
     item = {"name": "gw-1", "createTime": created.isoformat().replace("+00:00", "Z")}
     header, row = table(render_table(KINDS["node"], [item]))
     assert row[header.index("AGE")] == age
+
+
+# -- devices and routes ----------------------------------------------------------------------------
+
+
+async def test_devices_and_routes_apply_list_get_password_and_delete(
+    run: Cli, token: str, tmp_path: Path
+) -> None:
+    """One file of a node, a device and a route applied in dependency order; the device's
+    password printed once; its ONLINE column; routes listed; everything deleted."""
+    file = write(
+        tmp_path / "plane.yaml",
+        [
+            {"kind": "Route", "name": "up", "selector": "site=paris",
+             "source": {"local": "devices/+/telemetry"}, "target": {"cloud": "t/{device}"}},
+            {"kind": "Device", "name": "thermo-1", "node": "gw-1"},
+            {"kind": "Node", "name": "gw-1", "labels": {"site": "paris"}},
+        ],
+    )  # fmt: skip
+    applied = await run("apply", "-f", file)
+    assert applied.code == 0, applied.err
+    assert applied.out.splitlines() == [
+        "node/gw-1 created", "device/thermo-1 created", "route/up created",
+    ]  # fmt: skip
+    again = await run("apply", "-f", file)
+    assert again.out.splitlines() == [
+        "node/gw-1 unchanged", "device/thermo-1 unchanged", "route/up unchanged",
+    ]  # fmt: skip
+
+    listed = await run("device", "list")
+    header, row = table(listed.out)
+    assert header[:4] == ["NAME", "NODE", "ONLINE", "CREDENTIALS"]
+    assert row[:4] == ["thermo-1", "gw-1", "no", "<none>"]
+
+    password = await run("device", "password", "thermo-1")
+    assert password.code == 0, password.err
+    lines = dict(line.split(": ", 1) for line in password.out.splitlines())
+    assert lines["username"] == "thermo-1"
+    assert len(lines["password"]) >= 20
+    assert "shown this once" in password.err
+    got = await run("device", "get", "thermo-1", "-o", "json")
+    assert got.json()["password"] is True
+    assert lines["password"] not in got.out
+    assert table((await run("device", "list")).out)[1][3] == "password"
+    removed = await run("device", "password", "thermo-1", "--remove")
+    assert removed.code == 0, removed.err
+    assert (await run("device", "get", "thermo-1", "-o", "json")).json()["password"] is False
+
+    routes = await run("route", "list")
+    header, row = table(routes.out)
+    assert header[:5] == ["NAME", "SELECTOR", "SOURCE", "FUNCTION", "TARGET"]
+    assert row[:5] == [
+        "up",
+        "site=paris",
+        "local:devices/+/telemetry",
+        "<none>",
+        "cloud:t/{device}",
+    ]
+
+    refused = await run("node", "delete", "gw-1")
+    assert refused.code == 1
+    assert "thermo-1" in refused.err
+    deleted = await run("device", "delete", "thermo-1")
+    assert deleted.out == "device/thermo-1 deleted\n"
+    assert (await run("route", "delete", "up")).code == 0
+    assert (await run("node", "delete", "gw-1")).code == 0
+
+
+async def test_certs_issue_device_talks_to_the_api(
+    run: Cli, token: str, cloud: RunningCloud, tmp_path: Path
+) -> None:
+    """``baetyl certs issue device`` sends the CSR to the API and writes the certificate and
+    the device CA; the serial is listed in the device; a bad CSR is one error line."""
+    from cryptography import x509
+
+    from certs import Identity, build_csr, generate_private_key
+
+    await run("apply", "-f", write(tmp_path / "d.yaml", [
+        {"kind": "Node", "name": "gw-1"}, {"kind": "Device", "name": "thermo-1", "node": "gw-1"},
+    ]))  # fmt: skip
+    csr = tmp_path / "dev.csr"
+    csr.write_bytes(build_csr(generate_private_key()))
+    out, ca_out = tmp_path / "dev.crt", tmp_path / "device-ca.crt"
+    issued = await run("certs", "issue", "device", "thermo-1", "--csr", str(csr),
+                       "--out", str(out), "--ca-out", str(ca_out))  # fmt: skip
+    assert issued.code == 0, issued.err
+    certificate = x509.load_pem_x509_certificate(out.read_bytes())
+    assert Identity.from_certificate(certificate) == Identity.device("default", "gw-1", "thermo-1")
+    assert ca_out.read_bytes() == cloud.context.device_ca.certificate_pem
+    serial = format(certificate.serial_number, "x")
+    assert serial in issued.out
+    got = (await run("device", "get", "thermo-1", "-o", "json")).json()
+    assert [c["serial"] for c in got["certificates"]] == [serial]
+    shown = await run("device", "get", "thermo-1")
+    assert serial in shown.out
+
+    csr.write_text("not a CSR")
+    bad = await run("certs", "issue", "device", "thermo-1", "--csr", str(csr), "--out", str(out))
+    assert bad.code == 1
+    assert bad.err.startswith("error: ")
+    assert len(bad.err.strip().splitlines()) == 1
