@@ -540,6 +540,7 @@ class PybaetylStack:
         self.passwords: dict[str, str] = {}
         self.operator: dict[str, str] = {}
         self.devices = 0
+        self.broker_pid: int | None = None
 
     def _baetyl(self, *argv: str, stdin: str | None = None) -> str:
         done = subprocess.run(
@@ -547,7 +548,10 @@ class PybaetylStack:
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"baetyl {shlex.join(argv)} failed: {done.stderr.strip()[-1500:]}")
+            shown = (
+                shlex.join(argv).replace(self.token, "<token>") if self.token else shlex.join(argv)
+            )
+            raise RuntimeError(f"baetyl {shown} failed: {done.stderr.strip()[-1500:]}")
         return done.stdout
 
     def _api(self) -> list[str]:
@@ -667,16 +671,33 @@ class PybaetylStack:
         }
 
     def node_pids(self) -> dict[str, int]:
-        import psutil
-
         if self.agent is None or self.agent.poll() is not None:
             return {}
-        pids = {"agent": self.agent.pid}
+        broker = self._node_broker()
+        return {"agent": self.agent.pid, **({"node broker": broker} if broker else {})}
+
+    def _node_broker(self) -> int | None:
+        """The node broker's pid: the agent's child, or any process naming its config (a
+        system app may run in a session of its own); remembered while it runs."""
+        import psutil
+
+        mine = str(self.state / "nodebroker")
+        if self.broker_pid is not None:
+            with contextlib.suppress(psutil.Error):
+                if mine in " ".join(psutil.Process(self.broker_pid).cmdline()):
+                    return self.broker_pid
+            self.broker_pid = None
+        children: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.agent.pid).children(recursive=True):
-                if "broker.node" in " ".join(child.cmdline()):
-                    pids["node broker"] = child.pid
-        return pids
+            if self.agent is not None:
+                children = psutil.Process(self.agent.pid).children(recursive=True)
+        for process in [*children, *psutil.process_iter()]:
+            with contextlib.suppress(psutil.Error):
+                line = " ".join(process.cmdline())
+                if "broker.node" in line and mine in line:
+                    self.broker_pid = process.pid
+                    return process.pid
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -687,10 +708,22 @@ class PybaetylStack:
         }
 
     def close(self) -> None:
+        import psutil
+
+        broker = self._node_broker() if self.agent and self.agent.poll() is None else None
         _stop(self.agent, timeout=30)
         if self.state.is_dir():  # the node broker is a system app: it outlives a stopped agent
             with contextlib.suppress(Exception):
                 _stop_left_apps(self.state)
+        if broker is not None:  # still there (another engine layout): end it by its pid
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(broker)
+                if str(self.state) in " ".join(process.cmdline()):
+                    process.terminate()
+                    try:
+                        process.wait(10)
+                    except psutil.TimeoutExpired:
+                        process.kill()
         _stop(self.up, timeout=30)
 
 
@@ -1021,6 +1054,14 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _python() -> str:
+    """The interpreter as the command to type: ``.venv/bin/python`` from the repository."""
+    try:
+        return str(Path(sys.executable).relative_to(ROOT.parent))
+    except ValueError:
+        return sys.executable
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", choices=("devices", "cloud"), help=argparse.SUPPRESS)
@@ -1099,7 +1140,7 @@ def main() -> int:
     ).stdout.strip()  # fmt: skip
     document = {
         "date": stamp,
-        "command": shlex.join([Path(sys.executable).name, "-m", "bench.dataplane", *sys.argv[1:]]),
+        "command": shlex.join([_python(), "-m", "bench.dataplane", *sys.argv[1:]]),
         "commit": commit,
         "machine": {
             "platform": platform.platform(),
