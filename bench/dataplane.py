@@ -234,10 +234,17 @@ class _Cloud:
         _connect_all([self.client], [spec], config["connect_timeout"])
         self.client.on_connect = self._on_connect
         self._subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_args: self._subscribed.set()
+        self._granted: list[int] = []
+        self.client.on_subscribe = self._on_subscribe
         self.client.subscribe(self.topic, qos=1)
         if not self._subscribed.wait(config["connect_timeout"]):
             raise RuntimeError(f"no SUBACK for {self.topic}")
+        if any(code >= 0x80 for code in self._granted):
+            raise RuntimeError(f"the cloud refused the subscription to {self.topic}")
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
+        self._granted = [reason.value for reason in reasons]
+        self._subscribed.set()
 
     def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.value == 0:
@@ -345,9 +352,13 @@ class Worker:
             text=True,
             cwd=ROOT.parent,
         )
-        answer = self._send(config)
-        if "error" in answer:
-            raise RuntimeError(f"{role}: {answer['error']}")
+        try:
+            answer = self._send(config)
+            if "error" in answer:
+                raise RuntimeError(f"{role}: {answer['error']}")
+        except BaseException:
+            self.close()
+            raise
 
     def _send(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None
@@ -374,6 +385,10 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
         self._log.close()
 
 
