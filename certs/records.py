@@ -75,6 +75,7 @@ class CertificateKind(StrEnum):
     NODE = "node"
     OPERATOR = "operator"
     SERVICE = "service"
+    DEVICE = "device"
     SERVER = "server"
 
 
