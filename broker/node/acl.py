@@ -52,7 +52,9 @@ def filter_covers(allowed: str, requested: str) -> bool:
         if a_level == "#":
             return True
         if r_level == "#":
-            return False  # requested matches any depth here, allowed a fixed one
+            # "#" matches its parent level too, except as the first level (a topic has one):
+            # there "+/#" matches every topic "#" does.
+            return index == 0 and a_levels[:2] == ["+", "#"]
         if r_level == "+":
             if a_level != "+":
                 return False

@@ -1,0 +1,154 @@
+"""The spool: routed messages on disk before their PUBACK, bounded, drops counted per route."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.broker.clients import MqttClient, require_mosquitto
+from tests.broker.helpers import HOST
+from tests.broker.node.helpers import NODE, NodeBrokerProcess, NodePki, base_config, device_entry
+from tests.support.polling import until_blocking
+
+Start = Callable[[dict[str, Any]], NodeBrokerProcess]
+
+
+def rows(db: Path) -> list[tuple[int, str, str, int, bytes]]:
+    with sqlite3.connect(db, timeout=10) as conn:
+        return conn.execute(
+            "SELECT id, topic, device, qos, payload FROM messages ORDER BY id"
+        ).fetchall()
+
+
+def drops(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db, timeout=10) as conn:
+        return dict(conn.execute("SELECT route, count FROM drops").fetchall())
+
+
+def test_acknowledged_messages_survive_sigkill(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    creds = node_pki.device("d1")
+    broker = start_node_broker(
+        base_config(node_pki, tmp_path, [device_entry("d1", certificates=[creds.serial])])
+    )
+    device = MqttClient(broker.port, "d1", ca=node_pki.ca_file, creds=creds)
+    try:
+        device.connect()
+        device.publish("devices/d1/status", b"not routed", qos=1)
+        device.publish("devices/d1/telemetry", b"t-1", qos=1)  # returns on the PUBACK
+        broker.kill()  # SIGKILL right after it
+    finally:
+        device.close()
+    assert rows(tmp_path / "spool.db") == [(1, "devices/d1/telemetry", "d1", 1, b"t-1")]
+
+
+def test_mosquitto_pub_burst_is_all_spooled_in_order(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    require_mosquitto()
+    broker = start_node_broker(
+        base_config(node_pki, tmp_path, [device_entry("pw", password="pw-secret")])
+    )
+    lines = "\n".join(f"m-{i}" for i in range(500))
+    result = subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            HOST,
+            "-p",
+            str(broker.port),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            str(node_pki.ca_file),
+            "-i",
+            "pw",
+            "-u",
+            "pw",
+            "-P",
+            "pw-secret",
+            "-t",
+            "devices/pw/telemetry",
+            "-q",
+            "1",
+            "-l",
+        ],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    broker.kill()  # every message mosquitto_pub had acknowledged is on disk
+    found = rows(tmp_path / "spool.db")
+    assert [r[4] for r in found] == [f"m-{i}".encode() for i in range(500)]
+    assert {r[2] for r in found} == {"pw"}
+
+
+def test_local_clients_spool_and_agent_is_told(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    broker = start_node_broker(base_config(node_pki, tmp_path, []))
+    agent = MqttClient(broker.port, NODE, ca=node_pki.ca_file, creds=node_pki.agent)
+    local = MqttClient(broker.local_port, "app", ca=None)
+    try:
+        agent.connect()
+        assert agent.subscribe("$baetyl/broker/spool", 0) == [0]
+        local.connect()
+        local.publish("devices/app/telemetry", b"from a local app", qos=1)
+        notice = agent.receive_on("$baetyl/broker/spool")
+        assert json.loads(notice.payload) == {"last": 1}
+        # The agent's own publishes are never spooled (it forwards what it read from there).
+        agent.publish("devices/agent/telemetry", b"no", qos=1)
+    finally:
+        local.close()
+        agent.close()
+    assert [(r[2], r[4]) for r in rows(tmp_path / "spool.db")] == [("local", b"from a local app")]
+
+
+def test_bounds_delete_oldest_and_count_drops_per_route(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    config = base_config(node_pki, tmp_path, [])
+    config["spool"] |= {
+        "maxBytes": 1000,
+        "routes": {"behind": "devices/+/telemetry", "caught-up": "devices/#", "other": "x/#"},
+    }
+    broker = start_node_broker(config)
+    db = tmp_path / "spool.db"
+    with sqlite3.connect(db, timeout=10) as conn:  # the agent's cursors
+        conn.execute("INSERT INTO cursors (route, last_id) VALUES ('caught-up', 5)")
+    local = MqttClient(broker.local_port, "app", ca=None)
+    try:
+        local.connect()
+        for index in range(20):
+            local.publish("devices/app/telemetry", bytes([index]) * 100, qos=1)
+    finally:
+        local.close()
+    # 2,000 bytes for a bound of 1,000: the 10 oldest go; "caught-up" had read up to id 5.
+    until_blocking(lambda: len(rows(db)) == 10, what="the oldest rows deleted")
+    assert [r[0] for r in rows(db)] == list(range(11, 21))
+    assert drops(db) == {"behind": 10, "caught-up": 5}
+    status = until_blocking(lambda: (s := broker.status()) and s["spool"]["rows"] == 10 and s)
+    assert status["spool"] == {"rows": 10, "bytes": 1000}
+
+
+def test_age_bound(node_pki: NodePki, start_node_broker: Start, tmp_path: Path) -> None:
+    config = base_config(node_pki, tmp_path, [])
+    config["spool"] |= {"maxAgeSeconds": 0.5}
+    broker = start_node_broker(config)
+    local = MqttClient(broker.local_port, "app", ca=None)
+    try:
+        local.connect()
+        local.publish("devices/app/telemetry", b"old", qos=1)
+    finally:
+        local.close()
+    db = tmp_path / "spool.db"
+    until_blocking(lambda: not rows(db), what="the expired row deleted")
+    assert drops(db) == {"telemetry-up": 1}
