@@ -38,7 +38,12 @@ CREATE TABLE IF NOT EXISTS cursors (route TEXT PRIMARY KEY, last_id INTEGER NOT 
 CREATE TABLE IF NOT EXISTS drops (route TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
 BUSY_TIMEOUT_MS = 10_000
-BOUNDS_INTERVAL = 1.0  # seconds between exact checks of the bounds
+BOUNDS_INTERVAL = 1.0  # seconds between checks of the bounds
+# Seconds between exact sums of the payload bytes: a scan of the whole table (about 0.1 s per
+# 256 MiB), which delays the commits behind it. In between, the sum grows by what is committed
+# and is re-read at once when it passes maxBytes; rows are counted from the ids (both the agent
+# and the bounds delete the oldest rows, so the ids left are contiguous).
+RECOUNT_INTERVAL = 10.0
 DELETE_CHUNK = 500
 
 Row = tuple[float, str, str, int, bytes]
@@ -120,6 +125,7 @@ class SpoolWriter:
 
     def _run(self) -> None:
         next_bounds = 0.0
+        next_recount = time.monotonic() + RECOUNT_INTERVAL
         while True:
             with self._lock:
                 while not self._pending and not self._stopping:
@@ -136,7 +142,10 @@ class SpoolWriter:
                 self._commit(ticket, batch)
             if time.monotonic() >= next_bounds:
                 next_bounds = time.monotonic() + BOUNDS_INTERVAL
-                self._enforce_bounds()
+                recount = time.monotonic() >= next_recount
+                if recount:
+                    next_recount = time.monotonic() + RECOUNT_INTERVAL
+                self._enforce_bounds(recount=recount)
             if stopping and not batch:
                 with self._lock:
                     if not self._pending:
@@ -166,7 +175,7 @@ class SpoolWriter:
         self.bytes += sum(len(row[4]) for row in batch)
         self._on_commit(ticket, int(last), None)
         if self.bytes > self.max_bytes:
-            self._enforce_bounds()
+            self._enforce_bounds(recount=True)
 
     def _totals(self) -> tuple[int, int]:
         rows, size = self._db.execute(
@@ -174,9 +183,19 @@ class SpoolWriter:
         ).fetchone()
         return int(rows), int(size)
 
-    def _enforce_bounds(self) -> None:
+    def _rows(self) -> int:
+        low, high = self._db.execute("SELECT min(id), max(id) FROM messages").fetchone()
+        return 0 if low is None else int(high) - int(low) + 1
+
+    def _enforce_bounds(self, *, recount: bool) -> None:
         try:
-            self.rows, self.bytes = self._totals()  # the agent deletes rows: re-read
+            # The agent deletes rows too: re-read what it may have changed.
+            if recount or self.bytes > self.max_bytes:
+                self.rows, self.bytes = self._totals()
+            else:
+                self.rows = self._rows()
+                if self.rows == 0:
+                    self.bytes = 0
             cutoff = time.time() - self.max_age
             while True:
                 oldest = self._db.execute("SELECT ts FROM messages ORDER BY id LIMIT 1").fetchone()
