@@ -86,6 +86,10 @@ class NodePki:
         write_private_file(key_path, private_key_pem(key))
         return Creds(identity.name, cert, key_path, issued.certificate.serial_number)
 
+    def issue(self, ca: CertificateAuthority, identity: Identity) -> Creds:
+        """Any identity from either CA (for the refusals)."""
+        return self._issue(ca, self.root / "clients", identity)
+
     def device(self, name: str, node: str = "gw-1", namespace: str = "acme") -> Creds:
         """A device certificate from the device CA (client id: the device's name)."""
         return self._issue(

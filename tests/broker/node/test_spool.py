@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.broker.clients import MqttClient, require_mosquitto
-from tests.broker.helpers import HOST
+from tests.broker.helpers import HOST, QUIET, WAIT
 from tests.broker.node.helpers import NODE, NodeBrokerProcess, NodePki, base_config, device_entry
 from tests.support.polling import until_blocking
 
@@ -152,3 +152,82 @@ def test_age_bound(node_pki: NodePki, start_node_broker: Start, tmp_path: Path) 
     db = tmp_path / "spool.db"
     until_blocking(lambda: not rows(db), what="the expired row deleted")
     assert drops(db) == {"telemetry-up": 1}
+
+
+def test_puback_waits_for_the_commit(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    """While the agent's side holds the database's write lock, no PUBACK; once it lets go, the
+    message is committed, then acknowledged (busy timeout, not an error)."""
+    broker = start_node_broker(base_config(node_pki, tmp_path, []))
+    local = MqttClient(broker.local_port, "app", ca=None)
+    agent_side = sqlite3.connect(tmp_path / "spool.db", timeout=10, isolation_level=None)
+    try:
+        local.connect()
+        agent_side.execute("BEGIN IMMEDIATE")  # as the agent deleting rows would
+        info = local.client.publish("devices/app/telemetry", b"waits", qos=1)
+        info.wait_for_publish(QUIET)
+        assert not info.is_published()  # nothing acknowledged while not on disk
+        agent_side.execute("COMMIT")
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+    finally:
+        agent_side.close()
+        local.close()
+    assert [r[4] for r in rows(tmp_path / "spool.db")] == [b"waits"]
+
+
+def test_mosquitto_sub_device_receives_its_commands(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    require_mosquitto()
+    broker = start_node_broker(
+        base_config(node_pki, tmp_path, [device_entry("sub", password="pw")])
+    )
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            HOST,
+            "-p",
+            str(broker.port),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            str(node_pki.ca_file),
+            "-i",
+            "sub",
+            "-u",
+            "sub",
+            "-P",
+            "pw",
+            "-t",
+            "devices/sub/commands",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agent = MqttClient(broker.port, NODE, ca=node_pki.ca_file, creds=node_pki.agent)
+    try:
+        agent.connect()
+        # Published until the subscriber has subscribed and taken one (it exits after one).
+        def delivered() -> bool:
+            agent.publish("devices/sub/commands", b"reboot", qos=1)
+            return sub.poll() is not None
+
+        until_blocking(delivered, what="mosquitto_sub to receive the command")
+        out, err = sub.communicate(timeout=10)
+    finally:
+        agent.close()
+        if sub.poll() is None:
+            sub.kill()
+            sub.communicate()
+    assert sub.returncode == 0, err
+    assert out.strip() == "reboot"
