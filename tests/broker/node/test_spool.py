@@ -217,6 +217,7 @@ def test_mosquitto_sub_device_receives_its_commands(
     agent = MqttClient(broker.port, NODE, ca=node_pki.ca_file, creds=node_pki.agent)
     try:
         agent.connect()
+
         # Published until the subscriber has subscribed and taken one (it exits after one).
         def delivered() -> bool:
             agent.publish("devices/sub/commands", b"reboot", qos=1)
