@@ -10,6 +10,7 @@ Nothing but the agent touches a ``$`` topic (``$baetyl/broker/spool`` is the age
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from broker.acl import filter_matches, valid_filter, valid_topic
@@ -35,6 +36,7 @@ class NodePrincipal:
     name: str  # the device name, the node id for the agent, "local"
     serial: str | None = field(default=None, compare=False)  # certificate serial (hex)
     password_hash: str | None = field(default=None, compare=False)  # the hash it verified against
+    not_after: datetime | None = field(default=None, compare=False)  # its certificate's expiry
 
 
 def filter_covers(allowed: str, requested: str) -> bool:

@@ -39,6 +39,10 @@ __all__ = ["Authenticator", "NodeRefusal", "Verdict", "verify_password"]
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 1024
+# scrypt verifications running at once: each takes 16 MiB (N=16384, r=8) and a core for tens of
+# milliseconds, so a flood of wrong passwords waits its turn (within the CONNECT timeout)
+# instead of taking the memory and every core of a small gateway.
+CONCURRENT_VERIFICATIONS = 2
 
 
 class NodeRefusal(StrEnum):
@@ -99,6 +103,7 @@ class Authenticator:
         self.cloud_ca = cloud_ca
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
+        self._verifying = asyncio.Semaphore(CONCURRENT_VERIFICATIONS)
 
     def update(
         self, config: NodeConfig, device_ca: x509.Certificate, cloud_ca: x509.Certificate
@@ -147,13 +152,24 @@ class Authenticator:
                         f"certificate {serial} of device {identity.name!r} is not listed",
                     ),
                 )
-            return Verdict(NodePrincipal(NodeRole.DEVICE, identity.name, serial=serial))
+            return Verdict(
+                NodePrincipal(
+                    NodeRole.DEVICE,
+                    identity.name,
+                    serial=serial,
+                    not_after=cert.not_valid_after_utc,
+                )
+            )
         if identity.kind is Kind.NODE and _issued_by(cert, self.cloud_ca):
             if identity.common_name != node:
                 return Verdict(
                     None, (NodeRefusal.OTHER_NODE, f"node {identity.common_name}, not {node}")
                 )
-            return Verdict(NodePrincipal(NodeRole.AGENT, node, serial=serial))
+            return Verdict(
+                NodePrincipal(
+                    NodeRole.AGENT, node, serial=serial, not_after=cert.not_valid_after_utc
+                )
+            )
         return Verdict(
             None,
             (
@@ -173,12 +189,14 @@ class Authenticator:
         key = (device.name, device.password_hash, hmac.digest(self._key, secret, "sha256"))
         if key in self._verified:
             self._verified.move_to_end(key)
-        elif await asyncio.to_thread(verify_password, device.password_hash, secret):
+        else:
+            async with self._verifying:
+                verified = await asyncio.to_thread(verify_password, device.password_hash, secret)
+            if not verified:
+                return refused
             self._verified[key] = None
             if len(self._verified) > CACHE_SIZE:
                 self._verified.popitem(last=False)
-        else:
-            return refused
         # The hash may have changed while scrypt ran: the connection carries the one it verified.
         return Verdict(
             NodePrincipal(NodeRole.DEVICE, device.name, password_hash=device.password_hash)

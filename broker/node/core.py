@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
 from amqtt.session import Session
@@ -268,6 +269,20 @@ class NodeBroker(HardenedBroker):
         if last_id is not None:
             self._route(SPOOL_TOPIC, json.dumps({"last": last_id}).encode(), 0)
         self.changed.set()
+
+    async def drop_expired(self) -> None:
+        """Close the connections whose certificate has expired since their handshake."""
+        now = datetime.now(UTC)
+        for client_id, (session, _handler) in list(self._sessions.items()):
+            principal: NodePrincipal | None = session.attributes.get(PRINCIPAL)
+            if (
+                principal is not None
+                and principal.not_after is not None
+                and principal.not_after <= now
+                and session.transitions.is_connected()
+            ):
+                log.warning("disconnecting %s: its certificate expired", client_id)
+                await self.disconnect_client(client_id, DisconnectReason.EXPIRED)
 
     # -- configuration ---------------------------------------------------------------------------
 

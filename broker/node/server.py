@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.5
 STATUS_INTERVAL = 0.5
+EXPIRY_SWEEP_INTERVAL = 5.0  # as the cloud broker's (broker/embedded.py)
 MQTTS, LOCAL = "mqtts", "local"
 
 
@@ -130,9 +131,14 @@ class NodeBrokerServer:
     async def _watch(
         self, broker: NodeBroker, tls: NodeTLS, auth: Authenticator, spool: SpoolWriter
     ) -> None:
+        loop = asyncio.get_running_loop()
+        next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload.wait(), POLL_INTERVAL)
+            if loop.time() >= next_expiry_sweep:
+                next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
+                await broker.drop_expired()
             forced = self._reload.is_set()
             self._reload.clear()
             broker.refusals.flush()
@@ -170,9 +176,16 @@ class NodeBrokerServer:
             self._last_error = error
 
     async def _status(self, broker: NodeBroker, spool: SpoolWriter) -> None:
+        written_refusals = -1
         while True:
-            await broker.changed.wait()
+            # Refused TLS handshakes set no event (they happen before the node broker hears of
+            # the connection): their count is looked at every second.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(broker.changed.wait(), 1.0)
+            if not broker.changed.is_set() and broker.refusals.total == written_refusals:
+                continue
             broker.changed.clear()
+            written_refusals = broker.refusals.total
             try:
                 self._write_status(broker, spool)
             except OSError as exc:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from certs import CertificateAuthority, Identity
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
 from tests.broker.node.helpers import NODE, NodeBrokerProcess, NodePki, base_config, device_entry
@@ -131,13 +132,29 @@ def test_refusals_by_certificate(
         connack(client(broker, node_pki, "acme.gw-9", node_pki.agent))
         == CONNACK_IDENTIFIER_REJECTED
     )
-    # A node certificate of the device CA would be refused too: device certificates only there.
-    status = until_blocking(
-        lambda: (s := broker.status()) and sum(s["refused"].values()) == 6 and s
+    # Each CA vouches for its own kind only: a node certificate of the device CA is no agent,
+    # a device certificate of the cloud CA no device.
+    fake_agent = node_pki.issue(node_pki.device_ca, Identity.node("acme", "gw-1"))
+    assert connack(client(broker, node_pki, NODE, fake_agent)) == CONNACK_NOT_AUTHORIZED
+    fake_device = node_pki.issue(node_pki.cloud_ca, Identity.device("acme", "gw-1", "thermo-1"))
+    assert connack(client(broker, node_pki, "thermo-1", fake_device)) == CONNACK_NOT_AUTHORIZED
+    expected = {"other-node": 2, "unlisted-certificate": 1, "client-id": 2, "not-authorized": 3}
+    until_blocking(lambda: (s := broker.status()) and s["refused"] == expected, what=str(expected))
+
+
+def test_certificate_of_another_ca_fails_the_handshake(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    """Client certificates are optional at the TLS layer, but one that is sent must verify: a
+    certificate of a foreign CA is refused in the handshake, not ignored (which would fall back
+    to the password)."""
+    foreign_ca = CertificateAuthority.init(tmp_path / "foreign-ca")
+    foreign = node_pki.issue(foreign_ca, Identity.device("acme", "gw-1", "pw-1"))
+    broker = start_node_broker(
+        base_config(node_pki, tmp_path, [device_entry("pw-1", password="s3cret")])
     )
-    assert status["refused"] == {
-        "other-node": 2,
-        "unlisted-certificate": 1,
-        "client-id": 2,
-        "not-authorized": 1,
-    }
+    mqtt = client(broker, node_pki, "pw-1", foreign, password=("pw-1", "s3cret"))
+    assert connack(mqtt) is None  # no CONNACK: the handshake failed
+    until_blocking(
+        lambda: (s := broker.status()) and s["refused"] == {"unknown-ca": 1}, what="unknown-ca"
+    )
