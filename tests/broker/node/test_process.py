@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from certs import write_private_file, write_public_file
 from tests.broker.clients import MqttClient
+from tests.broker.helpers import HOST, peer_serial
 from tests.broker.node.helpers import (
     NodeBrokerProcess,
     NodePki,
@@ -106,3 +110,40 @@ def test_reload_on_sighup_and_bad_reload_keeps_previous(
     finally:
         device.close()
     assert broker.terminate() == 0
+
+
+def test_rotated_server_certificate_serves_new_connections(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    """The agent renews the server certificate in place: new connections get the new one."""
+    files = tmp_path / "tls"
+    files.mkdir()
+    config = base_config(node_pki, tmp_path, [device_entry("d", password="pw")])
+    config["tls"] |= {"cert": "tls/server.crt", "key": "tls/server.key"}
+
+    def issue() -> int:
+        server = node_pki.device_ca.issue_server(
+            "broker.acme.gw-1", dns_names=["localhost"], ip_addresses=[ipaddress.ip_address(HOST)]
+        )
+        assert server.private_key_pem is not None
+        write_private_file(files / "server.key.tmp", server.private_key_pem)
+        write_public_file(files / "server.crt.tmp", server.chain_pem)
+        os.replace(files / "server.key.tmp", files / "server.key")
+        os.replace(files / "server.crt.tmp", files / "server.crt")
+        return server.certificate.serial_number
+
+    first = issue()
+    broker = start_node_broker(config)
+
+    def served() -> int:
+        device = MqttClient(broker.port, "d", ca=node_pki.ca_file)
+        device.client.username_pw_set("d", "pw")
+        try:
+            device.connect()
+            return peer_serial(device.client.socket())
+        finally:
+            device.close()
+
+    assert served() == first
+    second = issue()
+    until_blocking(lambda: served() == second, what="the new certificate served")
