@@ -45,10 +45,18 @@ SPOOL_TOPIC = "$baetyl/broker/spool"
 LOCAL_DEVICE = "local"
 
 
+# Acknowledgements a connection may have waiting for the spool before the broker stops reading
+# from it. A client within MQTT's flow control waits for its PUBACKs long before (paho: 20 in
+# flight by default); one that never waits would otherwise grow the pending batch faster than
+# the disk commits it, without limit.
+MAX_HELD = 10_000
+
+
 class NodeHandler(HardenedHandler):
     """Holds acknowledgements of spooled messages until their batch is committed, in order."""
 
     _held: deque[tuple[int, bytes]] | None = None
+    _paused = False
     spool_waiters: Any = None  # set by NodeBroker: ticket -> handlers waiting for it
 
     def _acknowledge(self, ack: bytes, ticket: object) -> None:
@@ -63,11 +71,30 @@ class NodeHandler(HardenedHandler):
         assert isinstance(ticket, int)
         held.append((ticket, ack))
         self.spool_waiters.setdefault(ticket, set()).add(self)
+        if len(held) > MAX_HELD and not self._paused:
+            log.info(
+                "%s: %d acknowledgements wait for the spool; not reading from it until they go",
+                getattr(self.session, "client_id", "?"),
+                len(held),
+            )
+            self._pause(True)
 
     def release(self, committed: int) -> None:
         held = self._held
         while held and held[0][0] <= committed:
             self.send_bytes(held.popleft()[1])
+        if self._paused and (not held or len(held) <= MAX_HELD // 2):
+            self._pause(False)
+
+    def _pause(self, pause: bool) -> None:
+        transport = self._transport()
+        if transport is None or not isinstance(transport, asyncio.ReadTransport):
+            return
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+        self._paused = pause
 
     def fail(self) -> None:
         """The spool could not commit: close, so the client sends its messages again."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from broker.node.core import MAX_HELD
 from tests.broker.clients import MqttClient, require_mosquitto
 from tests.broker.helpers import HOST, QUIET, WAIT
 from tests.broker.node.helpers import NODE, NodeBrokerProcess, NodePki, base_config, device_entry
@@ -232,3 +233,31 @@ def test_mosquitto_sub_device_receives_its_commands(
             sub.communicate()
     assert sub.returncode == 0, err
     assert out.strip() == "reboot"
+
+
+def test_client_not_waiting_for_pubacks_is_paused_then_resumed(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    """More unacknowledged messages than a connection may hold (MAX_HELD) while the spool cannot
+    commit: the broker stops reading that client, and once the spool commits every message is
+    acknowledged and on disk, in order."""
+    count = MAX_HELD + 2_000
+    broker = start_node_broker(base_config(node_pki, tmp_path, []))
+    local = MqttClient(broker.local_port, "flood", ca=None)
+    local.client.max_inflight_messages_set(count)
+    agent_side = sqlite3.connect(tmp_path / "spool.db", timeout=10, isolation_level=None)
+    try:
+        local.connect()
+        agent_side.execute("BEGIN IMMEDIATE")
+        infos = [
+            local.client.publish("devices/flood/telemetry", str(i).encode(), qos=1)
+            for i in range(count)
+        ]
+        assert not any(info.is_published() for info in infos)
+        agent_side.execute("COMMIT")
+        until_blocking(lambda: all(i.is_published() for i in infos), limit=60, what="all PUBACKs")
+    finally:
+        agent_side.close()
+        local.close()
+    assert [r[4] for r in rows(tmp_path / "spool.db")] == [str(i).encode() for i in range(count)]
+    assert any("flood: 10001 acknowledgements wait for the spool" in line for line in broker.log)
