@@ -9,6 +9,7 @@ from typing import Any
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import QUIET, WAIT
 from tests.broker.node.helpers import NODE, NodeBrokerProcess, NodePki, base_config, device_entry
+from tests.support.polling import until_blocking
 
 Start = Callable[[dict[str, Any]], NodeBrokerProcess]
 REFUSED = 0x80
@@ -155,3 +156,28 @@ def test_offline_device_queue_is_bounded(
     finally:
         device.close()
         agent.close()
+
+
+def test_removed_device_loses_its_offline_session(
+    node_pki: NodePki, start_node_broker: Start, tmp_path: Path
+) -> None:
+    creds = node_pki.device("q2")
+    entry = device_entry("q2", certificates=[creds.serial])
+    broker = start_node_broker(base_config(node_pki, tmp_path, [entry]))
+
+    def connect() -> bool:
+        device = MqttClient(
+            broker.port, "q2", ca=node_pki.ca_file, creds=creds, clean_session=False
+        )
+        try:
+            return device.connect()
+        finally:
+            device.close()
+
+    assert connect() is False
+    assert connect() is True  # the persistent session is kept while the device is offline
+    broker.reconfigure(base_config(node_pki, tmp_path, []))
+    until_blocking(lambda: (s := broker.status()) and s["devices"] == {}, what="the removal")
+    broker.reconfigure(base_config(node_pki, tmp_path, [entry]))
+    until_blocking(lambda: (s := broker.status()) and "q2" in s["devices"], what="the device back")
+    assert connect() is False  # a new device of the same name starts afresh
