@@ -3,13 +3,16 @@
 Every client proves who it is with a certificate from our CA (plaintext only on an optional
 loopback listener that never reaches ``$`` topics); the identity comes from the verified
 certificate at every CONNECT; topic access follows from the identity alone (see ``acl``);
-revocations and server certificate rotations apply without a restart.
+revocations and server certificate rotations apply without a restart. ``broker.node`` is the
+node broker devices connect to, the same core in a process of its own (``python -m broker.node``).
 
 Exceptions::
 
     BrokerError
     ├── TLSConfigError
-    └── BrokerStartError
+    ├── BrokerStartError
+    ├── NodeConfigError    the node broker's configuration (broker/node/)
+    └── SpoolError         the node broker's spool database
 """
 
 from broker.acl import (

@@ -281,6 +281,9 @@ def _slim(session: Session) -> None:
 class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
     """The amqtt broker core with identity, ACL and MQTT 3.1.1 fixes; see the module docstring."""
 
+    # The node broker's handler defers acknowledgements until its spool commits (broker/node/).
+    handler_base: type[HardenedHandler] = HardenedHandler
+
     def __init__(
         self,
         config: dict[str, Any],
@@ -317,7 +320,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         # grew every connection's attribute dict by 1.6 KiB.
         self._handler_class: type[HardenedHandler] = type(
             "BrokerHandler",
-            (HardenedHandler,),
+            (self.handler_base,),
             {
                 "on_publish": staticmethod(self._on_client_publish),
                 "on_subscribe": staticmethod(self._on_subscribe),
@@ -501,8 +504,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         _slim(session)
 
         listener = getattr(writer, LISTENER_ATTR, "")
-        principal, peer = self._principal_of(listener, writer)
-        refusal = self._refusal(principal, session)
+        principal, peer, refusal = await self._identify(listener, writer, session)
         if refusal is None and peer is not None and peer.serial in self._revoked():
             # Its handshake finished under the previous CRL, and the reload's sweep of the
             # sessions (EmbeddedBroker._drop_revoked) ran before this CONNECT made one.
@@ -515,7 +517,7 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
                 str(remote_address), reason, f"CONNECT as {session.client_id!r}: {why}"
             )
             with contextlib.suppress(OSError):
-                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+                await ConnackPacket.build(0, self._connack_code(reason)).to_stream(writer)
             await close_quietly(writer)
             raise MQTTError(why)
 
@@ -591,6 +593,20 @@ class HardenedBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         await old_handler.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished.wait(), TAKE_OVER_WAIT)
+
+    async def _identify(
+        self, listener: str, writer: Any, session: Session
+    ) -> tuple[Any, Any, tuple[RefusalReason | str, str] | None]:
+        """Who a CONNECT speaks for, its peer certificate, and why it is refused (None: it is not).
+
+        The node broker (broker/node/) overrides this: its clients are devices and its agent.
+        """
+        principal, peer = self._principal_of(listener, writer)
+        return principal, peer, self._refusal(principal, session)
+
+    def _connack_code(self, reason: RefusalReason | str) -> int:
+        """The CONNACK return code a refused CONNECT gets: 5 (not authorized) here."""
+        return int(NOT_AUTHORIZED)
 
     def _principal_of(self, listener: str, writer: Any) -> tuple[Principal | None, Any]:
         if listener in self._local_listeners:

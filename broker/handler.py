@@ -131,8 +131,9 @@ def flow_of(session: Any) -> FlowLimits:
 PINGRESP = b"\xd0\x00"
 _STOCK_LOG = logging.getLogger("amqtt.mqtt.protocol.handler")
 
-# (session, topic, payload, qos, retain) -> None; routes a client's PUBLISH, synchronously.
-PublishCallback = Callable[[Any, str, bytes, int, bool], None]
+# (session, topic, payload, qos, retain) -> ticket; routes a client's PUBLISH, synchronously.
+# The ticket is None here; the node broker's is what its acknowledgement waits for (_acknowledge).
+PublishCallback = Callable[[Any, str, bytes, int, bool], object]
 # (session, handler, packet id, [(filter, qos)]) -> awaitable; answers SUBSCRIBE/UNSUBSCRIBE.
 SubscribeCallback = Callable[[Any, "HardenedHandler", int, list[tuple[str, int]]], Awaitable[None]]
 UnsubscribeCallback = Callable[[Any, "HardenedHandler", int, list[str]], Awaitable[None]]
@@ -504,12 +505,17 @@ class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc] # amqtt is u
             if len(held) >= limit:
                 raise ProtocolViolation(f"more than {limit} QoS 2 messages awaiting their PUBREL")
             held[packet_id] = None  # only the id is needed: the message is routed now
+        ticket = None
         if self.on_publish is not None:
-            self.on_publish(session, topic, payload, qos, retain)
+            ticket = self.on_publish(session, topic, payload, qos, retain)
         if qos == QOS_1:
-            self.send_bytes(encode_puback(packet_id))
+            self._acknowledge(encode_puback(packet_id), ticket)
         elif qos == QOS_2:
-            self.send_bytes(encode_pubrec(packet_id))
+            self._acknowledge(encode_pubrec(packet_id), ticket)
+
+    def _acknowledge(self, ack: bytes, ticket: object) -> None:
+        """Send a PUBACK or PUBREC; the node broker's handler holds it until its spool commits."""
+        self.send_bytes(ack)
 
     def _on_acknowledgement(self, packet_type: int, flags: int, body: bytes) -> None:
         """PUBACK, PUBREC, PUBREL or PUBCOMP: two bytes of packet id, flags as 3.1.1 fixes them."""

@@ -98,17 +98,18 @@ class RefusalCounter:
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
-        self.counts: dict[RefusalReason, int] = dict.fromkeys(RefusalReason, 0)
+        # Keyed by RefusalReason; the node broker (broker/node/) adds reasons of its own.
+        self.counts: dict[str, int] = dict.fromkeys(RefusalReason, 0)
         self._clock = clock
-        self._tallies: dict[tuple[str, RefusalReason], _Tally] = {}
+        self._tallies: dict[tuple[str, str], _Tally] = {}
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def refuse(self, source: str, reason: RefusalReason, detail: str = "") -> None:
+    def refuse(self, source: str, reason: RefusalReason | str, detail: str = "") -> None:
         """Count one refusal; log it now if it is the first of its source and reason lately."""
-        self.counts[reason] += 1
+        self.counts[reason] = self.counts.get(reason, 0) + 1
         key = (source, reason)
         tally = self._tallies.get(key)
         if tally is None and len(self._tallies) >= MAX_SOURCES:

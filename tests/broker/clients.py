@@ -174,6 +174,13 @@ class MqttClient:
         sock = self.client.socket()
         if sock is not None:  # a connect() whose loop never started
             sock.close()
+        # paho closes the socket pair of loop_start only in its __del__; when the client ends up
+        # in a reference cycle, the collector may finalize those sockets first (ResourceWarning).
+        for name in ("_sockpairR", "_sockpairW"):
+            pair_end = getattr(self.client, name, None)
+            if pair_end is not None:
+                pair_end.close()
+                setattr(self.client, name, None)
 
     def kill(self) -> None:
         """Drop the connection without DISCONNECT, as a crashed client would."""
