@@ -28,9 +28,16 @@ import paho.mqtt.client as mqtt
 
 from edge.errors import PublishFailed
 
-__all__ = ["DEFAULT_MAX_INFLIGHT", "PahoPublisher", "PublishFailed", "Publisher"]
+__all__ = ["DEFAULT_MAX_INFLIGHT", "PahoPublisher", "PublishFailed", "Publisher", "prepare_client"]
 
 DEFAULT_MAX_INFLIGHT = 1000  # paho's own window; messages beyond it wait in paho's queue
+
+
+def prepare_client(client: mqtt.Client, max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+    """Let ``client`` keep ``max_inflight`` QoS 1 publishes in flight (paho's default is 20,
+    which caps a route's throughput at 20 per round trip). Paho accepts it only while the
+    client is not connected: call it before ``connect``."""
+    client.max_inflight_messages_set(max_inflight)
 
 
 class Publisher(Protocol):
@@ -48,7 +55,7 @@ class PahoPublisher:
     It takes the client's ``on_publish`` and chains its ``on_disconnect`` (the owner's callback,
     set before this is made, still runs); an owner that sets ``on_disconnect`` later calls
     :meth:`connection_lost` from it. Used from one event loop (the one current when it is made,
-    or ``loop``).
+    or ``loop``). Make the client with :func:`prepare_client` for many messages in flight.
     """
 
     def __init__(
@@ -56,7 +63,6 @@ class PahoPublisher:
         client: mqtt.Client,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
-        max_inflight: int = DEFAULT_MAX_INFLIGHT,
     ) -> None:
         self._client = client
         self._loop = loop or asyncio.get_running_loop()
@@ -67,7 +73,6 @@ class PahoPublisher:
         self._scheduled = False
         self._generation = 0  # one more at every lost connection
         self._closed = False
-        client.max_inflight_messages_set(max_inflight)
         client.on_publish = self._on_publish
         previous = client.on_disconnect
 

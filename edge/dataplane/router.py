@@ -331,7 +331,13 @@ class Router:
         if wait and window:
             head = window[0][1]
             if head is not None and not head.done():
-                await asyncio.wait([head])
+                # Or a wake (a publisher replaced): a lost connection whose publisher never
+                # fails its futures must not hold the route.
+                woken = asyncio.ensure_future(self._tick.wait())
+                try:
+                    await asyncio.wait([head, woken], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
         advanced = False
         while window:
             row_id, future = window[0]
@@ -428,18 +434,22 @@ class Router:
         """Persist cursors, delete what every route is done with, refresh the stats."""
         spool = self._require_spool()
         await self._save_cursors(force=False)
-        if self._routes:
-            consumed = min(route.saved for route in self._routes.values())
-        else:  # no local route: nothing in the spool is anyone's (a new route starts at the end)
-            consumed = await self._db(spool.end)
         try:
-            await self._db(spool.delete_through, consumed)
+            if self._routes:
+                consumed = min(route.saved for route in self._routes.values())
+                await self._db(spool.delete_through, consumed)
+            elif (
+                self._routes_known
+            ):  # no local route: no row is anyone's (new ones start at the end)
+                await self._db(spool.delete_through, await self._db(spool.end))
             drops = await self._db(spool.drops)
             for route in list(self._routes.values()):
                 route.dropped = drops.get(route.spec.name, 0)
-                route.queued, _ = await self._db(
-                    spool.queued, route.cursor, route.spec.source.topic
-                )
+            if time.monotonic() >= self._next_count:  # a scan: not at every pass
+                for route in list(self._routes.values()):
+                    topic_filter = route.spec.source.topic
+                    route.queued, _ = await self._db(spool.queued, route.cursor, topic_filter)
+                self._next_count = time.monotonic() + COUNT_EVERY
         except Exception as exc:  # the broker holds the database long: try again next pass
             log.warning("the spool's housekeeping failed (%s); tried again shortly", exc)
         self._changed()

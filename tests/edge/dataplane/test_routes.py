@@ -78,7 +78,8 @@ def test_function_and_qos_are_optional() -> None:
 def test_a_bad_route_is_refused_with_the_reason(change: dict[str, Any], reason: str) -> None:
     with pytest.raises(RouteSpecError, match=reason) as caught:
         RouteSpec.parse({**ROUTE, **change})
-    assert isinstance(caught.value, EdgeError) and isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, EdgeError)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_a_route_that_is_not_an_object_is_refused() -> None:
