@@ -13,8 +13,9 @@ them again from its cursor once connected, so paho must not send its own copies 
 would reorder them behind the retransmissions and double the duplicates).
 
 Paho calls ``on_publish`` with its own lock held and may call it before ``publish`` returned the
-message's id, so an acknowledgement of an id nobody waits for yet is remembered until the
-publish that got that id registers (``submit`` is called from the one event loop only).
+message's id, so an acknowledgement of an id nobody waits for, arriving while a ``submit`` is
+under way, is remembered until that publish registers its id (``submit`` is called from the one
+event loop only, so at most one is under way).
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from edge.errors import PublishFailed
 
 __all__ = ["DEFAULT_MAX_INFLIGHT", "PahoPublisher", "PublishFailed", "Publisher", "prepare_client"]
 
-DEFAULT_MAX_INFLIGHT = 1000  # paho's own window; messages beyond it wait in paho's queue
+# Paho's own window: 0 is unlimited. The router bounds what it has in flight itself; a paho window
+# under that makes paho walk its whole queue at every acknowledgement (``_update_inflight``),
+# which cost more than half the throughput at 1,000 (bench/route_drain.py).
+DEFAULT_MAX_INFLIGHT = 0
 
 
 def prepare_client(client: mqtt.Client, max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
-    """Let ``client`` keep ``max_inflight`` QoS 1 publishes in flight (paho's default is 20,
-    which caps a route's throughput at 20 per round trip). Paho accepts it only while the
+    """Let ``client`` keep ``max_inflight`` QoS 1 publishes in flight (0: no limit of paho's; its
+    default, 20, caps a route's throughput at 20 per round trip). Paho accepts it only while the
     client is not connected: call it before ``connect``."""
     client.max_inflight_messages_set(max_inflight)
 
@@ -68,7 +72,10 @@ class PahoPublisher:
         self._loop = loop or asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[None]] = {}
-        self._early: set[int] = set()  # acknowledged before their publish registered
+        # Acknowledged while a submit was between paho's publish and its registration (only
+        # then: the owner's own publishes on the same client are acknowledged here too).
+        self._early: set[int] = set()
+        self._submitting = False
         self._acked: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._generation = 0  # one more at every lost connection
@@ -99,16 +106,25 @@ class PahoPublisher:
         if self._closed or not self._client.is_connected():
             future.set_exception(PublishFailed("Not connected; the message will be sent again."))
             return future
-        generation = self._generation
-        info = self._client.publish(topic, payload, qos)
         with self._lock:
+            generation = self._generation
+            self._submitting = True
+        try:
+            info = self._client.publish(topic, payload, qos)
+        except BaseException:
+            with self._lock:
+                self._submitting = False
+                self._early.clear()
+            raise
+        with self._lock:
+            self._submitting = False
             lost = generation != self._generation
             if not lost and info.rc == mqtt.MQTT_ERR_SUCCESS:
                 if info.mid in self._early:
                     future.set_result(None)
                 else:
                     self._pending[info.mid] = future
-                self._early.clear()  # none of the others is ours: submit runs on one thread
+                self._early.clear()
                 return future
             self._early.clear()
         self._purge([info.mid])
@@ -151,7 +167,8 @@ class PahoPublisher:
         with self._lock:
             future = self._pending.pop(mid, None)
             if future is None:
-                self._early.add(mid)
+                if self._submitting:
+                    self._early.add(mid)
                 return
             self._acked.append(future)
             if self._scheduled:

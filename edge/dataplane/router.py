@@ -314,7 +314,7 @@ class Router:
                                                               route.spec.qos))  # fmt: skip
                         future.add_done_callback(_retrieve)
                     window.append((row.id, future))
-                    if len(window) >= self.window:
+                    while len(window) >= self.window and self._publisher(route) is publisher:
                         await self._settle(route, window, wait=True)
                 position = rows[-1].id
                 await self._settle(route, window, wait=False)
@@ -335,7 +335,8 @@ class Router:
                 # fails its futures must not hold the route.
                 woken = asyncio.ensure_future(self._tick.wait())
                 try:
-                    await asyncio.wait([head, woken], return_when=asyncio.FIRST_COMPLETED)
+                    waiters: list[asyncio.Future[Any]] = [head, woken]
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     woken.cancel()
         advanced = False

@@ -4,7 +4,7 @@ paho clients that are closed after the test, and the spool as the node broker wr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ def broker(pki: Pki) -> Iterator[BrokerThread]:
         yield thread
 
 
-Connect = Callable[..., MqttClient]
+Connect = Callable[..., Awaitable[MqttClient]]
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ async def connect(pki: Pki, broker: BrokerThread) -> AsyncIterator[Connect]:
         await asyncio.to_thread(client.connect)
         return client
 
-    yield make  # type: ignore[misc]
+    yield make
     for client in clients:
         await asyncio.to_thread(client.close)
 

@@ -11,7 +11,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,23 @@ async def received(client: MqttClient, count: int, limit: float = 30.0) -> list[
 
 
 async def cursor_of(spool: BrokerSpool, name: str) -> int:
-    found = await until(
-        lambda: name in (cursors := spool.cursors()) and cursors, what=f"route {name}'s cursor"
-    )
-    return found[name]
+    def check() -> dict[str, int] | None:
+        cursors = spool.cursors()
+        return cursors if name in cursors else None
+
+    return (await until(check, what=f"route {name}'s cursor"))[name]
+
+
+async def stats_when(
+    router: Router, name: str, check: Callable[[dict[str, object]], bool]
+) -> dict[str, object]:
+    """Route ``name``'s stats once ``check`` holds for them."""
+
+    def probe() -> dict[str, object] | None:
+        stats = router.stats().get(name)
+        return stats if stats is not None and check(stats) else None
+
+    return await until(probe, what=f"route {name}'s stats")
 
 
 async def test_rows_go_up_in_order_the_cursor_advances_and_rows_are_deleted(
@@ -105,7 +118,7 @@ async def test_rows_go_up_in_order_the_cursor_advances_and_rows_are_deleted(
         assert all(m.qos == 1 for m in got)
         await until(lambda: spool.cursors()["telemetry"] == ids[-1], what="the cursor at the end")
         await until(lambda: spool.ids() == [], what="the consumed rows deleted")
-        stats = await until(lambda: (s := router.stats()["telemetry"])["forwarded"] == 1000 and s)
+        stats = await stats_when(router, "telemetry", lambda s: s["forwarded"] == 1000)
         assert stats == {"forwarded": 1000, "queued": 0, "dropped": 0, "filtered": 0,
                          "failed": 0, "lastError": None}  # fmt: skip
         assert changes.is_set()
@@ -186,7 +199,7 @@ async def test_the_cloud_away_routes_wait_and_resume_from_their_cursor(
         await cursor_of(spool, "telemetry")
         spool.insert(("devices/d/telemetry", "d", str(n).encode()) for n in range(50))
         router.wake()
-        await until(lambda: router.stats()["telemetry"]["queued"] == 50, what="50 queued")
+        await stats_when(router, "telemetry", lambda s: s["queued"] == 50)
         assert await asyncio.to_thread(sub.drain) == []
         router.set_cloud(PahoPublisher((await connect(pki.node_a)).client))
         got = await received(sub, 50)
@@ -241,7 +254,7 @@ async def test_a_function_route_transforms_drops_and_counts_failures(
         assert [m.topic for m in got] == [f"{UP}scaled/d"] * len(kept)
         assert [json.loads(m.payload) for m in got] == [{"n": n, "double": 2 * n} for n in kept]
         await until(lambda: spool.cursors()["scaled"] == ids[-1], what="the cursor at the end")
-        stats = await until(lambda: (s := router.stats()["scaled"])["forwarded"] == len(kept) and s)
+        stats = await stats_when(router, "scaled", lambda s: s["forwarded"] == len(kept))
         failed = [n for n in range(1, total + 1) if n % 10 and not n % 7]
         assert (stats["filtered"], stats["failed"]) == (10, len(failed))
         assert "seven divides 98" in str(stats["lastError"])
@@ -265,7 +278,7 @@ async def test_a_target_that_does_not_render_is_a_failed_message_and_the_rest_fl
         got = await received(sub, 2)
         assert [(m.topic, m.payload) for m in got] == [(UP + "by-level/x", b"1"),
                                                        (UP + "by-level/y", b"3")]  # fmt: skip
-        stats = await until(lambda: (s := router.stats()["third"])["failed"] and s)
+        stats = await stats_when(router, "third", lambda s: bool(s["failed"]))
         assert stats["failed"] == 1
         assert "has only 2" in str(stats["lastError"])
 
