@@ -284,7 +284,7 @@ class DeviceSpec:
         return cls(name, publish, subscribe, password_hash, tuple(certificates))
 
     def as_config(self) -> dict[str, Any]:
-        """The device's entry in the node broker's ``config.json`` (DATAPLANE.md section 3)."""
+        """The device's entry in the node broker's ``config.json``."""
         return {
             "name": self.name,
             "publish": list(self.publish),

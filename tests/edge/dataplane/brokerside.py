@@ -1,4 +1,4 @@
-"""The node broker's side of the spool, as DATAPLANE.md section 3 fixes it, written here from the
+"""The node broker's side of the spool, as the node broker writes it, written here from the
 contract (not from ``edge.dataplane.spool``) so the tests check the two sides agree."""
 
 from __future__ import annotations

@@ -146,3 +146,19 @@ def test_a_refused_password_hash_is_never_echoed() -> None:
     with pytest.raises(RouteSpecError) as caught:
         DeviceSpec.parse({**DEVICE, "passwordHash": "secret-looking-value"})
     assert "secret-looking-value" not in str(caught.value)
+
+
+def test_protocol_md_shows_a_route_the_agent_runs_and_its_stats_keys() -> None:
+    """PROTOCOL.md's route example parses; its stats example has the keys the router reports."""
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "PROTOCOL.md").read_text(encoding="utf-8")
+    found = dict(re.findall(r"<!-- dataplane: (\w+) -->\n```json\n(.*?)\n```", text, re.S))
+    route = RouteSpec.parse(json.loads(found["route"]))
+    assert route.render(device="t-1", node="gw-1", topic="devices/t-1/telemetry") == (
+        "telemetry/t-1"
+    )
+    stats = json.loads(found["stats"])["routes"]["telemetry-up"]
+    assert set(stats) == {"forwarded", "queued", "dropped", "filtered", "failed", "lastError"}
