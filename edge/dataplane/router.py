@@ -105,7 +105,9 @@ class _Route:
 
 
 class Router:
-    """See the module docstring. ``run`` until cancelled; the setters may be called any time."""
+    """See the module docstring. ``run`` until cancelled; the setters may be called any time,
+    before ``run`` too, from the event loop's thread (a paho callback hands its wake over with
+    ``loop.call_soon_threadsafe(router.wake)``)."""
 
     def __init__(
         self,
