@@ -201,9 +201,45 @@ async def test_the_cloud_away_routes_wait_and_resume_from_their_cursor(
         router.wake()
         await stats_when(router, "telemetry", lambda s: s["queued"] == 50)
         assert await asyncio.to_thread(sub.drain) == []
+        # The spool's bounds delete the 10 oldest while the route waits: counted as its drops.
+        spool.drop_oldest(10, {"telemetry": "devices/+/telemetry"})
+        await stats_when(router, "telemetry", lambda s: s["dropped"] == 10)
         router.set_cloud(PahoPublisher((await connect(pki.node_a)).client))
-        got = await received(sub, 50)
-        assert [int(m.payload) for m in got] == list(range(50))
+        got = await received(sub, 40)
+        assert [int(m.payload) for m in got] == list(range(10, 50))
+
+
+async def test_a_restarted_router_resumes_from_the_persisted_cursor(
+    broker: BrokerThread, pki: Pki, connect: Connect, spool: BrokerSpool, tmp_path: Path
+) -> None:
+    """The agent stopped mid-stream and started again: the new router goes on from the cursor
+    the first one persisted; every message arrives, first arrivals in order."""
+    sub = await subscriber(connect, pki)
+    link = await connect(pki.node_a)
+    total = 2000
+    first = new_router(spool, tmp_path, window=100)
+    first.set_routes([TELEMETRY])
+    first.set_cloud(PahoPublisher(link.client))
+    async with running(first):
+        await cursor_of(spool, "telemetry")
+        ids = spool.insert(("devices/d/telemetry", "d", str(n).encode()) for n in range(total))
+        first.wake()
+        seen = [int(m.payload) for m in await received(sub, 500)]
+    stopped_at = spool.cursors()["telemetry"]
+    assert 0 < stopped_at < ids[-1]
+    second = new_router(spool, tmp_path)
+    second.set_routes([TELEMETRY])
+    second.set_cloud(PahoPublisher(link.client))
+    async with running(second):
+
+        def all_seen() -> bool:
+            seen.extend(int(m.payload) for m in drain_now(sub))
+            return set(seen) == set(range(total))
+
+        await until(all_seen, limit=60, what="every message")
+        await until(lambda: spool.cursors()["telemetry"] == ids[-1], what="the cursor at the end")
+    firsts = list(dict.fromkeys(seen))
+    assert firsts == sorted(firsts)
 
 
 def convert(event: Any, _context: dict[str, str]) -> Any:
