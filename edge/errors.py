@@ -10,12 +10,16 @@
     ├── RenewalError            a renewal failed and nothing was swapped
     │   └── RenewalRefused      the cloud refused the renewal (its own message)
     ├── ManifestError           an app cannot be expressed as Kubernetes objects
-    └── KubeEngineError         the Kubernetes API cannot be reached or configured
+    ├── KubeEngineError         the Kubernetes API cannot be reached or configured
+    └── DataPlaneError          the node's data plane (``edge.dataplane``)
+        ├── RouteSpecError      a route or device definition the agent cannot run (a ValueError)
+        └── PublishFailed       a publish lost with its connection before it was acknowledged
 
 They are defined here, so that catching one loads nothing else (activation and renewal load
 ``cryptography``, the kube engine the Kubernetes client), and re-exported by the modules that
 raise them (``edge.activation``, ``edge.renewal``, ``edge.engines.manifests``,
-``edge.engines.kube``). Three errors stay outside the tree on purpose: ``PropertyError``
+``edge.engines.kube``, ``edge.dataplane.routes``, ``edge.dataplane.publisher``). Three errors
+stay outside the tree on purpose: ``PropertyError``
 (``edge.properties``) carries the HTTP status of the node's local endpoint, where it is
 answered; ``SpecError`` (``edge.engines.spec``) is a ``ValueError`` the native engine turns into
 an app's failed status (the kube renderer into a ``ManifestError``); ``RuntimeConfigError``
@@ -27,12 +31,15 @@ __all__ = [
     "ActivationError",
     "ActivationRefused",
     "CaMismatchError",
+    "DataPlaneError",
     "EdgeError",
     "KeyFileError",
     "KubeEngineError",
     "ManifestError",
+    "PublishFailed",
     "RenewalError",
     "RenewalRefused",
+    "RouteSpecError",
 ]
 
 
@@ -82,3 +89,16 @@ class ManifestError(EdgeError):
 
 class KubeEngineError(EdgeError):
     """The Kubernetes API cannot be reached or configured; the message says what to check."""
+
+
+class DataPlaneError(EdgeError):
+    """The node's data plane (routes, the spool, publishing) failed; the message says why."""
+
+
+class RouteSpecError(DataPlaneError, ValueError):
+    """A route or device definition the agent cannot run; the message says what to change."""
+
+
+class PublishFailed(DataPlaneError):
+    """A publish was lost with its connection before the broker acknowledged it: send it again
+    once connected (nothing was acknowledged, so the spool still holds it)."""
