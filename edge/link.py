@@ -42,8 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.certfile import serial_of
 from edge.errors import EdgeError
-from shadow import PRESENCE, Channel, Encoding, JSONObject, encode, topic
-from shadow.topics import DOWN, downlink, parse_data
+from shadow import PRESENCE, Channel, Encoding, JSONObject, downlink, encode, parse_data, topic
 
 __all__ = ["PRESENCE_TIMEOUT", "SUBSCRIBE", "CloudLink", "NodeIdentity"]
 
@@ -276,7 +275,7 @@ class CloudLink:
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         data = parse_data(message.topic)
-        if data is not None and data[0] == self.identity.node_id and data[1] == DOWN:
+        if data is not None and data[0] == self.identity.node_id and data[1] == "down":
             handler = self._on_downlink
             if handler is None:
                 client.ack(message.mid, message.qos)  # nothing on this node takes it

@@ -49,7 +49,16 @@ from shadow.errors import (
     Unavailable,
 )
 from shadow.settings import ShadowSettings
-from shadow.topics import PRESENCE, Channel, parse, topic, valid_node_id
+from shadow.topics import (
+    PRESENCE,
+    Channel,
+    downlink,
+    parse,
+    parse_data,
+    topic,
+    uplink,
+    valid_node_id,
+)
 
 __all__ = [
     "EMPTY",
@@ -83,11 +92,13 @@ __all__ = [
     "Unavailable",
     "decode",
     "delta",
+    "downlink",
     "encode",
     "get_message",
     "merge",
     "parse",
     "parse_accepted",
+    "parse_data",
     "parse_delta",
     "parse_desire",
     "parse_rejected",
@@ -96,6 +107,7 @@ __all__ = [
     "resource_get_message",
     "sniff",
     "topic",
+    "uplink",
     "valid_node_id",
     "validate",
 ]

@@ -28,16 +28,17 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from edge.certfile import read_certificate, renewal_due
 from edge.dataplane.nodebroker import NodeBrokerFiles
-from edge.errors import EdgeError, RenewalError
-from edge.state import write_atomically
+from edge.errors import BrokerCertificateError, EdgeError, RenewalError
+from edge.state import StateDir, write_atomically
 
 __all__ = [
     "BROKER_CERT_THRESHOLD",
@@ -100,11 +101,14 @@ def request_certificate(
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from edge.renewal import _call, _node, _read
-    from edge.state import StateDir
+    from edge.renewal import _node, _read
 
     state = StateDir(state_dir)
-    _node_id, url = _node(state)
+    try:
+        _node_id, url = _node(state)
+        ca_pem = _read(state.ca)
+    except RenewalError as exc:
+        raise BrokerCertificateError(str(exc)) from None
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -113,23 +117,25 @@ def request_certificate(
         .public_bytes(serialization.Encoding.PEM)
     )
     body = {"csr": csr.decode(), "hosts": list(hosts)}
-    answer = _call(state, url, _read(state.ca), "/v1/broker-certificate", body, timeout)
+    answer = _post(state, url, ca_pem, body, timeout)
     try:
         certificate = x509.load_pem_x509_certificate(str(answer["certificate"]).encode())
         ca_pem = str(answer["ca"]).encode()
         ca = x509.load_pem_x509_certificate(ca_pem)
     except (KeyError, ValueError):
-        raise RenewalError(
+        raise BrokerCertificateError(
             f"{url} answered the broker certificate request without a certificate and CA; check "
             "that the cloud runs a version with the node broker (POST /v1/broker-certificate)."
         ) from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-        raise RenewalError("The broker certificate the cloud answered is not for the new key.")
+        raise BrokerCertificateError(
+            "The broker certificate the cloud answered is not for the new key."
+        )
     try:
         certificate.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
-        raise RenewalError(
+        raise BrokerCertificateError(
             "The broker certificate the cloud answered is not signed by the device CA it sent; "
             "report this to the cloud's operator."
         ) from None
@@ -145,6 +151,39 @@ def request_certificate(
     write_atomically(files.root / HOSTS_FILE, json.dumps(list(hosts)).encode())
 
 
+def _post(
+    state: StateDir, url: str, ca_pem: bytes, body: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """``POST /v1/broker-certificate`` over mutual TLS with the node's certificate, like
+    ``/v1/renew`` (``edge.activation``'s transport)."""
+    from edge.activation import ActivationRefused, _parse_url, _request
+
+    try:
+        endpoint = _parse_url(url)
+        context = ssl.create_default_context(cadata=ca_pem.decode())
+        context.load_cert_chain(state.certificate, state.key)
+    except (EdgeError, ssl.SSLError, ValueError) as exc:
+        raise BrokerCertificateError(
+            f"The node's endpoint {url!r}, certificate, key or CA in {state.root} cannot be used "
+            f"({exc}); activate the node again with a new install command."
+        ) from None
+    try:
+        return _request(endpoint, context, "POST", "/v1/broker-certificate", body, timeout)
+    except ActivationRefused as exc:
+        if exc.status == 404:
+            raise BrokerCertificateError(
+                f"{url} does not serve POST /v1/broker-certificate (HTTP 404): the cloud is older "
+                "than the node broker; upgrade it, or run the agent with --node-broker off."
+            ) from None
+        raise BrokerCertificateError(
+            f"The cloud refused the node broker's certificate (HTTP {exc.status}): {exc}"
+        ) from None
+    except EdgeError as exc:  # the network, TLS, or the cloud's own refusal
+        raise BrokerCertificateError(
+            f"The node broker's certificate could not be had from {url}: {exc}"
+        ) from None
+
+
 class BrokerCertificate:
     """The broker's certificate kept valid; ``await ensure()`` it from the data plane's loop."""
 
@@ -156,6 +195,7 @@ class BrokerCertificate:
         *,
         backoff: tuple[float, float] = (2.0, 300.0),
         interval: float = 3600.0,
+        timeout: float = 10.0,
     ) -> None:
         self._state_dir = state_dir
         self._files = files
@@ -165,6 +205,7 @@ class BrokerCertificate:
                             f"{len(self.hosts)}.")  # fmt: skip
         self._backoff = backoff
         self._interval = interval
+        self._timeout = timeout
         self._failures = 0
         self._next = 0.0  # monotonic
         self.error: str | None = None  # why there is no (fresh) certificate, for the report
@@ -200,7 +241,13 @@ class BrokerCertificate:
             self._next = now + self._interval
             return False
         try:
-            await asyncio.to_thread(request_certificate, self._state_dir, self._files, self.hosts)
+            await asyncio.to_thread(
+                request_certificate,
+                self._state_dir,
+                self._files,
+                self.hosts,
+                timeout=self._timeout,
+            )
         except EdgeError as exc:
             self._failures += 1
             first, largest = self._backoff
