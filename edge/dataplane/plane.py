@@ -96,6 +96,9 @@ class DataPlane:
         self._router_task: asyncio.Task[None] | None = None
         self._local: mqtt.Client | None = None
         self._cloud: mqtt.Client | None = None
+        # One publisher per paho client: it takes the client's on_publish and chains its
+        # on_disconnect once; a client connecting again keeps it.
+        self._publishers: dict[int, tuple[mqtt.Client, PahoPublisher]] = {}
         self._downlinks: asyncio.Queue[tuple[str, bytes, Ack]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -236,7 +239,7 @@ class DataPlane:
             function_url=self.function_url,
         )
         if self._cloud is not None:
-            self._router.set_cloud(PahoPublisher(self._cloud))
+            self._router.set_cloud(self._publisher(self._cloud))
         self._router_task = self._loop.create_task(self._run_router(self._router))
 
     @staticmethod
@@ -251,13 +254,22 @@ class DataPlane:
                 log.exception("the router failed; starting it again in a second")
                 await asyncio.sleep(1.0)
 
+    def _publisher(self, client: mqtt.Client) -> PahoPublisher:
+        """The publisher over ``client``, made at its first connection (on the loop)."""
+        kept = self._publishers.get(id(client))
+        if kept is None or kept[0] is not client:
+            live = {id(c) for c in (self._cloud, self._local) if c is not None}
+            self._publishers = {k: v for k, v in self._publishers.items() if k in live}
+            kept = self._publishers[id(client)] = (client, PahoPublisher(client))
+        return kept[1]
+
     # -- the cloud link's hooks (called on the loop) -----------------------------------------------
 
     def cloud_connected(self, client: mqtt.Client | None) -> None:
         """The link connected with ``client``, or (None) lost its connection."""
         self._cloud = client
         if self._router is not None:
-            self._router.set_cloud(PahoPublisher(client) if client is not None else None)
+            self._router.set_cloud(self._publisher(client) if client is not None else None)
 
     def downlink(self, rest: str, payload: bytes, ack: Ack) -> None:
         """A message on the node's ``down/<rest>``; ``ack`` it once the router took it."""
@@ -325,8 +337,8 @@ class DataPlane:
         client.subscribe(SPOOL_TOPIC, qos=0)
 
         def up() -> None:
-            if self._router is not None:
-                self._router.set_local(PahoPublisher(client))
+            if self._router is not None and client is self._local:
+                self._router.set_local(self._publisher(client))
                 self._router.wake()  # what was spooled while disconnected
 
         self._call(client, up)
