@@ -1,0 +1,95 @@
+"""End to end: a real ``baetyl edge run`` runs the node broker; a device's message reaches the cloud.
+
+Needs the three other parts of the data plane (the cloud's devices, routes and broker
+certificate; the node broker ``broker.node``; the router): on a branch without them the test
+skips, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.broker.clients import MqttClient
+from tests.broker.helpers import Creds
+from tests.support.cloud import Api, RunningCloud
+from tests.support.polling import until
+
+NODE_ID = "default.gw-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_devices_message_reaches_the_cloud_through_a_route(
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    if importlib.util.find_spec("broker.node") is None:
+        pytest.skip("no node broker (broker.node, branch dp-broker) on this branch")
+    status, body = await api.call("POST", "/devices", {"name": "thermo-1", "node": "gw-1"})
+    if status == 404:
+        pytest.skip("no Device resource in this cloud (branch dp-cloud)")
+    assert status == 201, body
+    status, credentials = await api.call("POST", "/devices/thermo-1/password")
+    assert status == 201, credentials
+    route = {
+        "name": "telemetry-up",
+        "selector": "site=x",
+        "source": {"local": "devices/+/telemetry"},
+        "target": {"cloud": "telemetry/{device}"},
+        "qos": 1,
+    }
+    status, body = await api.call("POST", "/routes", route)
+    assert status == 201, body
+
+    issued = cloud.ca.issue_operator("alice")
+    assert issued.private_key_pem is not None
+    (tmp_path / "op.crt").write_bytes(issued.certificate_pem)
+    (tmp_path / "op.key").write_bytes(issued.private_key_pem)
+    creds = Creds("alice", tmp_path / "op.crt", tmp_path / "op.key", 0)
+    operator = MqttClient(cloud.mqtt_port, "alice", ca=agent_dir / "ca.crt", creds=creds)
+    port = _free_port()
+    agent = start_agent("--node-broker-port", str(port), "--node-broker-host", "localhost",
+                        "--node-broker-host", "127.0.0.1")  # fmt: skip
+    device: MqttClient | None = None
+    try:
+        await asyncio.to_thread(operator.connect)
+        await asyncio.to_thread(operator.subscribe, f"$baetyl/node/{NODE_ID}/up/#", 1)
+
+        def device_connects() -> MqttClient | None:
+            ca = agent_dir / "nodebroker" / "device-ca.crt"
+            if not ca.exists() or agent.poll() is not None:
+                return None
+            client = MqttClient(port, "thermo-1", ca=ca)
+            client.client.username_pw_set("thermo-1", credentials["password"])
+            if client.try_connect(timeout=2) == (0, False):
+                return client
+            client.close()
+            return None
+
+        device = await until(
+            lambda: asyncio.to_thread(device_connects), 60, "the device to connect to the node"
+        )
+        assert agent.poll() is None
+        await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b'{"t": 21.5}', 1)
+        message = await asyncio.to_thread(
+            operator.receive_on, f"$baetyl/node/{NODE_ID}/up/telemetry/thermo-1", 30
+        )
+        assert message.payload == b'{"t": 21.5}'
+    finally:
+        if device is not None:
+            device.close()
+        operator.close()
