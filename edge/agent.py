@@ -143,6 +143,7 @@ class Agent:
             on_offline=queue.on_disconnect,
             on_client=self.dataplane.cloud_connected,
             on_downlink=self.dataplane.downlink,
+            on_new_client=self.dataplane.cloud_client_made,
         )
         self.reporter = StatusReporter(engine, queue, self.properties, self.link, reports_file)
         self._get = DesireGet()

@@ -8,13 +8,13 @@ retained presence message); each connection leaves its own Last Will (offline), 
 id that lets cloud replicas on an external broker ignore a will arriving after the next
 connection came up. Reconnects back off with jitter, so a fleet does not stampede.
 
-The link also carries the node's data plane (DATAPLANE.md section 4): it subscribes to the
+The link also carries the node's data plane (issue 15): it subscribes to the
 node's downlink (``$baetyl/node/<id>/down/#``) and hands each message on it to ``on_downlink``
 with a function that acknowledges it. The client runs with paho's manual acknowledgement: the
 shadow's messages are acknowledged as they are received (as paho would), a downlink message only
 once the data plane delivered it, so a message an agent crash interrupted comes again. The owner's
 ``on_client`` gets the connected client (for a publisher of uplink messages), and None when the
-connection is lost.
+connection is lost; ``on_new_client`` each client as it is made, before it connects.
 
 ``reconnect`` replaces the client with one built from the certificate now on disk and the
 keepalive in effect (a renewal, a new ``baetyl.keepalive``). Leaving the ``async with`` says
@@ -109,9 +109,11 @@ class CloudLink:
         on_offline: Callable[[], None],
         on_client: Callable[[mqtt.Client | None], None] | None = None,
         on_downlink: Callable[[str, bytes, Callable[[], None]], None] | None = None,
+        on_new_client: Callable[[mqtt.Client], None] | None = None,
     ) -> None:
         self.identity = identity
         self._on_client = on_client
+        self._on_new_client = on_new_client
         self._on_downlink = on_downlink
         self.connected = asyncio.Event()
         self._backoff = backoff
@@ -214,6 +216,8 @@ class CloudLink:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self._new_session(client)
+        if self._on_new_client is not None:  # before it connects: paho settings that need it
+            self._on_new_client(client)
         return client
 
     @property

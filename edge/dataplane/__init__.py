@@ -1,6 +1,6 @@
 """The node's data plane on the agent's side: the node broker it runs, the routes it carries.
 
 Standard library, paho and shadow's pure modules only (``cryptography`` is loaded by
-``edge.dataplane.brokercert`` when it requests a certificate). See DATAPLANE.md and
-ARCHITECTURE.md for the modules.
+``edge.dataplane.brokercert`` when it requests a certificate). See ARCHITECTURE.md for
+the modules.
 """

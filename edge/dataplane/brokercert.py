@@ -33,12 +33,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edge.certfile import read_certificate, renewal_due
-from edge.dataplane.nodebroker import NodeBrokerFiles
+from edge.dataplane.nodebroker import NodeBrokerFiles, write_atomically
 from edge.errors import BrokerCertificateError, EdgeError, RenewalError
-from edge.state import StateDir, write_atomically
+
+if TYPE_CHECKING:
+    from edge.state import StateDir
 
 __all__ = [
     "BROKER_CERT_THRESHOLD",
@@ -102,6 +104,7 @@ def request_certificate(
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from edge.renewal import _node, _read
+    from edge.state import StateDir
 
     state = StateDir(state_dir)
     try:

@@ -1,6 +1,6 @@
 """The node broker as the agent sees it: whether it runs, its files, its config, its system app.
 
-The node broker (``python -m broker.node --config PATH``, DATAPLANE.md section 3) is a process
+The node broker (``python -m broker.node --config PATH``; issue 15) is a process
 the agent starts through its engine, never code it imports. This module decides:
 
 * whether it runs (:func:`broker_wanted`): ``--node-broker on`` always, ``off`` never, ``auto``
@@ -31,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,7 +42,6 @@ from typing import Any, Final
 
 from edge.engines import AppSpec
 from edge.errors import EdgeError
-from edge.state import write_atomically
 
 __all__ = [
     "BROKER_APP",
@@ -52,6 +53,7 @@ __all__ = [
     "broker_wanted",
     "desired_refs",
     "system_app",
+    "write_atomically",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def broker_config(
     devices: Sequence[Mapping[str, Any]],
     routes: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """The broker's ``config.json`` (DATAPLANE.md section 3) from the device and route specs.
+    """The broker's ``config.json`` (issue 15) from the device and route specs.
 
     A route's spool filter is its local source; a route whose source is the cloud (downlink)
     spools nothing. Devices and routes are sorted by name, so the same set writes the same file.
@@ -228,6 +230,30 @@ class NodeBrokerFiles:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (``mode``) in one rename, synced.
+
+    ``edge.state`` has the same, but importing it loads ``cryptography`` (the node's key files),
+    which an agent at rest does not hold.
+    """
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), mode)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+    except OSError as exc:
+        raise EdgeError(
+            f"Cannot write {path}: {exc.strerror}; check that the state directory is writable "
+            "by this user."
+        ) from None
 
 
 def _version(parts: Mapping[str, Any]) -> str:

@@ -254,16 +254,27 @@ class DataPlane:
                 log.exception("the router failed; starting it again in a second")
                 await asyncio.sleep(1.0)
 
-    def _publisher(self, client: mqtt.Client) -> PahoPublisher:
-        """The publisher over ``client``, made at its first connection (on the loop)."""
+    def _publisher(self, client: mqtt.Client) -> PahoPublisher | None:
+        """The publisher over ``client``, made with it before it connected (a publisher sets
+        paho's in-flight window, which paho refuses on an established connection)."""
         kept = self._publishers.get(id(client))
-        if kept is None or kept[0] is not client:
-            live = {id(c) for c in (self._cloud, self._local) if c is not None}
-            self._publishers = {k: v for k, v in self._publishers.items() if k in live}
-            kept = self._publishers[id(client)] = (client, PahoPublisher(client))
-        return kept[1]
+        return kept[1] if kept is not None and kept[0] is client else None
+
+    def _made(self, client: mqtt.Client) -> None:
+        """Make the publisher over a new ``client``, on the loop, before it connects; it takes
+        the client's ``on_publish`` and chains its ``on_disconnect``."""
+        live = {id(c) for c in (self._cloud, self._local) if c is not None}
+        self._publishers = {k: v for k, v in self._publishers.items() if k in live}
+        try:
+            self._publishers[id(client)] = (client, PahoPublisher(client))
+        except RuntimeError as exc:  # no event loop running: the agent always has one
+            log.warning("no publisher over the new MQTT client (%s); routes wait", exc)
 
     # -- the cloud link's hooks (called on the loop) -----------------------------------------------
+
+    def cloud_client_made(self, client: mqtt.Client) -> None:
+        """The link made a new client (at start, at a reconnect): its publisher, now."""
+        self._made(client)
 
     def cloud_connected(self, client: mqtt.Client | None) -> None:
         """The link connected with ``client``, or (None) lost its connection."""
@@ -310,6 +321,7 @@ class DataPlane:
         client.on_disconnect = self._on_local_disconnect
         client.on_message = self._on_local_message
         self._local = client
+        self._made(client)
         client.connect_async("127.0.0.1", self.settings.port, keepalive=30)
         client.loop_start()
 

@@ -1,6 +1,6 @@
 """PLACEHOLDER (dp-agent): dp-routes' ``edge/dataplane/publisher.py`` replaces this file at merge.
 
-Only the interface ``edge.dataplane.plane`` uses, per DATAPLANE.md section 6.
+Only the interface ``edge.dataplane.plane`` uses, per the data-plane contract of issue 15.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PLACEHOLDER (dp-agent): dp-routes' ``edge/dataplane/router.py`` replaces this file at merge.
 
-The interface of DATAPLANE.md section 6, doing nothing, so the agent's wiring imports and runs.
+The interface of the data-plane contract (issue 15), doing nothing, so the agent imports and runs.
 """
 
 from __future__ import annotations

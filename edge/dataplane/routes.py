@@ -1,6 +1,6 @@
 """PLACEHOLDER (dp-agent): dp-routes' ``edge/dataplane/routes.py`` replaces this file at merge.
 
-Only what ``edge.dataplane.plane`` imports, per DATAPLANE.md section 6.
+Only what ``edge.dataplane.plane`` imports, per the data-plane contract of issue 15.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""End to end: a real ``baetyl edge run`` runs the node broker; a device's message reaches the cloud.
+"""End to end: a real ``baetyl edge run`` runs the node broker; a device message reaches the cloud.
 
 Needs the three other parts of the data plane (the cloud's devices, routes and broker
 certificate; the node broker ``broker.node``; the router): on a branch without them the test
@@ -59,8 +59,8 @@ async def test_a_devices_message_reaches_the_cloud_through_a_route(
     assert issued.private_key_pem is not None
     (tmp_path / "op.crt").write_bytes(issued.certificate_pem)
     (tmp_path / "op.key").write_bytes(issued.private_key_pem)
-    creds = Creds("alice", tmp_path / "op.crt", tmp_path / "op.key", 0)
-    operator = MqttClient(cloud.mqtt_port, "alice", ca=agent_dir / "ca.crt", creds=creds)
+    creds = Creds("operator:alice", tmp_path / "op.crt", tmp_path / "op.key", 0)
+    operator = MqttClient(cloud.mqtt_port, creds.client_id, ca=agent_dir / "ca.crt", creds=creds)
     port = _free_port()
     agent = start_agent("--node-broker-port", str(port), "--node-broker-host", "localhost",
                         "--node-broker-host", "127.0.0.1")  # fmt: skip
