@@ -1,4 +1,4 @@
-"""End to end: a real ``baetyl edge run`` runs the node broker; a device message reaches the cloud.
+"""End to end: a real ``baetyl edge run`` runs the node broker; a device talks with the cloud.
 
 Needs the three other parts of the data plane (the cloud's devices, routes and broker
 certificate; the node broker ``broker.node``; the router): on a branch without them the test
@@ -30,7 +30,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_a_devices_message_reaches_the_cloud_through_a_route(
+async def test_a_device_talks_with_a_cloud_service_through_routes(
     cloud: RunningCloud,
     api: Api,
     agent_dir: Path,
@@ -45,29 +45,38 @@ async def test_a_devices_message_reaches_the_cloud_through_a_route(
     assert status == 201, body
     status, credentials = await api.call("POST", "/devices/thermo-1/password")
     assert status == 201, credentials
-    route = {
+    up = {
         "name": "telemetry-up",
         "selector": "site=x",
         "source": {"local": "devices/+/telemetry"},
         "target": {"cloud": "telemetry/{device}"},
         "qos": 1,
     }
-    status, body = await api.call("POST", "/routes", route)
-    assert status == 201, body
+    down = {
+        "name": "commands-down",
+        "selector": "site=x",
+        "source": {"cloud": "cmd/+"},
+        "target": {"local": "devices/{2}/commands"},
+        "qos": 1,
+    }
+    for route in (up, down):
+        status, body = await api.call("POST", "/routes", route)
+        assert status == 201, body
 
-    issued = cloud.ca.issue_operator("alice")
+    # A cloud service: reads the node's uplink, sends on its downlink.
+    issued = cloud.ca.issue_service("telemetry")
     assert issued.private_key_pem is not None
-    (tmp_path / "op.crt").write_bytes(issued.certificate_pem)
-    (tmp_path / "op.key").write_bytes(issued.private_key_pem)
-    creds = Creds("operator:alice", tmp_path / "op.crt", tmp_path / "op.key", 0)
-    operator = MqttClient(cloud.mqtt_port, creds.client_id, ca=agent_dir / "ca.crt", creds=creds)
+    (tmp_path / "svc.crt").write_bytes(issued.certificate_pem)
+    (tmp_path / "svc.key").write_bytes(issued.private_key_pem)
+    creds = Creds("service:telemetry", tmp_path / "svc.crt", tmp_path / "svc.key", 0)
+    service = MqttClient(cloud.mqtt_port, creds.client_id, ca=agent_dir / "ca.crt", creds=creds)
     port = _free_port()
     agent = start_agent("--node-broker-port", str(port), "--node-broker-host", "localhost",
                         "--node-broker-host", "127.0.0.1")  # fmt: skip
     device: MqttClient | None = None
     try:
-        await asyncio.to_thread(operator.connect)
-        await asyncio.to_thread(operator.subscribe, f"$baetyl/node/{NODE_ID}/up/#", 1)
+        await asyncio.to_thread(service.connect)
+        await asyncio.to_thread(service.subscribe, f"$baetyl/node/{NODE_ID}/up/#", 1)
 
         def device_connects() -> MqttClient | None:
             ca = agent_dir / "nodebroker" / "device-ca.crt"
@@ -86,10 +95,18 @@ async def test_a_devices_message_reaches_the_cloud_through_a_route(
         assert agent.poll() is None
         await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b'{"t": 21.5}', 1)
         message = await asyncio.to_thread(
-            operator.receive_on, f"$baetyl/node/{NODE_ID}/up/telemetry/thermo-1", 30
+            service.receive_on, f"$baetyl/node/{NODE_ID}/up/telemetry/thermo-1", 30
         )
         assert message.payload == b'{"t": 21.5}'
+
+        # Downlink: the service's command reaches the device through the cloud-sourced route.
+        await asyncio.to_thread(device.subscribe, "devices/thermo-1/commands", 1)
+        await asyncio.to_thread(
+            service.publish, f"$baetyl/node/{NODE_ID}/down/cmd/thermo-1", b"reboot", 1
+        )
+        command = await asyncio.to_thread(device.receive_on, "devices/thermo-1/commands", 30)
+        assert command.payload == b"reboot"
     finally:
         if device is not None:
             device.close()
-        operator.close()
+        service.close()
