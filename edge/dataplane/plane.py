@@ -197,6 +197,8 @@ class DataPlane:
         return changed
 
     def _queue_report(self) -> None:
+        if not self.wanted and not self._reported:
+            return  # a node without a data plane reports none of its sections
         sections: dict[str, Any] = {"routes": {}, "devices": {}}
         if self._router is not None and self.wanted:
             sections["routes"] = self._router.stats()

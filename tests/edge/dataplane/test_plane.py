@@ -102,11 +102,15 @@ async def test_the_last_complete_set_stays_while_a_new_spec_is_missing(plane: Da
     assert json.loads(plane.files.config.read_text())["devices"][0]["certificates"] == []
 
 
-async def test_without_devices_or_routes_no_broker_runs(plane: DataPlane) -> None:
+async def test_without_devices_or_routes_no_broker_runs(
+    plane: DataPlane, reports: Reports
+) -> None:
     _certify(plane)
     apps, missing = plane.reconcile({"apps": []}, SpecBook())
     assert (apps, missing) == ([], [])
     assert not plane.files.config.exists()
+    await plane.step(0.0)
+    assert reports.patches == []  # nor any report section
 
 
 async def test_off_never_runs_it_and_on_always(tmp_path: Path, reports: Reports) -> None:
