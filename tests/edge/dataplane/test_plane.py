@@ -102,9 +102,7 @@ async def test_the_last_complete_set_stays_while_a_new_spec_is_missing(plane: Da
     assert json.loads(plane.files.config.read_text())["devices"][0]["certificates"] == []
 
 
-async def test_without_devices_or_routes_no_broker_runs(
-    plane: DataPlane, reports: Reports
-) -> None:
+async def test_without_devices_or_routes_no_broker_runs(plane: DataPlane, reports: Reports) -> None:
     _certify(plane)
     apps, missing = plane.reconcile({"apps": []}, SpecBook())
     assert (apps, missing) == ([], [])
