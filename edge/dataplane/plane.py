@@ -150,6 +150,8 @@ class DataPlane:
         if not self.wanted:
             self._app = None
             self._stop_local()
+            if self._router is not None:
+                self._router.set_routes([])  # their cursors go; the engine stops the broker
             return [], missing
         devices, routes = self._devices or [], self._routes or []
         self._ensure_router()
