@@ -89,6 +89,7 @@ class DataPlane:
         self._report = report
         self.certificate = BrokerCertificate(state_dir, self.files, settings.hosts)
         self.wanted = False
+        self.error: str | None = None  # why the broker cannot run (its certificate's aside)
         self._devices: list[Mapping[str, Any]] | None = None  # the last complete set
         self._routes: list[Mapping[str, Any]] | None = None
         self._app: AppSpec | None = None  # what reconcile handed to the engine last
@@ -174,8 +175,9 @@ class DataPlane:
             app = system_app(self.files, self.settings, engine=self._engine)
         except EdgeError as exc:
             log.warning("the node broker cannot run: %s", exc)
-            self.certificate.error = str(exc)
+            self.error = str(exc)
             return [], missing
+        self.error = None
         # Without its certificate the broker could not start: it waits for one (step).
         self._app = app if self.certificate.present else None
         return ([self._app] if self._app else []), missing
@@ -212,7 +214,8 @@ class DataPlane:
                 if isinstance(d, dict)
             }
         if self.wanted or self._reported:
-            sections["nodebroker"] = {"running": self.wanted, "error": self.certificate.error}
+            error = self.error or self.certificate.error
+            sections["nodebroker"] = {"enabled": self.wanted, "error": error}
         patch: JSONObject = {}
         for key, value in sections.items():
             before = self._reported.get(key)
