@@ -157,8 +157,9 @@ class Agent:
             # Left in reverse: the link closed first, so a report still in flight is kept as
             # waiting, and goes out after the restart.
             stack.callback(self.reporter.save)
-            await stack.enter_async_context(self.dataplane)
             await stack.enter_async_context(self.link)
+            # Left before the link: the routes stop (their cursors saved) while it is still up.
+            await stack.enter_async_context(self.dataplane)
             if self.state.desired:
                 await self._reconcile()  # what was applied before the restart, from local state
             self._stack = stack.pop_all()

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 REPORT_EVERY: Final = 2.0
 """Seconds between two reports of the ``routes``/``devices`` sections, at most."""
 SPOOL_TOPIC: Final = "$baetyl/broker/spool"
+STOP_TIMEOUT: Final = 5.0
 
 Ack = Callable[[], None]
 
@@ -119,12 +120,17 @@ class DataPlane:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # The router first, while its publishers still work: it saves its cursors. A task
+        # that does not end within a few seconds is left (logged): the agent must exit.
+        tasks = [t for t in (self._router_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            for task in pending:
+                log.warning("%s did not stop within %.0f s; leaving it", task.get_name(),
+                            STOP_TIMEOUT)  # fmt: skip
         self._stop_local()
-        for task in [*self._tasks, self._router_task]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
         self._loop = None
 
     # -- reconcile ---------------------------------------------------------------------------------
@@ -247,7 +253,9 @@ class DataPlane:
         )
         if self._cloud is not None:
             self._router.set_cloud(self._publisher(self._cloud))
-        self._router_task = self._loop.create_task(self._run_router(self._router))
+        self._router_task = self._loop.create_task(
+            self._run_router(self._router), name="dataplane-router"
+        )
 
     @staticmethod
     async def _run_router(router: Router) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -106,6 +107,20 @@ async def test_a_device_talks_with_a_cloud_service_through_routes(
         )
         command = await asyncio.to_thread(device.receive_on, "devices/thermo-1/commands", 30)
         assert command.payload == b"reboot"
+
+        # The agent stops: the broker keeps running (the device stays connected) and spools
+        # what the device publishes; the next agent adopts the broker and sends it up.
+        agent.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(agent.communicate, timeout=15)  # reads its log: no full pipe
+        await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b"while away", 1)
+        assert not device.disconnected.is_set()
+        start_agent("--node-broker-port", str(port), "--node-broker-host", "localhost",
+                    "--node-broker-host", "127.0.0.1")  # fmt: skip
+        message = await asyncio.to_thread(
+            service.receive_on, f"$baetyl/node/{NODE_ID}/up/telemetry/thermo-1", 30
+        )
+        assert message.payload == b"while away"
+        assert not device.disconnected.is_set()  # adopted, not started again
     finally:
         if device is not None:
             device.close()
