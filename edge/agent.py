@@ -24,7 +24,9 @@ The agent's collaborators, each with one job:
 - ``edge.renewer.Renewer``: the certificate renewed before it expires, the session moved to it;
 - ``edge.reporter.StatusReporter``: the engine's statuses and the node's, reported;
 - ``edge.properties.NodeProperties``: the node's properties; a new ``baetyl.keepalive`` among
-  them makes the link reconnect with it.
+  them makes the link reconnect with it;
+- ``edge.dataplane.plane.DataPlane``: the node broker (a system app, ``baetyl-broker``, handed
+  to the engine beside the user apps), its certificate, the routes, and their reports.
 
 The agent keeps the loop, the dispatch of what comes down, and the reconciliation. It is an
 async context manager: entering connects (and re-applies what the state file says was applied),
@@ -38,12 +40,14 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from edge.agentstate import AgentState
 from edge.certfile import DEFAULT_THRESHOLD
+from edge.dataplane.nodebroker import BROKER_APP, NodeBrokerSettings
+from edge.dataplane.plane import DataPlane
 from edge.desireget import DesireGet
 from edge.engines import AppSpec, Engine
 from edge.errors import EdgeError
@@ -81,6 +85,9 @@ class AgentConfig:
     keepalive: int = 30
     renew_interval: float = 3600.0  # how often to check whether the certificate is due
     renew_threshold: float = DEFAULT_THRESHOLD  # renew with less than this part of its life left
+    node_broker: NodeBrokerSettings = field(default_factory=NodeBrokerSettings)
+    engine_kind: str = "native"  # native or kube: how the node broker runs
+    function_url: str | None = None  # the function proxy, for routes that call a function
 
     def __post_init__(self) -> None:
         if not self.resync_interval > 0:
@@ -120,12 +127,23 @@ class Agent:
         self.properties.desire(self.state.desired.get("nodeprops"))
         self.renewer = Renewer(config.state_dir, interval=config.renew_interval,
                                threshold=config.renew_threshold)  # fmt: skip
+        self.dataplane = DataPlane(
+            config.state_dir,
+            self.identity,
+            config.node_broker,
+            engine=config.engine_kind,
+            function_url=config.function_url,
+            report=queue.put,
+        )
         self.link = CloudLink(
             self.identity,
             backoff=config.backoff,
             keepalive=lambda: self.properties.keepalive,
             on_online=self._online,
             on_offline=queue.on_disconnect,
+            on_client=self.dataplane.cloud_connected,
+            on_downlink=self.dataplane.downlink,
+            on_new_client=self.dataplane.cloud_client_made,
         )
         self.reporter = StatusReporter(engine, queue, self.properties, self.link, reports_file)
         self._get = DesireGet()
@@ -140,6 +158,8 @@ class Agent:
             # waiting, and goes out after the restart.
             stack.callback(self.reporter.save)
             await stack.enter_async_context(self.link)
+            # Left before the link: the routes stop (their cursors saved) while it is still up.
+            await stack.enter_async_context(self.dataplane)
             if self.state.desired:
                 await self._reconcile()  # what was applied before the restart, from local state
             self._stack = stack.pop_all()
@@ -177,6 +197,8 @@ class Agent:
             await self._reconcile(resync=True)  # retries what failed, restores what drifted
         elif self._incomplete and online:
             await self._reconcile()  # asks again for specs whose answer never came
+        if await self.dataplane.step(time.monotonic()):
+            await self._reconcile(resync=True)  # the node broker can start: its certificate came
         await self.reporter.step(time.monotonic())
         await self.renewer.check(time.monotonic(), self.link)
 
@@ -268,6 +290,10 @@ class Agent:
             for a in state.desired.get("apps", []) or []
             if isinstance(a, dict)
         ]
+        if any(name == BROKER_APP for name, _ in refs):
+            log.warning("ignored the desired app %r: the name is the node broker's (a system app "
+                        "of the agent); rename the app", BROKER_APP)  # fmt: skip
+            refs = [ref for ref in refs if ref[0] != BROKER_APP]
         previous = dict(state.applied or [])
         missing: list[SpecRef] = []
         apps: list[AppSpec] = []
@@ -284,6 +310,10 @@ class Agent:
                 continue
             apps.append(app)
             chosen.append((name, version))
+        system, lacking = self.dataplane.reconcile(state.desired, book)
+        missing.extend(lacking)
+        apps.extend(system)
+        chosen.extend((app.name, app.version) for app in system)
         self._incomplete = bool(missing)
         if missing:
             if self.link.connected.is_set():
@@ -304,5 +334,6 @@ class Agent:
                         self.config.resync_interval, exc)  # fmt: skip
             return
         state.applied = chosen
-        book.prune(chosen + [ref for ref in refs if ref not in chosen])
+        book.prune(chosen + [ref for ref in refs if ref not in chosen],
+                   also=self.dataplane.refs(state.desired))  # fmt: skip
         state.save()

@@ -16,6 +16,7 @@ from edge.errors import EdgeError
 
 if TYPE_CHECKING:
     from edge.activation import BatchCredentials, TokenCredentials
+    from edge.dataplane.nodebroker import NodeBrokerSettings
 
 __all__ = ["EdgeError", "add_parser"]
 
@@ -114,6 +115,7 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "a half-open link shows the node offline after ceil(1.5 x keepalive) s "
         "(5 to 600, default: 30)",
     )
+    _add_node_broker_flags(parser)
     renewal = parser.add_argument_group(
         "certificate renewal (advanced)",
         "The agent renews the node's certificate (new key, mutual TLS with the current one) when "
@@ -136,6 +138,118 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         f"(default: {DEFAULT_THRESHOLD})",
     )
     parser.set_defaults(func=_run)
+
+
+def _add_node_broker_flags(parser: argparse.ArgumentParser) -> None:
+    broker = parser.add_argument_group(
+        "node broker",
+        "The node broker (MQTT over TLS for the node's devices, a system app 'baetyl-broker' the "
+        "agent runs through its engine) and the spool of the messages the routes carry.",
+    )
+    broker.add_argument(
+        "--node-broker",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: run it when the cloud places a device or a route on this node (default); "
+        "on: always; off: never",
+    )
+    broker.add_argument(
+        "--node-broker-port",
+        type=_port,
+        default=50010,
+        metavar="PORT",
+        help="the TLS port devices connect to (default: 50010)",
+    )
+    broker.add_argument(
+        "--node-broker-bind",
+        default="0.0.0.0",  # noqa: S104 - the broker is for the node's LAN
+        metavar="ADDRESS",
+        help="the address the TLS listener binds (default: 0.0.0.0, every interface)",
+    )
+    broker.add_argument(
+        "--node-broker-local-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="also listen in plain MQTT on 127.0.0.1:PORT for the node's own apps (default: no)",
+    )
+    broker.add_argument(
+        "--node-broker-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name or IP address the broker's certificate names (repeat it; default: the "
+        "host name, its non-loopback IP addresses, localhost and 127.0.0.1)",
+    )
+    broker.add_argument(
+        "--node-broker-image",
+        default=None,
+        metavar="IMAGE",
+        help="kube engine: the image the broker runs in, the agent's own (default: "
+        "$BAETYL_EDGE_IMAGE, which the helm chart sets)",
+    )
+    broker.add_argument(
+        "--spool-max-bytes",
+        type=_size,
+        default=256 * 1024 * 1024,
+        metavar="BYTES",
+        help="the spool's bound: past it the oldest messages are dropped, and counted "
+        "(suffixes K, M, G: powers of 1024; default: 256M)",
+    )
+    broker.add_argument(
+        "--spool-max-age",
+        type=_duration,
+        default=7 * 24 * 3600.0,
+        metavar="AGE",
+        help="messages older than this are dropped from the spool, and counted "
+        "(seconds, or with a suffix s, m, h, d; default: 7d)",
+    )
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    if not (number.isascii() and number.isdigit() and int(number) > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number of bytes, e.g. 268435456 or 256M"
+        )
+    return int(number) * unit
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1.0)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration, e.g. 3600 or 7d")
+    return value
+
+
+def node_broker_settings(args: argparse.Namespace, state_dir: Path) -> NodeBrokerSettings:
+    """The node broker's settings from ``baetyl edge run``'s flags."""
+    import os
+
+    from edge.dataplane.nodebroker import NodeBrokerMode, NodeBrokerSettings
+
+    return NodeBrokerSettings(
+        mode=NodeBrokerMode(args.node_broker),
+        port=args.node_broker_port,
+        bind=args.node_broker_bind,
+        local_port=args.node_broker_local_port,
+        hosts=tuple(args.node_broker_host),
+        spool_max_bytes=args.spool_max_bytes,
+        spool_max_age=args.spool_max_age,
+        image=args.node_broker_image or os.environ.get("BAETYL_EDGE_IMAGE") or None,
+    )
 
 
 def _positive_seconds(text: str) -> float:
@@ -200,6 +314,8 @@ def _run(args: argparse.Namespace) -> int:
             renew_interval=args.renew_interval,
             renew_threshold=args.renew_threshold,
             keepalive=args.keepalive,
+            node_broker=node_broker_settings(args, args.state_dir),
+            engine_kind=args.engine,
         )
         agent = Agent(config, engine)
         async with contextlib.AsyncExitStack() as stack:
@@ -212,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 await stack.enter_async_context(proxy)
                 print(f"function proxy on 127.0.0.1:{proxy.port}", flush=True)
+                agent.dataplane.function_url = f"http://127.0.0.1:{proxy.port}"  # routes call it
             except OSError as exc:  # the apps matter more than the proxy: run without it
                 logging.getLogger(__name__).error(
                     "the agent's local endpoint cannot listen on 127.0.0.1:%d (%s); apps run, "

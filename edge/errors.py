@@ -9,6 +9,7 @@
     │   └── ActivationRefused   the cloud refused the activation (its own message)
     ├── RenewalError            a renewal failed and nothing was swapped
     │   └── RenewalRefused      the cloud refused the renewal (its own message)
+    ├── BrokerCertificateError  the node broker's certificate could not be had
     ├── ManifestError           an app cannot be expressed as Kubernetes objects
     ├── KubeEngineError         the Kubernetes API cannot be reached or configured
     └── DataPlaneError          the node's data plane (``edge.dataplane``)
@@ -30,6 +31,7 @@ the standard library alone.
 __all__ = [
     "ActivationError",
     "ActivationRefused",
+    "BrokerCertificateError",
     "CaMismatchError",
     "DataPlaneError",
     "EdgeError",
@@ -81,6 +83,10 @@ class RenewalRefused(RenewalError):
         self.status = status
         self.code = code
         self.request_id = request_id
+
+
+class BrokerCertificateError(EdgeError):
+    """The node broker's server certificate could not be requested or stored; nothing changed."""
 
 
 class ManifestError(EdgeError):

@@ -8,6 +8,14 @@ retained presence message); each connection leaves its own Last Will (offline), 
 id that lets cloud replicas on an external broker ignore a will arriving after the next
 connection came up. Reconnects back off with jitter, so a fleet does not stampede.
 
+The link also carries the node's data plane (issue 15): it subscribes to the
+node's downlink (``$baetyl/node/<id>/down/#``) and hands each message on it to ``on_downlink``
+with a function that acknowledges it. The client runs with paho's manual acknowledgement: the
+shadow's messages are acknowledged as they are received (as paho would), a downlink message only
+once the data plane delivered it, so a message an agent crash interrupted comes again. The owner's
+``on_client`` gets the connected client (for a publisher of uplink messages), and None when the
+connection is lost; ``on_new_client`` each client as it is made, before it connects.
+
 ``reconnect`` replaces the client with one built from the certificate now on disk and the
 keepalive in effect (a renewal, a new ``baetyl.keepalive``). Leaving the ``async with`` says
 offline, disconnects and stops paho's thread; the agent exits promptly even when the cloud
@@ -34,7 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.certfile import serial_of
 from edge.errors import EdgeError
-from shadow import PRESENCE, Channel, Encoding, JSONObject, encode, topic
+from shadow import PRESENCE, Channel, Encoding, JSONObject, downlink, encode, parse_data, topic
 
 __all__ = ["PRESENCE_TIMEOUT", "SUBSCRIBE", "CloudLink", "NodeIdentity"]
 
@@ -99,8 +107,14 @@ class CloudLink:
         keepalive: Callable[[], int],
         on_online: Callable[[], None],
         on_offline: Callable[[], None],
+        on_client: Callable[[mqtt.Client | None], None] | None = None,
+        on_downlink: Callable[[str, bytes, Callable[[], None]], None] | None = None,
+        on_new_client: Callable[[mqtt.Client], None] | None = None,
     ) -> None:
         self.identity = identity
+        self._on_client = on_client
+        self._on_new_client = on_new_client
+        self._on_downlink = on_downlink
         self.connected = asyncio.Event()
         self._backoff = backoff
         self._keepalive_in_effect = keepalive
@@ -165,6 +179,8 @@ class CloudLink:
         old.loop_stop()
         self.connected.clear()
         self._on_offline()
+        if self._on_client is not None:
+            self._on_client(None)
         self._start()
 
     # -- messages ----------------------------------------------------------------------------------
@@ -186,6 +202,7 @@ class CloudLink:
             client_id=identity.node_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,  # a downlink message is acknowledged once delivered
         )
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(identity.ca))
         context.load_cert_chain(str(identity.cert), str(identity.key))
@@ -199,6 +216,8 @@ class CloudLink:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self._new_session(client)
+        if self._on_new_client is not None:  # before it connects: paho settings that need it
+            self._on_new_client(client)
         return client
 
     @property
@@ -228,13 +247,17 @@ class CloudLink:
         if reason.is_failure:
             log.warning("the cloud refused the connection: %s", reason)
             return
-        client.subscribe([(topic(self.identity.node_id, channel), 1) for channel in SUBSCRIBE])
+        node_id = self.identity.node_id
+        filters = [(topic(node_id, channel), 1) for channel in SUBSCRIBE]
+        client.subscribe([*filters, (downlink(node_id), 1)])
         online = self._presence(online=True, session=client.user_data_get())
         client.publish(self._presence_topic, online, qos=1, retain=True)
 
         def up() -> None:
             self.connected.set()
             self._on_online()
+            if self._on_client is not None:
+                self._on_client(client)
 
         self._call(up)
         log.info("connected to %s:%d as %s", self.identity.host, self.identity.port,
@@ -248,11 +271,27 @@ class CloudLink:
         def lost() -> None:
             self.connected.clear()
             self._on_offline()
+            if self._on_client is not None:
+                self._on_client(None)
 
         self._call(lost)
         log.info("%s; apps keep running", _disconnect_cause(reason))
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        data = parse_data(message.topic)
+        if data is not None and data[0] == self.identity.node_id and data[1] == "down":
+            handler = self._on_downlink
+            if handler is None:
+                client.ack(message.mid, message.qos)  # nothing on this node takes it
+                return
+            rest, payload, mid, qos = data[2], bytes(message.payload), message.mid, message.qos
+
+            def ack() -> None:
+                client.ack(mid, qos)  # on the session it came with; a later one has it again
+
+            self._call(lambda: handler(rest, payload, ack))
+            return
+        client.ack(message.mid, message.qos)  # the shadow's messages: taken as received
         item = (message.topic, bytes(message.payload))
         self._call(lambda: self._inbox.put_nowait(item))
 

@@ -84,6 +84,11 @@ class SpecBook:
     def put(self, ref: SpecRef, spec: JSONObject) -> None:
         self._specs[ref] = spec
 
+    def get(self, ref: SpecRef) -> dict[str, Any] | None:
+        """The spec held for ``ref`` (a device or route spec, say), or None."""
+        spec = self._specs.get(ref)
+        return spec if isinstance(spec, dict) else None
+
     def app(self, name: str, version: str) -> tuple[AppSpec | None, list[SpecRef]]:
         """The app at ``version`` with what it uses (configs, secrets, certificates,
         registries), or None and what it lacks."""
@@ -119,9 +124,10 @@ class SpecBook:
         """Ask for every missing spec at once next time (a new session; nothing missing)."""
         self._requested.clear()
 
-    def prune(self, apps: Iterable[tuple[str, str]]) -> None:
-        """Forget every spec the apps ``(name, version)`` do not use (old secrets included)."""
-        keep = {SpecRef.app(name, version) for name, version in apps}
+    def prune(self, apps: Iterable[tuple[str, str]], also: Iterable[SpecRef] = ()) -> None:
+        """Forget every spec the apps ``(name, version)`` do not use (old secrets included),
+        but those in ``also`` (the desired devices and routes)."""
+        keep = {SpecRef.app(name, version) for name, version in apps} | set(also)
         for ref in list(keep):
             keep.update(SpecRef.of(used) for used in references(self._specs.get(ref) or {}))
         for ref in list(self._specs):

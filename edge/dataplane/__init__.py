@@ -9,9 +9,12 @@ source matches in the spool (SQLite) before its device gets the PUBACK; the agen
 * ``spool`` — the agent's side of the spool database: rows after a cursor, cursors, deletes;
 * ``publisher`` — ``Publisher`` (publish, acknowledged) and ``PahoPublisher`` over a paho client;
 * ``router`` — ``Router``: one task per route, pipelined publishes, the cursor advanced over what
-  the broker acknowledged, the downlink, the stats the agent reports.
+  the broker acknowledged, the downlink, the stats the agent reports;
+* ``nodebroker``, ``brokercert``, ``plane`` — the node broker the agent runs (its config, the system
+  app, its certificate from the cloud) and ``DataPlane``, the agent's collaborator tying it together.
 
-Standard library, paho-mqtt and shadow's pure modules only: the agent at rest stays light.
+Standard library, paho-mqtt and shadow's pure modules only: the agent at rest stays light
+(``cryptography`` is loaded by ``brokercert`` only when it requests a certificate).
 Errors are in the edge's one tree (``edge.errors``: ``RouteSpecError``, ``PublishFailed``).
 """
 

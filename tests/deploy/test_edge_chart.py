@@ -62,6 +62,13 @@ def test_every_container_is_locked_down(manifests: list[Manifest]) -> None:
         assert container["resources"]["limits"]
 
 
+def test_the_agent_knows_its_image_for_the_node_broker(manifests: list[Manifest]) -> None:
+    """The kube engine runs the node broker in the agent's own image (BAETYL_EDGE_IMAGE)."""
+    spec = pod_spec(one(manifests, "Deployment"))
+    (agent,) = [c for c in spec["containers"] if c["name"] == "agent"]
+    assert env_of(agent)["BAETYL_EDGE_IMAGE"]["value"] == agent["image"]
+
+
 def test_token_comes_from_a_secret(manifests: list[Manifest], renderer: Renderer) -> None:
     """The install token reaches the init container by secretKeyRef, never as a plain value."""
     init = pod_spec(one(manifests, "Deployment"))["initContainers"][0]

@@ -1,0 +1,153 @@
+"""The agent's data plane: specs asked for, config written, the system app, the reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.dataplane.nodebroker import BROKER_APP, NodeBrokerMode, NodeBrokerSettings
+from edge.dataplane.plane import DataPlane
+from edge.link import NodeIdentity
+from edge.specbook import SpecBook, SpecRef
+from shadow import JSONObject, ResourceKind
+from tests.edge.dataplane.test_nodebroker import DEVICE, UP
+
+DESIRED = {
+    "apps": [],
+    "devices": [{"name": "thermo-1", "version": "3"}],
+    "routes": [{"name": "telemetry-up", "version": "1"}],
+}
+DEVICE_REF = SpecRef(ResourceKind.DEVICE, "thermo-1", "3")
+ROUTE_REF = SpecRef(ResourceKind.ROUTE, "telemetry-up", "1")
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.patches: list[JSONObject] = []
+
+    def put(self, patch: JSONObject) -> None:
+        self.patches.append(patch)
+
+
+@pytest.fixture
+def reports() -> Reports:
+    return Reports()
+
+
+def _plane(state: Path, reports: Reports, **settings: Any) -> DataPlane:
+    state.mkdir(exist_ok=True)
+    (state / "ca.crt").write_text("the cloud CA")
+    identity = NodeIdentity(
+        "acme.gw-1", "127.0.0.1", 1, state / "node.crt", state / "node.key", state / "ca.crt"
+    )
+    return DataPlane(
+        state,
+        identity,
+        NodeBrokerSettings(hosts=("gw-1.local",), **settings),
+        engine="native",
+        function_url=None,
+        report=reports.put,
+    )
+
+
+@pytest.fixture
+async def plane(tmp_path: Path, reports: Reports) -> AsyncIterator[DataPlane]:
+    async with _plane(tmp_path / "state", reports) as plane:
+        yield plane
+
+
+def _certify(plane: DataPlane) -> None:
+    """Stand-ins for the certificate's files: the broker may start once they are there."""
+    plane.files.root.mkdir(parents=True, exist_ok=True)
+    plane.files.cert.write_text("certificate")
+    plane.files.key.write_text("key")
+
+
+async def test_missing_specs_are_asked_for_and_the_broker_waits_for_them(
+    plane: DataPlane,
+) -> None:
+    book = SpecBook()
+    apps, missing = plane.reconcile(DESIRED, book)
+    assert apps == []
+    assert set(missing) == {DEVICE_REF, ROUTE_REF}
+    book.put(DEVICE_REF, DEVICE)
+    book.put(ROUTE_REF, UP)
+    apps, missing = plane.reconcile(DESIRED, book)
+    assert missing == []
+    assert apps == []  # no certificate yet: the broker could not start
+    config = json.loads(plane.files.config.read_text())
+    assert [d["name"] for d in config["devices"]] == ["thermo-1"]
+    assert config["spool"]["routes"] == {"telemetry-up": "devices/+/telemetry"}
+    _certify(plane)
+    (app,), _ = plane.reconcile(DESIRED, book)
+    assert app.name == BROKER_APP
+
+
+async def test_the_last_complete_set_stays_while_a_new_spec_is_missing(plane: DataPlane) -> None:
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP})
+    _certify(plane)
+    plane.reconcile(DESIRED, book)
+    newer = {**DESIRED, "devices": [{"name": "thermo-1", "version": "4"}]}
+    (app,), missing = plane.reconcile(newer, book)
+    assert missing == [SpecRef(ResourceKind.DEVICE, "thermo-1", "4")]
+    assert app.name == BROKER_APP  # the broker keeps running with what it had
+    config = json.loads(plane.files.config.read_text())
+    assert config["devices"][0]["certificates"] == DEVICE["certificates"]
+    book.put(SpecRef(ResourceKind.DEVICE, "thermo-1", "4"), {**DEVICE, "certificates": []})
+    plane.reconcile(newer, book)
+    assert json.loads(plane.files.config.read_text())["devices"][0]["certificates"] == []
+
+
+async def test_without_devices_or_routes_no_broker_runs(plane: DataPlane, reports: Reports) -> None:
+    _certify(plane)
+    apps, missing = plane.reconcile({"apps": []}, SpecBook())
+    assert (apps, missing) == ([], [])
+    assert not plane.files.config.exists()
+    await plane.step(0.0)
+    assert reports.patches == []  # nor any report section
+
+
+async def test_off_never_runs_it_and_on_always(tmp_path: Path, reports: Reports) -> None:
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP})
+    async with _plane(tmp_path / "off", reports, mode=NodeBrokerMode.OFF) as off:
+        _certify(off)
+        assert off.reconcile(DESIRED, book)[0] == []
+    async with _plane(tmp_path / "on", reports, mode=NodeBrokerMode.ON) as on:
+        _certify(on)
+        (app,), _ = on.reconcile({"apps": []}, book)
+        assert app.name == BROKER_APP
+        assert json.loads(on.files.config.read_text())["devices"] == []
+
+
+async def test_devices_and_routes_are_reported_with_what_went_as_null(
+    plane: DataPlane, reports: Reports
+) -> None:
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP})
+    plane.reconcile(DESIRED, book)
+    status = {
+        "devices": {"thermo-1": {"online": True, "since": 1700000000.5}},
+        "spool": {"rows": 0, "bytes": 0},
+        "refused": {},
+    }
+    plane.files.status.write_text(json.dumps(status))
+    await plane.step(0.0)
+    (first,) = reports.patches
+    assert first["devices"] == {"thermo-1": {"online": True, "since": 1700000000.5}}
+    assert isinstance(first["routes"], dict)  # the router's stats (its content is the router's)
+    # No certificate could be had (this node has no node.json): the cause is reported.
+    assert "holds no activated node" in str(first["nodebroker"])
+    await plane.step(0.5)
+    assert len(reports.patches) == 1  # at most every 2 s
+    await plane.step(2.5)
+    assert len(reports.patches) == 1  # nothing changed: nothing reported
+    status["devices"] = {"thermo-2": {"online": False, "since": None}}
+    plane.files.status.write_text(json.dumps(status))
+    await plane.step(5.0)
+    assert reports.patches[-1]["devices"] == {
+        "thermo-1": None,  # gone from the node: removed from the shadow (a merge patch)
+        "thermo-2": {"online": False, "since": None},
+    }
