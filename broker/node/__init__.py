@@ -1,4 +1,4 @@
-"""The node broker: the MQTT broker devices connect to on a node (DATAPLANE.md section 3).
+"""The node broker: the MQTT broker devices connect to on a node (PROTOCOL.md "Node broker").
 
 A separate process (``python -m broker.node --config PATH``), run by the agent as a system app.
 It reuses the cloud broker's hardened core (``broker.core.HardenedBroker``) with its own

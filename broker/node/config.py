@@ -1,4 +1,4 @@
-"""The node broker's configuration file (written by the agent; DATAPLANE.md section 3).
+"""The node broker's configuration file (written by the agent; PROTOCOL.md "Node broker").
 
 ``NodeConfig.load(path)`` reads and validates it strictly: an unknown key, a wrong type, an
 invalid topic filter or a malformed password hash is a ``NodeConfigError`` naming the field, so

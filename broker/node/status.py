@@ -1,4 +1,4 @@
-"""The node broker's status file, read by the agent for its reports (DATAPLANE.md section 3).
+"""The node broker's status file, read by the agent for its reports (PROTOCOL.md "Node broker").
 
 ``{"devices": {name: {"online": bool, "since": epoch s | null}}, "spool": {"rows", "bytes"},
 "refused": {reason: n}}``: every configured device appears (offline, ``since`` null, if never

@@ -10,8 +10,8 @@ source matches in the spool (SQLite) before its device gets the PUBACK; the agen
 * ``publisher`` — ``Publisher`` (publish, acknowledged) and ``PahoPublisher`` over a paho client;
 * ``router`` — ``Router``: one task per route, pipelined publishes, the cursor advanced over what
   the broker acknowledged, the downlink, the stats the agent reports;
-* ``nodebroker``, ``brokercert``, ``plane`` — the node broker the agent runs (its config, the system
-  app, its certificate from the cloud) and ``DataPlane``, the agent's collaborator tying it together.
+* ``nodebroker``, ``brokercert``, ``plane`` — the node broker the agent runs (its config, the
+  system app, its certificate from the cloud) and ``DataPlane``, the agent's collaborator.
 
 Standard library, paho-mqtt and shadow's pure modules only: the agent at rest stays light
 (``cryptography`` is loaded by ``brokercert`` only when it requests a certificate).
