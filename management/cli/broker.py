@@ -202,7 +202,9 @@ async def _serve(
             running = await stack.enter_async_context(Cloud(settings, ca, files))
             ports = running.ports
         else:
-            broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, files))
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(settings.broker, files, sessions=settings.broker_sessions_file)
+            )
             ports = broker.ports
         print(f"pybaetyl is up. Data directory: {settings.data_dir.resolve()}", flush=True)
         if cloud:
