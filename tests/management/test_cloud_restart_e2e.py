@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from certs import CertificateAuthority, write_private_file, write_public_file
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds, issue_node
+from tests.support.tools import require_tool
 from tests.support.up import BAETYL, start_up
 
 NODE = "default.n1"
@@ -153,6 +155,24 @@ def test_graceful_restart_keeps_the_queue_and_sigkill_loses_only_what_was_held(
         assert late.drain() == []
         consumer.close()
         late.close()
+
+        # PROTOCOL.md's mosquitto_sub command reads the uplink with the operator's certificate.
+        watcher = subprocess.Popen(
+            [require_tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(cloud.port),
+             "--cafile", str(ca.ca_path), "--cert", str(ops.cert), "--key", str(ops.key),
+             "-i", f"{OPERATOR}/sub", "-c", "-q", "1", "-t", UPLINK, "-v", "-C", "1", "-W", "20"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(1.0)  # mosquitto_sub has subscribed
+            publish(SENT + 51, 1)
+            out, err = watcher.communicate(timeout=30)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.communicate()
+        assert watcher.returncode == 0, err
+        assert out.strip() == f"{uplink(SENT + 51)} {SENT + 51}"
         cloud.stop(signal.SIGTERM)
     finally:
         for made in clients:
