@@ -10,7 +10,8 @@ broker the identity and topic access they have on the embedded broker:
 - a node may publish only to its own ``report``, ``desire/get``, ``resource/get`` and
   ``presence`` topics and its uplink ``up/#`` (what its routes send), and subscribe only to its
   own downstream topics and its downlink ``down/#`` (the embedded broker's ACL, broker/acl.py);
-  it never reads an uplink, its own included;
+  no read rule names an uplink, so a node reads none, its own included (stricter than the
+  embedded broker, where a node's ``+/rejected`` may bring it its own ``up/rejected``);
 - the cloud replicas (``service:cloud``) connect on a second listener, meant to be reachable
   from the cloud's network only, where client ids are free (each replica has its own) and
   ``$baetyl/#`` is theirs (plain subscriptions: they split the nodes by node id, not with

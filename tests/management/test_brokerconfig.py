@@ -29,7 +29,7 @@ def test_mosquitto_acl_lets_nodes_write_their_uplink_and_read_their_downlink() -
     lines = mosquitto_acl(BrokerLayout("/etc/baetyl", operators=("ops",))).splitlines()
     assert "pattern write $baetyl/node/%u/up/#" in lines
     assert "pattern read $baetyl/node/%u/down/#" in lines
-    # Never the other way round: a node does not read uplinks, its own included.
+    # Never the other way round: no read rule names an uplink, no write rule a downlink.
     assert not any(line.startswith("pattern read") and "/up/" in line for line in lines)
     assert not any(line.startswith("pattern write") and "/down/" in line for line in lines)
 
