@@ -6,6 +6,9 @@
         broker.add_listener(on_event)          # connection events
         await broker.publish("$baetyl/node/acme.gw-1/desire", payload, qos=1)
         await broker.reload()                  # or just rewrite the files: they are watched
+
+With ``sessions=<path>``, the persistent sessions and retained messages are saved there on a
+graceful stop and restored at the next start, before the listeners accept (see ``snapshot``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -26,6 +30,7 @@ from broker.errors import BrokerError, BrokerStartError
 from broker.events import ConnectionListener, DeniedListener, DisconnectReason, Listeners
 from broker.handler import REASON
 from broker.settings import BrokerSettings, TLSFiles
+from broker.snapshot import Snapshot, load_snapshot, rewrite, write_snapshot
 from broker.stats import BrokerStats
 from broker.tls import ReloadableTLS
 
@@ -73,9 +78,12 @@ class _StartFailureReported(logging.LoggerAdapter[logging.Logger]):
 class EmbeddedBroker:
     """amqtt, hardened, with its TLS files watched for rotation and revocation."""
 
-    def __init__(self, settings: BrokerSettings, tls: TLSFiles) -> None:
+    def __init__(
+        self, settings: BrokerSettings, tls: TLSFiles, *, sessions: Path | None = None
+    ) -> None:
         self.settings = settings
         self.tls_files = tls
+        self.sessions_file = sessions
         self._events = Listeners()
         self._tls: ReloadableTLS | None = None
         self._broker: HardenedBroker | None = None
@@ -89,6 +97,9 @@ class EmbeddedBroker:
         # connection is made, so it applies to every TLS connection this process opens from now.
         asyncio.sslproto.SSLProtocol.max_size = self.settings.tls_read_buffer
         self._tls = tls = ReloadableTLS(self.tls_files)
+        restored = None
+        if self.sessions_file is not None:
+            restored = await asyncio.to_thread(self._load, self.sessions_file)
         listeners: dict[str, Any] = {
             # amqtt requires a "default" listener and copies its fields into the others; an
             # unbound one keeps the real listeners exactly as written here.
@@ -108,27 +119,32 @@ class EmbeddedBroker:
         if self.settings.plain_port is not None:
             # Plaintext is for local tools only: always loopback, never $ topics (see acl.py).
             listeners[LOCAL] = {"type": "tcp", "bind": _bind("127.0.0.1", self.settings.plain_port)}
-        self._broker = HardenedBroker(
-            {"listeners": listeners, "plugins": {}, "timeout_disconnect_delay": 0},
-            tls_context=self._tls.front,
-            local_listeners=frozenset({LOCAL}),
-            connect_timeout=self.settings.connect_timeout,
-            max_packet_size=self.settings.max_packet_size,
-            max_connections=self.settings.max_connections,
-            events=self._events,
-            budgets=self.settings.budgets,
-            refusal_log_interval=self.settings.refusal_log_interval,
-            handshakes_per_source=self.settings.handshakes_per_source,
-            revoked=lambda: tls.revoked,
-        )
-        self._broker.logger = _StartFailureReported(self._broker.logger, {})
         try:
+            self._broker = HardenedBroker(
+                {"listeners": listeners, "plugins": {}, "timeout_disconnect_delay": 0},
+                tls_context=self._tls.front,
+                local_listeners=frozenset({LOCAL}),
+                connect_timeout=self.settings.connect_timeout,
+                max_packet_size=self.settings.max_packet_size,
+                max_connections=self.settings.max_connections,
+                events=self._events,
+                budgets=self.settings.budgets,
+                refusal_log_interval=self.settings.refusal_log_interval,
+                handshakes_per_source=self.settings.handshakes_per_source,
+                revoked=lambda: tls.revoked,
+                restored=restored,
+            )
+            self._broker.logger = _StartFailureReported(self._broker.logger, {})
             await self._broker.start()
-        except AmqttBrokerError as exc:
-            raise BrokerStartError(
-                f"The broker cannot open its listeners: {exc.__cause__ or exc}. "
-                "Choose other ports with --set broker.port=... or stop what uses them."
-            ) from None
+        except BaseException as exc:
+            if restored is not None and self.sessions_file is not None:
+                rewrite(self.sessions_file, restored, restoring=True)  # not served: kept whole
+            if isinstance(exc, AmqttBrokerError):
+                raise BrokerStartError(
+                    f"The broker cannot open its listeners: {exc.__cause__ or exc}. "
+                    "Choose other ports with --set broker.port=... or stop what uses them."
+                ) from None
+            raise
         self._watcher = asyncio.create_task(self._watch(), name="broker-tls-watcher")
         log.info("broker listening on %s", self.ports)
         return self
@@ -144,10 +160,48 @@ class EmbeddedBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         if self._broker is not None:
+            await self._broker.stop_serving()
+            if self.sessions_file is not None:
+                await self._save(self._broker, self.sessions_file)
             for session, _ in self._broker._sessions.values():
                 session.attributes.setdefault(REASON, DisconnectReason.SHUTDOWN)
             await self._broker.shutdown()
             self._broker = None
+
+    @staticmethod
+    def _load(path: Path) -> Snapshot | None:
+        snapshot = load_snapshot(path)
+        if snapshot is not None:  # served from now on: see snapshot's docstring
+            rewrite(path, snapshot.without_messages())
+        return snapshot
+
+    @staticmethod
+    async def _save(broker: HardenedBroker, path: Path) -> None:
+        """Write the persistent sessions and retained messages; a failure is logged, not raised:
+        the stop goes on (what was not saved is lost, and the log says so)."""
+        try:
+            snapshot = broker.snapshot()
+            size = await asyncio.to_thread(write_snapshot, path, snapshot)
+        except OSError as exc:
+            log.error(
+                "could not save the broker's persistent sessions to %s (%s): their subscriptions "
+                "and queued messages are lost with this stop; check the directory's space and "
+                "permissions",
+                path,
+                exc.strerror or exc,
+            )
+        except Exception:
+            log.exception("could not save the broker's persistent sessions to %s", path)
+        else:
+            log.info(
+                "saved %d persistent sessions (%d messages held for them) and %d retained "
+                "messages to %s (%d bytes)",
+                len(snapshot.sessions),
+                snapshot.messages,
+                len(snapshot.retained),
+                path,
+                size,
+            )
 
     @property
     def _core(self) -> HardenedBroker:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["LazyQueue"]
@@ -18,7 +19,8 @@ T = TypeVar("T")
 
 
 class LazyQueue(Generic[T]):
-    """Unbounded FIFO with ``put``/``put_nowait``/``get``/``get_nowait``/``empty``/``qsize``."""
+    """Unbounded FIFO with ``put``/``put_nowait``/``get``/``get_nowait``/``empty``/``qsize``,
+    and iteration in order without taking anything (for a snapshot of the session)."""
 
     __slots__ = ("_items", "_waiter")
 
@@ -28,6 +30,9 @@ class LazyQueue(Generic[T]):
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items or ())
 
     def empty(self) -> bool:
         return not self._items

@@ -86,7 +86,9 @@ class Cloud:
                 mqtt_host, mqtt_port = settings.bus.node_address
             else:
                 broker = await stack.enter_async_context(
-                    EmbeddedBroker(settings.broker, self.files)
+                    EmbeddedBroker(
+                        settings.broker, self.files, sessions=settings.broker_sessions_file
+                    )
                 )
                 self.broker = broker
                 self._ports.update(broker.ports)

@@ -247,6 +247,12 @@ class Settings:
         """Keys of the API: secrets at rest, activation token signing (0700, files 0600)."""
         return self.data_dir / "keys"
 
+    @property
+    def broker_sessions_file(self) -> Path:
+        """The embedded broker's persistent sessions, saved on a graceful stop (0600, in a 0700
+        directory: queued payloads may be sensitive); see broker/snapshot.py."""
+        return self.data_dir / "broker" / "sessions.msgpack"
+
 
 T = TypeVar("T")
 

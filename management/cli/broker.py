@@ -30,7 +30,8 @@ def add_up_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Run the cloud in one process: on first start it creates the data directory, "
         "the CA and the server certificate, then serves MQTT over mTLS (port 8883). "
         "One process serves a data directory: a second one on it is refused (replicas on an "
-        "external broker excepted). Stops cleanly on Ctrl-C or SIGTERM.",
+        "external broker excepted). Stops cleanly on Ctrl-C or SIGTERM, saving the broker's "
+        "persistent sessions and retained messages for the next start (in <data>/broker/).",
     )
     parser.set_defaults(func=_run, cloud=True)
 
@@ -47,7 +48,7 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run",
         help="run the broker in the foreground",
         description="Run only the broker (with the CA and server certificate it needs) until "
-        "Ctrl-C or SIGTERM.",
+        "Ctrl-C or SIGTERM, which save its persistent sessions for the next start.",
     )
     run.set_defaults(func=_run, cloud=False)
     export = commands.add_parser(
@@ -202,7 +203,9 @@ async def _serve(
             running = await stack.enter_async_context(Cloud(settings, ca, files))
             ports = running.ports
         else:
-            broker = await stack.enter_async_context(EmbeddedBroker(settings.broker, files))
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(settings.broker, files, sessions=settings.broker_sessions_file)
+            )
             ports = broker.ports
         print(f"pybaetyl is up. Data directory: {settings.data_dir.resolve()}", flush=True)
         if cloud:

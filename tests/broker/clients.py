@@ -171,6 +171,10 @@ class MqttClient:
         if self._started:
             self.client.loop_stop()
             self._started = False
+            # paho closes the socket pair that wakes its loop only in __del__, and a client is in
+            # a reference cycle (its callbacks): the collector may finalize those sockets first,
+            # which then warn as unclosed at the end of the run.
+            self.client._reset_sockets(sockpair_only=True)
         sock = self.client.socket()
         if sock is not None:  # a connect() whose loop never started
             sock.close()

@@ -177,17 +177,20 @@ class BrokerThread(LoopThread):
 
     name = "broker"
 
-    def __init__(self, settings: BrokerSettings, files: TLSFiles) -> None:
+    def __init__(
+        self, settings: BrokerSettings, files: TLSFiles, *, sessions: Path | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.files = files
+        self.sessions = sessions  # the file persistent sessions are saved to and restored from
         self._events: list[ConnectionEvent] = []
         self._changed = threading.Condition()
         self._broker: EmbeddedBroker | None = None
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
-        async with EmbeddedBroker(self.settings, self.files) as broker:
+        async with EmbeddedBroker(self.settings, self.files, sessions=self.sessions) as broker:
             self._broker = broker
             broker.add_listener(self._on_event)
             yield

@@ -50,6 +50,8 @@ BROKER_METHODS: dict[str, tuple[list[str], bool]] = {
     "_cleanup_session": (["self", "client_id"], True),
     "_delete_session": (["self", "client_id"], True),
     "retain_message": (["self", "source_session", "topic_name", "data", "qos"], True),
+    "_start_listeners": (["self"], True),
+    "shutdown": (["self"], True),  # called after stop_serving and the snapshot
     "internal_message_broadcast": (["self", "topic", "data", "qos"], True),
     # called, not overridden
     "_client_message_loop": (["self", "client_session", "handler"], True),
@@ -117,6 +119,14 @@ def test_handler_overrides_exist_on_the_base() -> None:
     for name in ("stop", "handle_read_timeout", "_reader_loop", "_retry_deliveries"):
         assert name in vars(HardenedHandler)
         assert hasattr(BrokerProtocolHandler, name)
+
+
+def test_start_empties_the_state_before_it_opens_the_listeners() -> None:
+    """The snapshot is installed in ``_start_listeners``: after start() has emptied the sessions
+    and retained messages (else they would be wiped), before any connection is accepted."""
+    source = inspect.getsource(Broker.start)
+    assert source.index("self._sessions.clear()") < source.index("self._start_listeners()")
+    assert source.index("self._retained_messages.clear()") < source.index("_start_listeners()")
 
 
 def test_adapters_keep_the_attributes_the_broker_reaches_into() -> None:
