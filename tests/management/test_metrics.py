@@ -134,8 +134,14 @@ def test_metrics_move_with_nodes_reports_and_refused_handshakes(
             if value(now, "baetyl_broker_refused_connections_total", reason="revoked") > 0:
                 break
 
-        after = samples(scrape(ports["api"])[0])
-        assert value(after, "baetyl_broker_connections", role="node") == 1
+        # The connection gauges are walked at most once a second (a scrape inside that second
+        # reads the last walk, made before the node connected if all this was quick).
+        def node_counted() -> Samples | None:
+            found = samples(scrape(ports["api"])[0])
+            return found if value(found, "baetyl_broker_connections", role="node") == 1 else None
+
+        after = until_blocking(node_counted)
+        assert after
     finally:
         node.close()
     refused = "baetyl_broker_refused_connections_total"
