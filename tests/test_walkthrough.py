@@ -1,22 +1,27 @@
 """The README's walk-through, pasted as is into one bash shell, works from start to end.
 
 The ``sh`` blocks of "Five-minute walk-through" (certificates, mosquitto) and of "Nodes and
-apps through the management API" and "The node side" run in order in one bash, as a newcomer
-pastes them: the virtualenv's ``bin`` first on PATH (``. .venv/bin/activate``), the API's
+apps through the management API", "The node side" and "Devices" run in order in one bash, as a
+newcomer pastes them: the virtualenv's ``bin`` first on PATH (``. .venv/bin/activate``), the API's
 address exported in ``BAETYL_API_URL`` before anything runs, and the README's own
 ``export BAETYL_API_TOKEN=...``. A real ``baetyl up`` serves them in the same directory. Only
-the port numbers are changed, to free ones (8883, 9004, 8080 and the agent's function port),
-so that runs on one machine do not collide; a test fails if the README stops naming them.
+the port numbers are changed, to free ones (8883, 9004, 8080, the node broker's 50010 and the
+agent's function port), so that runs on one machine do not collide; a test fails if the README
+stops naming them.
 
 What the README promises is asserted: the operator sees the report accepted and the malformed
 one rejected, another node's topic is refused, the resources are created, the node comes
-online and its app serves the config's page; every command succeeds but the one the README
+online and its app serves the config's page, a device's message published with mosquitto_pub
+to the node broker reaches the operator's mosquitto_sub on the node's uplink through a route,
+and ``baetyl node get`` shows the route; every command succeeds but the one the README
 says is refused (an ERR trap names each failure). Then, in the same shell with both variables
 exported, the cloud's commands still work (they once failed on ``api_token``), a second
-``baetyl up`` is refused for the busy data directory, and deleting the app stops it. Stopping
+``baetyl up`` is refused for the busy data directory, deleting the app stops it, and deleting
+the route and the device stops the node broker. Stopping
 the cloud makes the agent say its connection closed; every file the walk-through wrote is
 ignored by the repository's ``.gitignore``. The test ends every process it starts: the cloud,
-the shell's background jobs (mosquitto_sub, the agent) and the app the agent started.
+the shell's background jobs (mosquitto_sub, the agent), the app the agent started and its
+system app, the node broker.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ def walkthrough_blocks() -> list[str]:
     text = README.read_text(encoding="utf-8")
     start, end = text.index(FIRST), text.index(LAST)
     blocks = re.findall(r"^```sh\n(.*?)^```$", text[start:end], re.MULTILINE | re.DOTALL)
-    assert len(blocks) == 3, "the walk-through has three sh blocks: mosquitto, API, node side"
+    assert len(blocks) == 4, "the walk-through has four sh blocks: mosquitto, API, node, devices"
     return blocks
 
 
@@ -129,6 +134,17 @@ def kill_apps(state_dir: Path) -> None:
                         os.killpg(pid, signal.SIGKILL)
 
 
+def node_brokers(work: Path) -> list[int]:
+    """The node brokers running on ``work``'s agent state (their command line names its config)."""
+    config = str(work / "baetyl-edge" / "nodebroker" / "config.json")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if config in (proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+    return found
+
+
 @contextlib.contextmanager
 def cloud(
     work: Path, env: dict[str, str], ports: dict[str, int], log: Path
@@ -166,7 +182,8 @@ def test_the_readme_walkthrough_works_pasted_into_one_shell(tmp_path: Path) -> N
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
-    ports = dict(zip(("mqtts", "api", "activation", "app"), free_ports(4), strict=True))
+    names = ("mqtts", "api", "activation", "app", "nodebroker")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {name: value for name, value in os.environ.items() if not name.startswith("BAETYL_")}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -181,8 +198,11 @@ def test_the_readme_walkthrough_works_pasted_into_one_shell(tmp_path: Path) -> N
     script = substitute(script, "8883", str(ports["mqtts"]))
     script = substitute(script, "9004", str(ports["api"]))
     script = substitute(script, "8080", str(ports["app"]))
-    # The agent's function proxy: 50080 unless told otherwise (the README does not say it).
-    script = substitute(script, "baetyl edge run", "baetyl edge run --functions-port 0")
+    script = substitute(script, "50010", str(ports["nodebroker"]))
+    # The agent's function proxy (50080) and node broker (50010) unless told otherwise: the
+    # README runs the agent with its defaults.
+    agent = f"baetyl edge run --functions-port 0 --node-broker-port {ports['nodebroker']}"
+    script = substitute(script, "baetyl edge run", agent)
     script = f"""trap 'echo "{ERR} $? $BASH_COMMAND" >&2' ERR
 {script}
 echo "@@after"; echo "@@after" >&2
@@ -193,6 +213,8 @@ baetyl certs issue operator --name me2 --out-dir op
 baetyl config show > /dev/null
 timeout 30 baetyl --set broker.port=0 --set api.port=0 --set api.activation_port=0 up
 baetyl app delete web
+baetyl route delete telemetry-up
+baetyl device delete thermo-1
 echo "@@jobs $(jobs -p | tr '\\n' ' ')"
 """
     (tmp_path / "walkthrough.sh").write_text(script)
@@ -223,6 +245,13 @@ echo "@@jobs $(jobs -p | tr '\\n' ' ')"
 
             # 'baetyl app delete web' stopped the app.
             wait_for("the app still serves", lambda: not serves(ports["app"]), 20, output)
+            # Deleting the route and the device stopped the node broker, the agent's system app.
+            wait_for(
+                "the node broker still runs",
+                lambda: not serves(ports["nodebroker"]) and not node_brokers(work),
+                20,
+                output,
+            )
             # A cloud that stops cleanly: the agent says so in words, and keeps trying.
             up.send_signal(signal.SIGTERM)
             assert up.wait(timeout=30) == 0, (tmp_path / "up.txt").read_text()
@@ -241,7 +270,8 @@ echo "@@jobs $(jobs -p | tr '\\n' ' ')"
                 os.killpg(shell.pid, signal.SIGKILL)  # whatever the shell left behind
             shell.wait(timeout=15)
         stop(jobs, timeout=1)
-        kill_apps(work / "baetyl-edge")
+        kill_apps(work / "baetyl-edge")  # the app and the node broker, if the agent left them
+        stop(node_brokers(work), timeout=1)
 
     written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
     ignored = subprocess.run(
@@ -286,6 +316,17 @@ def check_walkthrough(
     assert "<h1>hello from pybaetyl</h1>" in walk, output()
     assert '"cpu' in walk.rsplit("<h1>hello from pybaetyl</h1>", 1)[1], output()
 
+    # Block 4: the device and the route; the device's message, through the node broker and the
+    # route, at the operator's mosquitto_sub on the node's uplink; the node shows the route.
+    for line in ("device/thermo-1 created", "route/telemetry-up created"):
+        assert line in walk, output()
+    devices = walk.split("@@block 4\n", 1)[1]
+    uplink = '$baetyl/node/default.gw-1/up/telemetry/thermo-1 {"temp": 21.5}'
+    assert uplink in devices.splitlines(), output()
+    assert re.search(r"^ROUTE\s+FORWARDED\s+QUEUED", devices, re.MULTILINE), output()
+    assert re.search(r"^telemetry-up\s+\d+\s+\d+\s+0\s+0\s+0\s+<none>$", devices,
+                     re.MULTILINE), output()  # fmt: skip
+
     # After: the cloud's commands with both variables exported, then the busy data directory.
     assert "Unknown config key" not in stderr, output()
     assert re.search(r"^ID\s+NAME\s+CREATED", after, re.MULTILINE), output()
@@ -294,3 +335,5 @@ def check_walkthrough(
     assert failures[0].endswith(" up"), output()  # the second 'baetyl up', refused
     assert "already serves from the data directory" in after_err, output()
     assert "app/web deleted" in after, output()
+    assert "route/telemetry-up deleted" in after, output()
+    assert "device/thermo-1 deleted" in after, output()

@@ -326,9 +326,11 @@ class NativeEngine:
         instance.state = InstanceState.PENDING if ended.succeeded else InstanceState.FAILED
         delay = self._delay(instance)
         instance.due = now + delay
+        # The cause is only an exit code; the why (a port in use...) is in the output it wrote.
         log.warning(
-            "app %s: %s %s; restarting in %.1f s", app.name, instance.name, instance.cause, delay
-        )
+            "app %s: %s %s (its output: %s); restarting in %.1f s",
+            app.name, instance.name, instance.cause, instance.launch.log_file, delay,
+        )  # fmt: skip
 
     def _start(self, app: SupervisedApp, instance: Instance, now: float) -> None:
         if instance.attempted:

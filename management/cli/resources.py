@@ -40,6 +40,7 @@ __all__ = [
     "render_app_statuses",
     "render_devices",
     "render_properties",
+    "render_routes",
     "render_table",
     "server_fields",
 ]
@@ -448,10 +449,15 @@ def render_properties(node: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SYSTEM_APP_PREFIX = "baetyl-"
+"""The agent's own apps (the node broker, ``baetyl-broker``): never desired, only reported."""
+
+
 def app_statuses(node: Mapping[str, Any]) -> list[list[str]]:
     """``[app, version, status, cause]`` for each app the node should run, from what the node
     last reported (``report.appstats``): an app it has not reported yet is Pending, one still
-    at another version says so."""
+    at another version says so. Then the agent's system apps it reported (the node broker), so
+    that one that fails is seen, and the node broker's ``error`` when it cannot even start."""
     report = node.get("report") if isinstance(node.get("report"), dict) else {}
     reported = {
         str(entry.get("name")): entry
@@ -473,6 +479,13 @@ def app_statuses(node: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [name, str(entry.get("version")), str(entry.get("status") or "?"), cause or NONE]
         )
+    for name, entry in sorted(reported.items()):
+        if name.startswith(SYSTEM_APP_PREFIX):
+            status, cause = str(entry.get("status") or "?"), str(entry.get("cause") or NONE)
+            rows.append([name, str(entry.get("version")), status, cause])
+    broker = (report or {}).get("nodebroker")
+    if isinstance(broker, dict) and broker.get("error") and "baetyl-broker" not in reported:
+        rows.append(["baetyl-broker", NONE, "NotRunning", str(broker["error"])])
     return rows
 
 
@@ -516,6 +529,35 @@ def render_devices(node: Mapping[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _count(value: Any) -> str:
+    """A counter of the node's report, or <none> when it is not one."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else NONE
+
+
+def render_routes(node: Mapping[str, Any]) -> str:
+    """A node's routes as it last reported them (``report.routes``): what each forwarded,
+    queued, dropped, filtered and failed, and its last error ('' when it reported none).
+
+    A route is in the table once the node runs it, so it is the place to wait for a new one.
+    """
+    report = node.get("report") if isinstance(node.get("report"), dict) else {}
+    routes = (report or {}).get("routes")
+    if not isinstance(routes, dict) or not routes:
+        return ""
+    rows = [["ROUTE", "FORWARDED", "QUEUED", "DROPPED", "FILTERED", "FAILED", "LAST-ERROR"]]
+    for name, entry in sorted(routes.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        counts = [_count(entry.get(key)) for key in ("forwarded", "queued", "dropped")]
+        counts += [_count(entry.get(key)) for key in ("filtered", "failed")]
+        error = " ".join(str(entry.get("lastError") or NONE).split())
+        rows.append([" ".join(str(name).split()), *counts, error])
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    return "\n".join(
+        "   ".join([*(c.ljust(w) for c, w in zip(row[:6], widths, strict=True)), row[6]]).rstrip()
         for row in rows
     )
 

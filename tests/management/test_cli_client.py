@@ -428,6 +428,34 @@ def test_node_get_shows_each_apps_reported_status_and_cause() -> None:
     assert render_app_statuses({"name": "idle", "apps": [], "report": {}}) == ""
 
 
+def test_node_get_shows_the_node_broker_the_agent_runs_and_why_it_does_not() -> None:
+    """The agent's system app (never desired, so not in ``apps``) has a row too: a node broker
+    that keeps failing (its port taken) is seen, and one that cannot start says why."""
+    from management.cli.resources import app_statuses
+
+    failing = {
+        "name": "gw-1",
+        "apps": [{"name": "web", "version": "1"}],
+        "report": {"appstats": [
+            {"name": "web", "version": "1", "status": "Running", "cause": ""},
+            {"name": "baetyl-broker", "version": "sys-1", "status": "Failed",
+             "cause": "exited with code 2"},
+        ], "nodebroker": {"enabled": True, "error": None}},
+    }  # fmt: skip
+    assert app_statuses(failing) == [
+        ["web", "1", "Running", "<none>"],
+        ["baetyl-broker", "sys-1", "Failed", "exited with code 2"],
+    ]
+    no_certificate = {
+        "name": "gw-1",
+        "apps": [],
+        "report": {"nodebroker": {"enabled": True, "error": "no server certificate yet"}},
+    }
+    assert app_statuses(no_certificate) == [
+        ["baetyl-broker", "<none>", "NotRunning", "no server certificate yet"]
+    ]
+
+
 @pytest.mark.parametrize(
     ("seconds", "age"),
     [(5, "5s"), (59, "59s"), (60, "1m"), (119, "1m"), (120, "2m"), (3599, "59m"),

@@ -1,15 +1,19 @@
 """Routes in the management API: CRUD, the checks (422 with the reason), placement on nodes by
-selector, the desired document and ``resource/get``; and the names reserved for system apps.
+selector, the desired document and ``resource/get``; the names reserved for system apps; and
+the ROUTE table of ``baetyl node get``, from the node's report.
 
 The whole cloud runs (both store backends); nodes are real MQTT clients of the cloud broker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 
+from management.cli.resources import render_routes
 from tests.management.nodes import SERVICES, ConnectNode, app, create, node_at, ref
 from tests.support.cloud import Api
 
@@ -149,3 +153,28 @@ async def test_routes_are_placed_by_selector_and_answered_to_their_nodes_only(
     assert (await lyon.spec("route", "down", moved["version"]))["function"] is None
     assert (await api.call("DELETE", "/routes/telemetry-up"))[0] == 204
     assert "routes" not in await paris.desire()
+
+
+async def test_node_get_shows_what_its_routes_moved_as_the_node_reported_it(
+    api: Api, connect_node: ConnectNode
+) -> None:
+    """``baetyl node get``'s ROUTE table: a node's ``routes`` report, one row per route; a
+    counter that is not one and an error spread over lines cannot break the table."""
+    gw1 = await node_at(api, connect_node, "gw-1", site="paris")
+    _status, node = await api.call("GET", "/nodes/gw-1")
+    assert render_routes(node) == ""  # reported none: no table
+    report = {"reported": {"routes": {
+        "telemetry-up": {"forwarded": 12, "queued": 3, "dropped": 0, "filtered": 1, "failed": 2,
+                         "lastError": "function scale/convert:\nanswered 500"},
+        "down": {"forwarded": True, "queued": "x", "lastError": None},
+    }}}  # fmt: skip
+    await asyncio.to_thread(gw1.client.subscribe, gw1.topic("report/accepted"), 1)
+    await asyncio.to_thread(gw1.client.publish, gw1.topic("report"), json.dumps(report).encode(), 1)
+    await asyncio.to_thread(gw1.client.receive_on, gw1.topic("report/accepted"))
+    _status, node = await api.call("GET", "/nodes/gw-1")
+    assert render_routes(node).splitlines() == [
+        "ROUTE          FORWARDED   QUEUED   DROPPED   FILTERED   FAILED   LAST-ERROR",
+        "down           <none>      <none>   <none>    <none>     <none>   <none>",
+        "telemetry-up   12          3        0         1          2        "
+        "function scale/convert: answered 500",
+    ]
