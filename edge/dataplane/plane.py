@@ -160,9 +160,16 @@ class DataPlane:
             if self._router is not None:
                 self._router.set_routes([])  # their cursors go; the engine stops the broker
             return [], missing
+        # No complete set since the agent started (a desired document saved before its specs
+        # came, then a restart): the broker's config and the router keep what they have. An
+        # empty set would cut every device (deleting its session) and have the router delete
+        # the routes' cursors and every spooled row while the specs are being fetched.
+        complete = self._devices is not None and self._routes is not None
+        if not complete and not self.files.config.exists():
+            return [], missing  # nothing to run on yet
         devices, routes = self._devices or [], self._routes or []
         self._ensure_router()
-        if self._router is not None:
+        if self._router is not None and complete:
             parsed: list[RouteSpec] = []
             for route in routes:
                 try:
@@ -175,7 +182,7 @@ class DataPlane:
         )
         try:
             self.files.ensure()
-            if self.files.write_config(config):
+            if complete and self.files.write_config(config):
                 log.info("the node broker's config names %d devices and %d routes",
                          len(devices), len(routes))  # fmt: skip
             app = system_app(self.files, self.settings, engine=self._engine)

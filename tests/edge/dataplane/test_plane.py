@@ -151,3 +151,46 @@ async def test_devices_and_routes_are_reported_with_what_went_as_null(
         "thermo-1": None,  # gone from the node: removed from the shadow (a merge patch)
         "thermo-2": {"online": False, "since": None},
     }
+
+
+async def test_a_restart_with_a_spec_missing_keeps_the_config_and_the_spool(
+    tmp_path: Path, reports: Reports
+) -> None:
+    # The agent saves a new desired document before its specs come: restarted in between (or
+    # offline), it has no complete set yet. It must not write a config without the devices (the
+    # broker would cut them and delete their sessions) nor hand the router no routes (it would
+    # delete their cursors and every spooled row).
+    from edge.dataplane.spool import Spool
+    from tests.support.polling import until
+
+    state = tmp_path / "state"
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP})
+    async with _plane(state, reports) as before:
+        _certify(before)
+        before.reconcile(DESIRED, book)
+    written = before.files.config.read_bytes()
+    spool = Spool(before.files.spool)
+    try:
+        spool.set_cursors({"telemetry-up": 0})
+        spool._db.execute(  # a row the broker spooled, not yet sent
+            "INSERT INTO messages (ts, topic, device, qos, payload) VALUES (0, 'devices/"
+            "thermo-1/telemetry', 'thermo-1', 1, x'31')"
+        )
+    finally:
+        spool.close()
+    newer = {**DESIRED, "devices": [{"name": "thermo-1", "version": "4"}]}
+    async with _plane(state, reports) as after:
+        (app,), missing = after.reconcile(newer, SpecBook({ROUTE_REF.key: UP}))
+        assert missing == [SpecRef(ResourceKind.DEVICE, "thermo-1", "4")]
+        assert app.name == BROKER_APP  # the broker keeps running on the config it has
+        assert after.files.config.read_bytes() == written
+        router = after._router
+        if router is not None:  # given time to apply what it was handed, if anything
+            await until(lambda: router._wanted is None and router._spool is not None)
+            await router._housekeep()
+    spool = Spool(before.files.spool)
+    try:
+        assert spool.cursors() == {"telemetry-up": 0}
+        assert [row.topic for row in spool.read(0, 10)] == ["devices/thermo-1/telemetry"]
+    finally:
+        spool.close()
