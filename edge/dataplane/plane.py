@@ -102,6 +102,9 @@ class DataPlane:
         # on_disconnect once; a client connecting again keeps it.
         self._publishers: dict[int, tuple[mqtt.Client, PahoPublisher]] = {}
         self._downlinks: asyncio.Queue[tuple[str, bytes, Ack]] = asyncio.Queue()
+        # Set once the routes are known (a complete set, or no data plane wanted): a downlink
+        # message waits for it unacknowledged rather than be dropped for want of its route.
+        self._routes_known = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: dict[str, Any] = {}
@@ -154,6 +157,8 @@ class DataPlane:
         if not missing:
             self._devices = [s for r, s in specs.items() if s and r.kind is ResourceKind.DEVICE]
             self._routes = [s for r, s in specs.items() if s and r.kind is ResourceKind.ROUTE]
+        if not self.wanted or self._routes is not None:
+            self._routes_known.set()
         if not self.wanted:
             self._app = None
             self._stop_local()
@@ -311,6 +316,7 @@ class DataPlane:
     async def _downlink_loop(self) -> None:
         while True:
             rest, payload, ack = await self._downlinks.get()
+            await self._routes_known.wait()
             router = self._router
             try:
                 if router is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -194,3 +195,40 @@ async def test_a_restart_with_a_spec_missing_keeps_the_config_and_the_spool(
         assert [row.topic for row in spool.read(0, 10)] == ["devices/thermo-1/telemetry"]
     finally:
         spool.close()
+
+
+class _Local:
+    """The node broker's publisher stand-in: records what the router publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, int]] = []
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.published.append((topic, payload, qos))
+
+
+async def test_a_downlink_message_waits_for_the_routes_instead_of_being_dropped(
+    plane: DataPlane,
+) -> None:
+    # A message the cloud kept for the node arrives as soon as the link is up: before the
+    # routes' specs came, it must wait (unacknowledged), not be acknowledged and dropped.
+    from tests.edge.dataplane.test_nodebroker import DOWN
+    from tests.support.polling import until
+
+    desired = {"apps": [], "routes": [{"name": "commands-down", "version": "1"}]}
+    down_ref = SpecRef(ResourceKind.ROUTE, "commands-down", "1")
+    acks: list[int] = []
+    plane.downlink("cmd/thermo-1", b"open", lambda: acks.append(1))
+    _certify(plane)
+    book = SpecBook()
+    assert plane.reconcile(desired, book)[1] == [down_ref]
+    for _ in range(20):  # the downlink task's turns
+        await asyncio.sleep(0)
+    assert acks == []
+    book.put(down_ref, DOWN)
+    plane.reconcile(desired, book)
+    local = _Local()
+    assert plane._router is not None
+    plane._router.set_local(local)
+    await until(lambda: acks, what="the acknowledgement")
+    assert local.published == [("devices/cmd/commands", b"open", 1)]  # {1}: of down/<rest>
