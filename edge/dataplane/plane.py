@@ -157,6 +157,11 @@ class DataPlane:
         if not missing:
             self._devices = [s for r, s in specs.items() if s and r.kind is ResourceKind.DEVICE]
             self._routes = [s for r, s in specs.items() if s and r.kind is ResourceKind.ROUTE]
+        elif self._devices is not None:
+            # A device gone from the desired document is cut now, not once the other specs of
+            # the change came: its deletion needs no spec.
+            bound = {ref.name for ref in refs if ref.kind is ResourceKind.DEVICE}
+            self._devices = [d for d in self._devices if d.get("name") in bound]
         if not self.wanted or self._routes is not None:
             self._routes_known.set()
         if not self.wanted:

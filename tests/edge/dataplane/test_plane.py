@@ -232,3 +232,23 @@ async def test_a_downlink_message_waits_for_the_routes_instead_of_being_dropped(
     plane._router.set_local(local)
     await until(lambda: acks, what="the acknowledgement")
     assert local.published == [("devices/cmd/commands", b"open", 1)]  # {1}: of down/<rest>
+
+
+async def test_a_deleted_device_goes_from_the_config_while_another_spec_is_missing(
+    plane: DataPlane,
+) -> None:
+    # Deleting a device must cut it within seconds of the node hearing of it, even when
+    # another spec of the same change (a route, another device) is still being fetched.
+    other = {**DEVICE, "name": "thermo-2"}
+    other_ref = SpecRef(ResourceKind.DEVICE, "thermo-2", "1")
+    both = {**DESIRED, "devices": [*DESIRED["devices"], {"name": "thermo-2", "version": "1"}]}
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP, other_ref.key: other})
+    _certify(plane)
+    plane.reconcile(both, book)
+    names = [d["name"] for d in json.loads(plane.files.config.read_text())["devices"]]
+    assert names == ["thermo-1", "thermo-2"]
+    later = {**DESIRED, "routes": [{"name": "telemetry-up", "version": "2"}]}  # thermo-2 deleted
+    _, missing = plane.reconcile(later, book)
+    assert missing == [SpecRef(ResourceKind.ROUTE, "telemetry-up", "2")]
+    names = [d["name"] for d in json.loads(plane.files.config.read_text())["devices"]]
+    assert names == ["thermo-1"]
