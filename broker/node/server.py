@@ -134,8 +134,7 @@ class NodeBrokerServer:
         loop = asyncio.get_running_loop()
         next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload.wait(), POLL_INTERVAL)
+            await _wait_set(self._reload, POLL_INTERVAL)
             if loop.time() >= next_expiry_sweep:
                 next_expiry_sweep = loop.time() + EXPIRY_SWEEP_INTERVAL
                 await broker.drop_expired()
@@ -180,8 +179,7 @@ class NodeBrokerServer:
         while True:
             # Refused TLS handshakes set no event (they happen before the node broker hears of
             # the connection): their count is looked at every second.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(broker.changed.wait(), 1.0)
+            await _wait_set(broker.changed, 1.0)
             if not broker.changed.is_set() and broker.refusals.total == written_refusals:
                 continue
             broker.changed.clear()
@@ -205,3 +203,14 @@ class NodeBrokerServer:
                 broker.refusals.counts,
             ),
         )
+
+
+async def _wait_set(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set or ``seconds`` passed. Not ``asyncio.wait_for``: before Python
+    3.12 it swallows a cancellation that arrives once the event is set (a commit just before
+    SIGTERM), and the task would go on, so the broker never exits."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter], timeout=seconds)
+    finally:
+        waiter.cancel()

@@ -102,6 +102,9 @@ class DataPlane:
         # on_disconnect once; a client connecting again keeps it.
         self._publishers: dict[int, tuple[mqtt.Client, PahoPublisher]] = {}
         self._downlinks: asyncio.Queue[tuple[str, bytes, Ack]] = asyncio.Queue()
+        # Set once the routes are known (a complete set, or no data plane wanted): a downlink
+        # message waits for it unacknowledged rather than be dropped for want of its route.
+        self._routes_known = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: dict[str, Any] = {}
@@ -154,15 +157,29 @@ class DataPlane:
         if not missing:
             self._devices = [s for r, s in specs.items() if s and r.kind is ResourceKind.DEVICE]
             self._routes = [s for r, s in specs.items() if s and r.kind is ResourceKind.ROUTE]
+        elif self._devices is not None:
+            # A device gone from the desired document is cut now, not once the other specs of
+            # the change came: its deletion needs no spec.
+            bound = {ref.name for ref in refs if ref.kind is ResourceKind.DEVICE}
+            self._devices = [d for d in self._devices if d.get("name") in bound]
+        if not self.wanted or self._routes is not None:
+            self._routes_known.set()
         if not self.wanted:
             self._app = None
             self._stop_local()
             if self._router is not None:
                 self._router.set_routes([])  # their cursors go; the engine stops the broker
             return [], missing
+        # No complete set since the agent started (a desired document saved before its specs
+        # came, then a restart): the broker's config and the router keep what they have. An
+        # empty set would cut every device (deleting its session) and have the router delete
+        # the routes' cursors and every spooled row while the specs are being fetched.
+        complete = self._devices is not None and self._routes is not None
+        if not complete and not self.files.config.exists():
+            return [], missing  # nothing to run on yet
         devices, routes = self._devices or [], self._routes or []
         self._ensure_router()
-        if self._router is not None:
+        if self._router is not None and complete:
             parsed: list[RouteSpec] = []
             for route in routes:
                 try:
@@ -175,7 +192,7 @@ class DataPlane:
         )
         try:
             self.files.ensure()
-            if self.files.write_config(config):
+            if complete and self.files.write_config(config):
                 log.info("the node broker's config names %d devices and %d routes",
                          len(devices), len(routes))  # fmt: skip
             app = system_app(self.files, self.settings, engine=self._engine)
@@ -304,6 +321,7 @@ class DataPlane:
     async def _downlink_loop(self) -> None:
         while True:
             rest, payload, ack = await self._downlinks.get()
+            await self._routes_known.wait()
             router = self._router
             try:
                 if router is not None:

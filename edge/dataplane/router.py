@@ -215,8 +215,7 @@ class Router:
                 if time.monotonic() >= next_housekeeping:
                     await self._housekeep()
                     next_housekeeping = time.monotonic() + self.housekeeping
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(tick.wait(), self.housekeeping)
+                await _wait_set(tick, self.housekeeping)
         finally:
             await self._stop_tasks(list(self._routes.values()))
             with contextlib.suppress(Exception):
@@ -306,8 +305,7 @@ class Router:
                         await self._settle(route, window, wait=True)
                         continue
                     await self._save_cursor(route, force=True)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(tick.wait(), POLL)
+                    await _wait_set(tick, POLL)
                     continue
                 for row, outcome in zip(rows, await self._outcomes(route, rows), strict=True):
                     future: asyncio.Future[None] | None = None
@@ -465,8 +463,18 @@ class Router:
                 self.on_change()
 
     async def _wait(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._tick.wait(), seconds)
+        await _wait_set(self._tick, seconds)
+
+
+async def _wait_set(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set or ``seconds`` passed. Not ``asyncio.wait_for``: before Python
+    3.12 it swallows a cancellation that arrives once the event is set (a wake just before the
+    agent stops the router), and ``run`` would go on instead of returning."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter], timeout=seconds)
+    finally:
+        waiter.cancel()
 
 
 async def _none() -> None:

@@ -43,6 +43,11 @@ DEVICE_LOCAL = "local"  # {device} of a message from the node broker's local (lo
 DEVICE_CLOUD = "cloud"  # {device} of a downlink message
 MAX_DEVICE_FILTERS = 32
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# Routes and apps are named like every resource of the API: DNS-1123 subdomains (devices are
+# labels); a node refusing a name the API accepted would spool for the route and never send.
+_SUBDOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
 _FUNCTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _NAMES = frozenset({"device", "node", "topic", *(str(n) for n in range(1, 10))})
@@ -188,8 +193,8 @@ class RouteSpec:
         if not isinstance(spec, Mapping):
             raise RouteSpecError(f"A route must be a JSON object, not {type(spec).__name__}.")
         name = spec.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise RouteSpecError(f"A route's name must be a DNS label, not {name!r}.")
+        if not isinstance(name, str) or not _SUBDOMAIN.fullmatch(name):
+            raise RouteSpecError(f"A route's name must be a DNS subdomain, not {name!r}.")
         what = f"Route {name!r}"
         source = _endpoint(spec.get("source"), f"{what}'s source")
         if not valid_filter(source.topic) or source.topic.startswith("$"):
@@ -236,7 +241,7 @@ def _function(value: object, what: str) -> FunctionRef | None:
             f"{what}'s function must be null or {{'app': ..., 'function': ...}}, not {value!r}."
         )
     app, function = value["app"], value["function"]
-    if not isinstance(app, str) or not _NAME.fullmatch(app):
+    if not isinstance(app, str) or not _SUBDOMAIN.fullmatch(app):
         raise RouteSpecError(f"{what}'s function app must be an app name, not {app!r}.")
     if not isinstance(function, str) or not _FUNCTION.fullmatch(function):
         raise RouteSpecError(f"{what}'s function must be a function name, not {function!r}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,3 +152,103 @@ async def test_devices_and_routes_are_reported_with_what_went_as_null(
         "thermo-1": None,  # gone from the node: removed from the shadow (a merge patch)
         "thermo-2": {"online": False, "since": None},
     }
+
+
+async def test_a_restart_with_a_spec_missing_keeps_the_config_and_the_spool(
+    tmp_path: Path, reports: Reports
+) -> None:
+    # The agent saves a new desired document before its specs come: restarted in between (or
+    # offline), it has no complete set yet. It must not write a config without the devices (the
+    # broker would cut them and delete their sessions) nor hand the router no routes (it would
+    # delete their cursors and every spooled row).
+    from edge.dataplane.spool import Spool
+    from tests.support.polling import until
+
+    state = tmp_path / "state"
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP})
+    async with _plane(state, reports) as before:
+        _certify(before)
+        before.reconcile(DESIRED, book)
+    written = before.files.config.read_bytes()
+    spool = Spool(before.files.spool)
+    try:
+        spool.set_cursors({"telemetry-up": 0})
+        spool._db.execute(  # a row the broker spooled, not yet sent
+            "INSERT INTO messages (ts, topic, device, qos, payload) VALUES (0, 'devices/"
+            "thermo-1/telemetry', 'thermo-1', 1, x'31')"
+        )
+    finally:
+        spool.close()
+    newer = {**DESIRED, "devices": [{"name": "thermo-1", "version": "4"}]}
+    async with _plane(state, reports) as after:
+        (app,), missing = after.reconcile(newer, SpecBook({ROUTE_REF.key: UP}))
+        assert missing == [SpecRef(ResourceKind.DEVICE, "thermo-1", "4")]
+        assert app.name == BROKER_APP  # the broker keeps running on the config it has
+        assert after.files.config.read_bytes() == written
+        router = after._router
+        if router is not None:  # given time to apply what it was handed, if anything
+            await until(lambda: router._wanted is None and router._spool is not None)
+            await router._housekeep()
+    spool = Spool(before.files.spool)
+    try:
+        assert spool.cursors() == {"telemetry-up": 0}
+        assert [row.topic for row in spool.read(0, 10)] == ["devices/thermo-1/telemetry"]
+    finally:
+        spool.close()
+
+
+class _Local:
+    """The node broker's publisher stand-in: records what the router publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, int]] = []
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.published.append((topic, payload, qos))
+
+
+async def test_a_downlink_message_waits_for_the_routes_instead_of_being_dropped(
+    plane: DataPlane,
+) -> None:
+    # A message the cloud kept for the node arrives as soon as the link is up: before the
+    # routes' specs came, it must wait (unacknowledged), not be acknowledged and dropped.
+    from tests.edge.dataplane.test_nodebroker import DOWN
+    from tests.support.polling import until
+
+    desired = {"apps": [], "routes": [{"name": "commands-down", "version": "1"}]}
+    down_ref = SpecRef(ResourceKind.ROUTE, "commands-down", "1")
+    acks: list[int] = []
+    plane.downlink("cmd/thermo-1", b"open", lambda: acks.append(1))
+    _certify(plane)
+    book = SpecBook()
+    assert plane.reconcile(desired, book)[1] == [down_ref]
+    for _ in range(20):  # the downlink task's turns
+        await asyncio.sleep(0)
+    assert acks == []
+    book.put(down_ref, DOWN)
+    plane.reconcile(desired, book)
+    local = _Local()
+    assert plane._router is not None
+    plane._router.set_local(local)
+    await until(lambda: acks, what="the acknowledgement")
+    assert local.published == [("devices/cmd/commands", b"open", 1)]  # {1}: of down/<rest>
+
+
+async def test_a_deleted_device_goes_from_the_config_while_another_spec_is_missing(
+    plane: DataPlane,
+) -> None:
+    # Deleting a device must cut it within seconds of the node hearing of it, even when
+    # another spec of the same change (a route, another device) is still being fetched.
+    other = {**DEVICE, "name": "thermo-2"}
+    other_ref = SpecRef(ResourceKind.DEVICE, "thermo-2", "1")
+    both = {**DESIRED, "devices": [*DESIRED["devices"], {"name": "thermo-2", "version": "1"}]}
+    book = SpecBook({DEVICE_REF.key: DEVICE, ROUTE_REF.key: UP, other_ref.key: other})
+    _certify(plane)
+    plane.reconcile(both, book)
+    names = [d["name"] for d in json.loads(plane.files.config.read_text())["devices"]]
+    assert names == ["thermo-1", "thermo-2"]
+    later = {**DESIRED, "routes": [{"name": "telemetry-up", "version": "2"}]}  # thermo-2 deleted
+    _, missing = plane.reconcile(later, book)
+    assert missing == [SpecRef(ResourceKind.ROUTE, "telemetry-up", "2")]
+    names = [d["name"] for d in json.loads(plane.files.config.read_text())["devices"]]
+    assert names == ["thermo-1"]

@@ -343,3 +343,24 @@ async def test_a_downlink_message_reaches_the_local_target_once_the_broker_ackno
         assert (message.topic, message.payload) == ("devices/thermo-1/commands", b"off")
         assert router.stats()["commands"]["forwarded"] == 2
     assert await asyncio.to_thread(device.drain) == []
+
+
+async def test_run_returns_when_cancelled_right_after_a_wake(
+    spool: BrokerSpool, tmp_path: Path
+) -> None:
+    # A wake (the link lost, a spool notification) just before the agent stops the router: on
+    # Python 3.11 asyncio.wait_for swallowed the cancellation and run went on for good.
+    router = new_router(spool, tmp_path)
+    router.set_routes([TELEMETRY])  # no cloud publisher: its task waits for one
+    task = asyncio.create_task(router.run())
+    await cursor_of(spool, "telemetry")
+    await until(lambda: router._routes.get("telemetry") is not None, what="the route's task")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    router.wake()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=20)
+    if not done:
+        task.cancel()  # a second try, so the test ends
+        await asyncio.wait([task], timeout=20)
+    assert done, "Router.run did not return when cancelled"

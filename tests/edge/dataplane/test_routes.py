@@ -50,7 +50,7 @@ def test_function_and_qos_are_optional() -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"name": "Bad_Name"}, "DNS label"),
+        ({"name": "Bad_Name"}, "DNS subdomain"),
         ({"source": {"local": "a", "cloud": "b"}}, "exactly one"),
         ({"source": {}}, "exactly one"),
         ({"source": {"edge": "a"}}, "'local' or 'cloud'"),
@@ -162,3 +162,17 @@ def test_protocol_md_shows_a_route_the_agent_runs_and_its_stats_keys() -> None:
     )
     stats = json.loads(found["stats"])["routes"]["telemetry-up"]
     assert set(stats) == {"forwarded", "queued", "dropped", "filtered", "failed", "lastError"}
+
+
+def test_every_route_and_function_app_name_the_api_accepts_parses() -> None:
+    # The API names routes and apps with DNS-1123 subdomains (dots, up to 253 characters); a
+    # node refusing such a route would spool for it and never forward a message.
+    from management.schemas import validate
+
+    name, app = "telemetry.up", f"scale.{'v' * 200}"
+    body = {**ROUTE, "name": name, "function": {"app": app, "function": "convert"}}
+    validate("RouteWrite", body)  # accepted by the API
+    route = RouteSpec.parse(body)
+    assert (route.name, route.function) == (name, FunctionRef(app, "convert"))
+    with pytest.raises(RouteSpecError):
+        RouteSpec.parse({**ROUTE, "name": "Telemetry..up"})
