@@ -684,8 +684,12 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
         {
             "username": {"type": "string"},
             "password": {"type": "string", "description": "Shown once: only its hash is kept."},
+            "ca": {
+                **_PEM_CERTIFICATE,
+                "description": "The device CA: the device verifies its node's broker with it.",
+            },
         },
-        ["username", "password"],
+        ["username", "password", "ca"],
     ),
     "DeviceCertificateRequest": _closed({"csr": _PEM_CSR}, ["csr"]),
     "DeviceCertificateIssued": _open(

@@ -66,7 +66,14 @@ async def set_password(request: web.Request) -> web.Response:
     digest = await asyncio.to_thread(hash_password, password)  # ~50 ms of scrypt
     device = await _write_device(request, lambda d: {**d.body, PASSWORD_HASH: digest})
     log.info("set a new password for device %s/%s", device.namespace, device.name)
-    return web.json_response({"username": device.name, "password": password}, status=201)
+    # The device CA too: a password device verifies its node's broker with it, and has no
+    # certificate request to get it from.
+    answer = {
+        "username": device.name,
+        "password": password,
+        "ca": _ctx(request).devices_ca.certificate_pem.decode(),
+    }
+    return web.json_response(answer, status=201)
 
 
 async def delete_password(request: web.Request) -> web.Response:

@@ -297,7 +297,7 @@ def _device_paths() -> dict[str, Any]:
                 "tags": [tag], "operationId": "set_device_password",
                 "summary": "Make a new random password; it is in this answer only",
                 "description": "Only its scrypt hash is kept; calling again replaces it.",
-                "responses": {"201": _json("DevicePassword", "The username and password."),
+                "responses": {"201": _json("DevicePassword", "Username, password, device CA."),
                               **_error_responses(401, 404, 409, 503)},
             },
             "delete": {

@@ -152,7 +152,7 @@ def _issue_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_public_pem(path: Path, text: str) -> None:
     """Write public PEM ``text`` to ``path`` (0644), atomically: no reader sees half of it."""
     import os
     import tempfile
@@ -180,11 +180,11 @@ def _issue_device(args: argparse.Namespace) -> int:
         raise ClientError(f"Cannot read the CSR {args.csr} ({reason}); check the path.") from None
     client = ApiClient(resolve_endpoint(args.api_url, args.token))
     answer = client.request("POST", f"/devices/{quote(args.name)}/certificates", {"csr": csr})
-    _write_text(args.out, answer["certificate"])
+    write_public_pem(args.out, answer["certificate"])
     print(f"issued device certificate {answer['serial']} for device {args.name}")
     print(f"written {args.out}")
     if args.ca_out is not None:
-        _write_text(args.ca_out, answer["ca"])
+        write_public_pem(args.ca_out, answer["ca"])
         print(f"written {args.ca_out} (the device CA: devices verify their node's broker with it)")
     return 0
 

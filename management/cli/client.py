@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 # The API's schemas are imported where used: 'baetyl --help' builds this parser without them.
@@ -174,6 +175,10 @@ def add_parser(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             )  # fmt: skip
             password.add_argument("name", metavar="NAME")
             password.add_argument(
+                "--ca-out", type=Path, metavar="FILE",
+                help="write the device CA here (the device verifies its node's broker with it)",
+            )  # fmt: skip
+            password.add_argument(
                 "--remove", action="store_true", help="remove the password instead"
             )
     leaf(
@@ -271,6 +276,12 @@ def _password(args: argparse.Namespace) -> int:
     )
     print(f"username: {answer['username']}")
     print(f"password: {answer['password']}")
+    if args.ca_out is not None:
+        from management.cli.certs import write_public_pem
+
+        write_public_pem(args.ca_out, answer["ca"])
+        print(f"written {args.ca_out} (the device CA: the device verifies its node's broker "
+              "with it)", file=sys.stderr)  # fmt: skip
     return 0
 
 

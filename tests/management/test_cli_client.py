@@ -473,7 +473,7 @@ def test_the_age_column_uses_the_largest_unit_that_fits(seconds: int, age: str) 
 
 
 async def test_devices_and_routes_apply_list_get_password_and_delete(
-    run: Cli, token: str, tmp_path: Path
+    run: Cli, token: str, tmp_path: Path, cloud: RunningCloud
 ) -> None:
     """One file of a node, a device and a route applied in dependency order; the device's
     password printed once; its ONLINE column; routes listed; everything deleted."""
@@ -501,8 +501,10 @@ async def test_devices_and_routes_apply_list_get_password_and_delete(
     assert header[:4] == ["NAME", "NODE", "ONLINE", "CREDENTIALS"]
     assert row[:4] == ["thermo-1", "gw-1", "no", "<none>"]
 
-    password = await run("device", "password", "thermo-1")
+    ca_file = tmp_path / "device-ca.crt"
+    password = await run("device", "password", "thermo-1", "--ca-out", str(ca_file))
     assert password.code == 0, password.err
+    assert ca_file.read_bytes() == cloud.context.devices_ca.certificate_pem  # the node broker's
     lines = dict(line.split(": ", 1) for line in password.out.splitlines())
     assert lines["username"] == "thermo-1"
     assert len(lines["password"]) >= 20

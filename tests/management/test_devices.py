@@ -118,6 +118,8 @@ async def test_password_is_shown_once_and_kept_as_a_scrypt_hash(
     status, answer = await api.call("POST", "/devices/thermo-1/password")
     assert status == 201, answer
     assert answer["username"] == "thermo-1"
+    # The device CA, which a password device verifies its node's broker with.
+    assert answer["ca"].encode() == cloud.context.devices_ca.certificate_pem
     password = answer["password"]
     assert len(password) >= 20
     status, read = await api.call("GET", "/devices/thermo-1")
