@@ -55,6 +55,7 @@ from management.cli.resources import (
     render_app_statuses,
     render_devices,
     render_properties,
+    render_routes,
     render_table,
     server_fields,
 )
@@ -232,6 +233,8 @@ def _get(args: argparse.Namespace) -> int:
         print(f"\n{apps}")  # each app's status and cause, as the node last reported them
     if kind.word == "node" and args.output == "table" and (devices := render_devices(item)):
         print(f"\n{devices}")  # its devices' presence, as the node last reported it
+    if kind.word == "node" and args.output == "table" and (routes := render_routes(item)):
+        print(f"\n{routes}")  # its routes' counts and last error, as the node last reported them
     if kind.word == "device" and args.output == "table" and item.get("certificates"):
         rows = [["CERTIFICATE", "NOT-AFTER"]] + [
             [str(c.get("serial")), str(c.get("notAfter"))] for c in item["certificates"]

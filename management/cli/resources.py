@@ -40,6 +40,7 @@ __all__ = [
     "render_app_statuses",
     "render_devices",
     "render_properties",
+    "render_routes",
     "render_table",
     "server_fields",
 ]
@@ -514,6 +515,30 @@ def render_devices(node: Mapping[str, Any]) -> str:
         online = "yes" if entry.get("online") else "no"
         rows.append([" ".join(str(name).split()), online, _epoch(entry.get("since"))])
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def render_routes(node: Mapping[str, Any]) -> str:
+    """A node's routes as it last reported them (``report.routes``): their counts and last
+    error ('' when it reported none)."""
+    report = node.get("report") if isinstance(node.get("report"), dict) else {}
+    routes = (report or {}).get("routes")
+    if not isinstance(routes, dict) or not routes:
+        return ""
+    counts = ("forwarded", "queued", "dropped", "filtered", "failed")
+    rows = [["ROUTE", *(c.upper() for c in counts), "LAST-ERROR"]]
+    for name, entry in sorted(routes.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        error = entry.get("lastError")
+        rows.append(
+            [" ".join(str(name).split())]
+            + [str(entry.get(c, 0)) for c in counts]
+            + [" ".join(str(error).split()) if error else NONE]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows

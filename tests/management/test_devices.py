@@ -28,7 +28,7 @@ from certs import (
     write_public_file,
 )
 from certs.keys import private_key_pem
-from management.cli.resources import render_devices
+from management.cli.resources import render_devices, render_routes
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
 from tests.management.activation import make_csr
@@ -324,6 +324,10 @@ async def test_device_presence_comes_from_the_nodes_report(
         "DEVICE     ONLINE   SINCE",
         "thermo-1   yes      2025-12-06T05:46:40Z",
         "thermo-2   no       <none>",
+    ]
+    assert render_routes(node).splitlines() == [
+        "ROUTE   FORWARDED   QUEUED   DROPPED   FILTERED   FAILED   LAST-ERROR",
+        "up      1           0        0         0          0        <none>",
     ]
 
 
