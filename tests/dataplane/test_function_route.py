@@ -112,10 +112,10 @@ async def test_a_function_route_transforms_drops_and_survives_a_raising_function
         stats = await route_stats(
             api, "fahrenheit",
             lambda s: s["forwarded"] >= before["forwarded"] + 2
-            and s["filtered"] == before["filtered"] + 1 and s["failed"] == before["failed"] + 1,
+            and s["filtered"] == before["filtered"] + 1 and s["failed"] == before["failed"] + 1
+            and s["queued"] == 0,  # a count refreshed every 2 s: it comes to 0 after the others
         )  # fmt: skip
         assert "ValueError: bad reading" in stats["lastError"], stats
-        assert stats["queued"] == 0
         assert stats["dropped"] == 0
     finally:
         if device is not None:
