@@ -4,12 +4,10 @@ from tests/conftest.py, the harness from tests/dataplane/harness.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.broker.clients import MqttClient
 from tests.support.cli import Cli
 from tests.support.cloud import Api, RunningCloud
 from tests.support.db import Database, sqlite_database
@@ -19,15 +17,6 @@ from tests.support.db import Database, sqlite_database
 def database(tmp_path: Path) -> Database:
     """SQLite only."""
     return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def clients() -> Iterator[list[MqttClient]]:
-    """A list the test appends its paho clients to: each is closed after the test."""
-    made: list[MqttClient] = []
-    yield made
-    for client in made:
-        client.close()
 
 
 @pytest.fixture

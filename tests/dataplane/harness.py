@@ -283,6 +283,14 @@ async def next_line(sub: MosquittoSub) -> str:
             return line
 
 
-async def quiet(client: MqttClient, seconds: float = 2.0) -> list[Any]:
-    """What ``client`` receives until nothing more comes for ``seconds``."""
-    return await asyncio.to_thread(client.drain, seconds)
+async def publish(client: MqttClient, topic: str, payload: bytes, qos: int = 1) -> None:
+    """Publish and, at QoS 1, wait for the PUBACK (for a device: the message is in the node's
+    spool) with a limit generous for a loaded machine (``MqttClient.publish`` allows 3 s)."""
+
+    def send() -> None:
+        info = client.client.publish(topic, payload, qos=qos)
+        if qos:
+            info.wait_for_publish(ARRIVE)
+            assert info.is_published(), f"{client.client_id}: no PUBACK for {topic}"
+
+    await asyncio.to_thread(send)

@@ -16,6 +16,7 @@ from tests.dataplane.harness import (
     StartAgent,
     cloud_client,
     password_device,
+    publish,
     route_ready,
     route_stats,
     service_creds,
@@ -81,7 +82,7 @@ async def test_a_function_route_transforms_drops_and_survives_a_raising_function
 
         async def send(event: dict[str, Any]) -> None:
             payload = json.dumps(event).encode()
-            await asyncio.to_thread(device.publish, "devices/thermo-1/celsius", payload, 1)
+            await publish(device, "devices/thermo-1/celsius", payload, 1)
 
         # The runtime may still be warming up after it reports Running: the first message is
         # sent until one comes through (the ones before count as failed).

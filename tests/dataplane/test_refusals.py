@@ -18,6 +18,7 @@ from tests.dataplane.harness import (
     certificate_device,
     cloud_client,
     password_device,
+    publish,
     route_ready,
     service_creds,
     start_node_broker,
@@ -57,8 +58,8 @@ async def test_a_device_stays_inside_its_topics_identity_and_node(
         # subscription outside them refused; its own message is the first to reach the cloud.
         device = await broker.connect("thermo-1", password=password)
         for topic in ("devices/thermo-2/telemetry", "devices/thermo-1/other", "elsewhere"):
-            await asyncio.to_thread(device.publish, topic, b"smuggled", 1)
-        await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b"mine", 1)
+            await publish(device, topic, b"smuggled", 1)
+        await publish(device, "devices/thermo-1/telemetry", b"mine", 1)
         message = await asyncio.to_thread(service.receive, ARRIVE)
         assert (message.topic, message.payload) == (up("all/devices/thermo-1/telemetry"), b"mine")
         assert await asyncio.to_thread(service.drain, 1.0) == []
@@ -133,7 +134,7 @@ async def test_an_oversized_payload_cuts_its_device_only(
         done = await until(cut, 90, "big-1 to be connected and cut")
         assert "The connection was lost" in done.stderr, (done.returncode, done.stderr)
 
-        await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b"still here", 1)
+        await publish(device, "devices/thermo-1/telemetry", b"still here", 1)
         message = await asyncio.to_thread(service.receive, ARRIVE)
         assert (message.topic, message.payload) == (
             up("all/devices/thermo-1/telemetry"), b"still here"

@@ -15,6 +15,7 @@ from tests.dataplane.harness import (
     cloud_client,
     down,
     password_device,
+    publish,
     route_ready,
     service_creds,
     start_node_broker,
@@ -52,14 +53,14 @@ async def test_the_broker_outlives_an_agent_restart_and_what_it_spooled_goes_up(
     device: MqttClient | None = None
     try:
         device = await broker.connect("thermo-1", password=password)
-        await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b'{"t": 21.5}', 1)
+        await publish(device, "devices/thermo-1/telemetry", b'{"t": 21.5}', 1)
         topic = up("telemetry/thermo-1")
         message = await asyncio.to_thread(service.receive_on, topic, ARRIVE)
         assert message.payload == b'{"t": 21.5}'
 
         # Downlink: the service's command reaches the device through the cloud-sourced route.
         await asyncio.to_thread(device.subscribe, "devices/thermo-1/commands", 1)
-        await asyncio.to_thread(service.publish, down("cmd/thermo-1"), b"reboot", 1)
+        await publish(service, down("cmd/thermo-1"), b"reboot", 1)
         command = await asyncio.to_thread(device.receive_on, "devices/thermo-1/commands", ARRIVE)
         assert command.payload == b"reboot"
 
@@ -67,7 +68,7 @@ async def test_the_broker_outlives_an_agent_restart_and_what_it_spooled_goes_up(
         # what the device publishes; the next agent adopts the broker and sends it up.
         broker.agent.send_signal(signal.SIGTERM)
         await asyncio.to_thread(broker.agent.communicate, timeout=30)  # reads its log
-        await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b"while away", 1)
+        await publish(device, "devices/thermo-1/telemetry", b"while away", 1)
         assert not device.disconnected.is_set()
         start_agent(*broker.options)
         while True:  # at least once: a message sent before may come again, nothing else
@@ -78,7 +79,7 @@ async def test_the_broker_outlives_an_agent_restart_and_what_it_spooled_goes_up(
         assert not device.disconnected.is_set()  # adopted, not started again
 
         # And the new agent carries commands down again.
-        await asyncio.to_thread(service.publish, down("cmd/thermo-1"), b"again", 1)
+        await publish(service, down("cmd/thermo-1"), b"again", 1)
         command = await asyncio.to_thread(device.receive_on, "devices/thermo-1/commands", ARRIVE)
         assert command.payload == b"again"
     finally:

@@ -19,6 +19,7 @@ from tests.dataplane.harness import (
     next_line,
     operator_creds,
     password_device,
+    publish,
     route_ready,
     service_creds,
     start_node_broker,
@@ -90,7 +91,7 @@ async def test_a_certificate_device_with_paho_reaches_a_service(
     try:
         client = await broker.connect("sensor-2", creds=device.creds)
         for n in range(10):
-            await asyncio.to_thread(client.publish, "devices/sensor-2/telemetry", b"%d" % n, 1)
+            await publish(client, "devices/sensor-2/telemetry", b"%d" % n, 1)
         topic = up("telemetry/sensor-2")
         got = [(await asyncio.to_thread(service.receive_on, topic, ARRIVE)).payload
                for _ in range(10)]  # fmt: skip

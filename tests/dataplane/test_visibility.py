@@ -18,6 +18,7 @@ from tests.dataplane.harness import (
     StartAgent,
     cloud_client,
     password_device,
+    publish,
     route_ready,
     route_stats,
     service_creds,
@@ -95,7 +96,7 @@ async def test_route_stats_and_device_presence_show_in_the_api_and_the_cli(
 
         # Traffic: forwarded by one route, failed by the other, with its reason.
         for n in range(5):
-            await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", b"%d" % n, 1)
+            await publish(device, "devices/thermo-1/telemetry", b"%d" % n, 1)
         for n in range(5):
             message = await asyncio.to_thread(service.receive_on, up("telemetry/thermo-1"), ARRIVE)
             assert message.payload == b"%d" % n
@@ -125,7 +126,7 @@ async def test_route_stats_and_device_presence_show_in_the_api_and_the_cli(
         spool = agent_dir / "nodebroker" / "spool.db"
         for n in range(40):
             body = b"%03d" % n + b"." * (PAYLOAD - 3)
-            await asyncio.to_thread(device.publish, "devices/thermo-1/telemetry", body, 1)
+            await publish(device, "devices/thermo-1/telemetry", body, 1)
 
         def kept_within_bound() -> int | None:
             """How many of this burst's messages the spool keeps, once within its bound (it is
