@@ -1,13 +1,19 @@
-"""Revocation end to end: a device deleted through the API, and a device certificate revoked
-(``DELETE /v1/devices/{name}/certificates/{serial}``), are cut while connected as soon as their
-node has the change, and refused when they connect again; the other devices stay."""
+"""Revocation end to end: a device deleted through the API, a device certificate revoked
+(``DELETE /v1/devices/{name}/certificates/{serial}``) and a password replaced are cut while
+connected as soon as their node has the change, and refused when they connect again; the other
+devices, and the device's other certificate, stay."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+from cryptography import x509
+
+from certs import build_csr, generate_private_key, write_private_file
+from certs.keys import private_key_pem
 from tests.broker.clients import MqttClient
+from tests.broker.helpers import Creds
 from tests.dataplane.harness import (
     BAD_PASSWORD,
     NOT_AUTHORIZED,
@@ -17,18 +23,34 @@ from tests.dataplane.harness import (
     password_device,
     start_node_broker,
 )
+from tests.support.cli import Cli
 from tests.support.cloud import Api, RunningCloud
 from tests.support.polling import until
 
 
 async def test_a_deleted_device_and_a_revoked_certificate_are_cut_and_refused(
-    cloud: RunningCloud, api: Api, agent_dir: Path, start_agent: StartAgent, tmp_path: Path
+    cloud: RunningCloud,
+    api: Api,
+    agent_dir: Path,
+    start_agent: StartAgent,
+    tmp_path: Path,
+    baetyl: Cli,
 ) -> None:
     password = await password_device(api, "thermo-1")
     stays = await password_device(api, "thermo-2")
+    rotated = await password_device(api, "thermo-3")
     certified = await certificate_device(api, "sensor-3", tmp_path)
-    (tmp_path / "spare").mkdir()
-    spare = await certificate_device(api, "sensor-3", tmp_path / "spare", create=False)
+    # sensor-3's second certificate, from the CLI: `baetyl certs issue device`.
+    key = generate_private_key()
+    write_private_file(tmp_path / "spare.key", private_key_pem(key))
+    (tmp_path / "spare.csr").write_bytes(build_csr(key))
+    files = {name: str(tmp_path / name) for name in ("spare.csr", "spare.crt", "ca.crt")}
+    issued = await baetyl("certs", "issue", "device", "sensor-3", "--csr", files["spare.csr"],
+                          "--out", files["spare.crt"], "--ca-out", files["ca.crt"])  # fmt: skip
+    assert issued.code == 0, issued.err
+    spare = x509.load_pem_x509_certificate((tmp_path / "spare.crt").read_bytes())
+    spare_creds = Creds("sensor-3", tmp_path / "spare.crt", tmp_path / "spare.key",
+                        spare.serial_number)  # fmt: skip
     broker = await start_node_broker(start_agent, agent_dir)
     clients: list[MqttClient] = []
     try:
@@ -38,6 +60,9 @@ async def test_a_deleted_device_and_a_revoked_certificate_are_cut_and_refused(
         clients.append(bystander)
         revoked = await broker.connect("sensor-3", creds=certified.creds)
         clients.append(revoked)
+        changed = await broker.connect("thermo-3", password=rotated)
+        clients.append(changed)
+        assert (tmp_path / "ca.crt").read_bytes() == broker.device_ca.read_bytes()
 
         # The device is deleted: cut while connected, refused after (an unknown username).
         assert (await api.call("DELETE", "/devices/thermo-1"))[0] == 204
@@ -52,7 +77,14 @@ async def test_a_deleted_device_and_a_revoked_certificate_are_cut_and_refused(
         assert await broker.try_connect("sensor-3", creds=certified.creds) == (
             NOT_AUTHORIZED, False
         )  # fmt: skip
-        assert await broker.try_connect("sensor-3", creds=spare.creds) == (0, False)
+        assert await broker.try_connect("sensor-3", creds=spare_creds) == (0, False)
+
+        # A new password: the session on the old one is cut; only the new one connects.
+        status, answer = await api.call("POST", "/devices/thermo-3/password")
+        assert status == 201, answer
+        await until(changed.disconnected.is_set, START, "the old password's session to be cut")
+        assert await broker.try_connect("thermo-3", password=rotated) == (BAD_PASSWORD, False)
+        assert await broker.try_connect("thermo-3", password=answer["password"]) == (0, False)
 
         assert not bystander.disconnected.is_set()
         counts = await broker.refused("unlisted-certificate")
