@@ -121,7 +121,8 @@ class NodeBroker:
         it after the test."""
 
         def attempt() -> MqttClient | None:
-            if not self.device_ca.exists() or self.agent.poll() is not None:
+            assert self.agent.poll() is None, f"the agent exited: {self.agent.communicate()[1]}"
+            if not self.device_ca.exists():
                 return None
             client = self.client(client_id, **kwargs)
             result = client.try_connect(timeout=10)
@@ -131,7 +132,10 @@ class NodeBroker:
             return None
 
         return await until(
-            lambda: asyncio.to_thread(attempt), START, f"{client_id} to connect to the node broker"
+            lambda: asyncio.to_thread(attempt),
+            START,
+            f"{client_id} to connect to the node broker",
+            every=0.25,  # each refused attempt costs the broker a handshake (and scrypt)
         )
 
     def mosquitto(self, program: str, client_id: str, password: str, *args: str) -> list[str]:
@@ -154,25 +158,19 @@ async def start_node_broker(start_agent: StartAgent, state: Path, *options: str)
     broker = NodeBroker(state, port, agent, (*extra, *options))
 
     async def answers() -> bool:
-        assert agent.poll() is None, f"the agent exited: {agent.communicate()[1][-3000:]}"
+        assert agent.poll() is None, f"the agent exited: {agent.communicate()[1]}"
         if not broker.device_ca.exists():
             return False
         return await broker.try_connect("probe") is not None
 
-    await until(answers, START, "the node broker to answer")
+    await until(answers, START, "the node broker to answer", every=0.25)
     return broker
 
 
 async def route_ready(api: Api, route: str, node: str = NODE) -> dict[str, Any]:
     """The route's stats once the node reports it (its router runs it: from then on, what a
     device publishes on its source is carried)."""
-
-    async def reported() -> dict[str, Any] | None:
-        routes = (await api.call("GET", f"/nodes/{node}/stats"))[1].get("routes") or {}
-        stats = routes.get(route)
-        return stats if isinstance(stats, dict) else None
-
-    return await until(reported, START, f"node {node} to report route {route}")
+    return await route_stats(api, route, lambda _stats: True, node)
 
 
 async def route_stats(

@@ -62,8 +62,12 @@ async def test_a_cloud_command_reaches_the_device_online_and_after_it_reconnects
         await asyncio.to_thread(device.close)
         device = None
         await asyncio.to_thread(send, "thermo-1", "update-1", "update-2")
-        await route_stats(api, "commands-down", lambda s: s["forwarded"] >= 3)
-        assert await asyncio.to_thread(bystander.drain, 1.0) == []  # its own commands only
+        # The template picks the device from the topic: thermo-2 gets its own, and only that.
+        await asyncio.to_thread(send, "thermo-2", "ping")
+        message = await asyncio.to_thread(bystander.receive, ARRIVE)
+        assert (message.topic, message.payload) == ("devices/thermo-2/commands", b"ping")
+        await route_stats(api, "commands-down", lambda s: s["forwarded"] == 4)
+        assert await asyncio.to_thread(bystander.drain, 1.0) == []
 
         # It comes back with mosquitto_sub on the same session: both, in order.
         options = ("-c", "-q", "1", "-t", "devices/thermo-1/commands", "-C", "2", "-W", "60")
