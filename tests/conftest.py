@@ -16,20 +16,26 @@ one leak does not pile up over runs or break the next test.
 
 It also holds the fixtures more than one package's tests use (their helpers live in
 tests/support/): ``mariadb``, ``database`` (SQLite and MariaDB; a package's conftest may narrow
-it to one backend), ``cloud`` (the whole cloud in the test's loop), ``api``, ``api_for`` and
-``permissive_umask``.
+it to one backend), ``cloud`` (the whole cloud in the test's loop), ``api``, ``api_for``,
+``permissive_umask``, a real agent (``agent_dir``: node gw-1 activated from its install
+command; ``start_agent``: ``baetyl edge run`` on it, or on another activated state directory,
+every agent and the apps they left stopped after the test) and ``run`` (a ``baetyl`` command in
+a thread, captured). A package's conftest may narrow ``database`` to one backend (the edge and
+the data plane use SQLite).
 
-And it draws the fast lane: the suites that take minutes (faults, scale-out, deploy, every
-``*_e2e.py``, the walk-through) and the slowest other files (``_SLOW_FILES``) are marked
-``slow`` here, by path, so ``bash scripts/test.sh --fast`` (``-m "not slow"``) runs the rest for
-the edit-test loop while CI runs everything.
+And it draws the fast lane: the suites that take minutes (faults, scale-out, deploy, the data
+plane's, every ``*_e2e.py``, the walk-through) and the slowest other files (``_SLOW_FILES``)
+are marked ``slow`` here, by path, so ``bash scripts/test.sh --fast`` (``-m "not slow"``) runs
+the rest for the edit-test loop while CI runs everything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -39,8 +45,11 @@ import pytest
 
 from management.bootstrap import ensure_pki
 from management.cloud import Cloud
+from tests.support.agent import activate_node, stop_left_apps
+from tests.support.cli import Cli, capture
 from tests.support.cloud import Api, RunningCloud, cloud_settings
 from tests.support.db import Database, fresh_mysql_database, require_mariadb, sqlite_database
+from tests.support.up import BAETYL
 
 pytest_plugins = ("pytester",)  # tests/test_process_guard.py runs the guards in a pytest of its own
 
@@ -49,7 +58,7 @@ _SETTLE = 2.0  # seconds a process stopped at teardown may take to be gone
 # What the fast lane leaves out, by path under tests/: whole directories, every ``*_e2e.py``, and
 # the files that take the longest otherwise (measured with --durations): a real agent or
 # `baetyl up` as a subprocess, fuzzing and property tests of hundreds of examples, pytest in pytest.
-_SLOW_DIRECTORIES = ("faults", "scaleout", "deploy")
+_SLOW_DIRECTORIES = ("faults", "scaleout", "deploy", "dataplane")
 _SLOW_FILES = (
     "test_walkthrough.py",
     "test_process_guard.py",
@@ -248,3 +257,57 @@ async def api_for(cloud: RunningCloud) -> AsyncIterator[Callable[[str], Awaitabl
 async def api(api_for: Callable[[str], Awaitable[Api]]) -> Api:
     """An API client for namespace ``default``."""
     return await api_for("default")
+
+
+@pytest.fixture
+async def agent_dir(cloud: RunningCloud, api: Api, tmp_path: Path) -> Path:
+    """A node gw-1 (label site=x) activated from its install command into a fresh state
+    directory."""
+    state = tmp_path / "edge"
+    await activate_node(api, "gw-1", {"site": "x"}, state)
+    return state
+
+
+StartAgent = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+async def start_agent(agent_dir: Path) -> AsyncIterator[StartAgent]:
+    """Start `baetyl edge run` on the activated node (more options after its own; another
+    activated node with ``state_dir=``); the agents and every app they started (a node
+    broker among them) are stopped after."""
+    running: list[subprocess.Popen[str]] = []
+    states = [agent_dir]
+
+    def start(
+        *options: str, env: dict[str, str] | None = None, state_dir: Path | None = None
+    ) -> subprocess.Popen[str]:
+        state = agent_dir if state_dir is None else state_dir
+        if state not in states:
+            states.append(state)
+        proc = subprocess.Popen(
+            [BAETYL, "--log-level", "debug", "edge", "run", "--state-dir", str(state),
+             "--report-interval", "1", "--functions-port", "0", *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
+        )  # fmt: skip
+        running.append(proc)
+        return proc
+
+    yield start
+    for proc in running:  # waited for in a thread: the cloud, in this loop, must keep answering
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(proc.communicate, timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.communicate)
+    for state in states:
+        await stop_left_apps(state)
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``baetyl ARGV...`` in a thread and capture what it printed."""
+    return capture(capsys)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 from cryptography.hazmat.primitives import hashes
@@ -63,10 +64,22 @@ async def node_stats(request: web.Request) -> web.Response:
             "appstats": reported.get("appstats", []),
             # The node data plane: per route forwarded/queued/dropped/failed/lastError, and the
             # presence of its devices (DATA plane sections of the reported state).
-            "routes": reported.get("routes", {}),
-            "devices": reported.get("devices", {}),
+            "routes": _with_nulls(reported.get("routes", {}), "lastError"),
+            "devices": _with_nulls(reported.get("devices", {}), "since"),
         }
     )
+
+
+def _with_nulls(section: Any, key: str) -> Any:
+    """``section``'s entries with ``key`` null where the node sent null: a report is a merge
+    patch (RFC 7386), in which null removes the key, so "no error"/"never seen" arrive as an
+    absent key; the API shows them as documented (``lastError: null``, ``since: null``)."""
+    if not isinstance(section, dict):
+        return section
+    return {
+        name: {key: None, **entry} if isinstance(entry, dict) else entry
+        for name, entry in section.items()
+    }
 
 
 async def node_properties(request: web.Request) -> web.Response:

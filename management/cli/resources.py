@@ -534,7 +534,10 @@ def render_devices(node: Mapping[str, Any]) -> str:
 
 
 def _count(value: Any) -> str:
-    """A counter of the node's report, or <none> when it is not one."""
+    """A counter of the node's report (0 when it never reported it), or <none> when it is not
+    a number."""
+    if value is None:
+        return "0"
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else NONE
 
 

@@ -319,9 +319,10 @@ class MosquittoSub:
         topics: list[str],
         *,
         client_id: str | None = None,
+        timeout: int = 30,
     ) -> None:
         require_mosquitto()
-        args = ["mosquitto_sub", *_tls_args(port, ca, creds, client_id), "-v", "-W", "30"]
+        args = ["mosquitto_sub", *_tls_args(port, ca, creds, client_id), "-v", "-W", str(timeout)]
         for topic in topics:
             args += ["-t", topic]
         self.process = subprocess.Popen(

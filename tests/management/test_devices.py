@@ -28,7 +28,7 @@ from certs import (
     write_public_file,
 )
 from certs.keys import private_key_pem
-from management.cli.resources import render_devices
+from management.cli.resources import render_devices, render_routes
 from tests.broker.clients import MqttClient
 from tests.broker.helpers import Creds
 from tests.management.activation import make_csr
@@ -300,7 +300,15 @@ async def test_device_presence_comes_from_the_nodes_report(
     gw1 = await node_at(api, connect_node, "gw-1")
     await device(api, "thermo-1", "gw-1")
     await device(api, "thermo-2", "gw-1")
-    report = {"reported": {"devices": {"thermo-1": {"online": True, "since": 1765000000.5}}}}
+    report = {
+        "reported": {
+            "devices": {
+                "thermo-1": {"online": True, "since": 1765000000.5},
+                "thermo-2": {"online": False, "since": None},  # never seen
+            },
+            "routes": {"up": {"forwarded": 1, "failed": 0, "lastError": None}},
+        }
+    }
     await asyncio.to_thread(gw1.client.subscribe, gw1.topic("report/accepted"), 1)
     await asyncio.to_thread(gw1.client.publish, gw1.topic("report"), json.dumps(report).encode(), 1)
     await asyncio.to_thread(gw1.client.receive_on, gw1.topic("report/accepted"))
@@ -310,12 +318,18 @@ async def test_device_presence_comes_from_the_nodes_report(
     online = {item["name"]: item["online"] for item in page["items"]}
     assert online == {"thermo-1": True, "thermo-2": False}
     _status, stats = await api.call("GET", "/nodes/gw-1/stats")
+    # The nulls the node sent are shown, though the merge patch stored them as absent keys.
     assert stats["devices"] == report["reported"]["devices"]
-    assert stats["routes"] == {}
+    assert stats["routes"] == report["reported"]["routes"]
     _status, node = await api.call("GET", "/nodes/gw-1")
     assert render_devices(node).splitlines() == [
         "DEVICE     ONLINE   SINCE",
         "thermo-1   yes      2025-12-06T05:46:40Z",
+        "thermo-2   no       <none>",
+    ]
+    assert render_routes(node).splitlines() == [
+        "ROUTE   FORWARDED   QUEUED   DROPPED   FILTERED   FAILED   LAST-ERROR",
+        "up      1           0        0         0          0        <none>",
     ]
 
 
