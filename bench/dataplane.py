@@ -26,7 +26,7 @@ subscriber (another child process, clean session false, QoS 1) stamps each arriv
    → msg/s received at the cloud within the window, PUBACKs/s from the node, loss
    (acknowledged by the node, never received), RSS and CPU of the node side (the node
    Mosquitto; the agent and its node broker). Latency here is that of a saturated path;
-3. paced: ``--duration`` s at ``--paced-rate`` msg/s in total (default 5,000, the issue's
+3. paced: ``--duration`` s at ``--paced-rate`` msg/s in total (default 5,000, the
    target) → p50/p99 device publish → cloud receive while the path keeps up, loss;
 4. outage: the cloud stopped (SIGTERM), ``--burst`` messages published and acknowledged by the
    node, the cloud started again on the same ports and data → time to the first arrival,
@@ -535,7 +535,7 @@ class MosquittoStack:
 class PybaetylStack:
     """``baetyl up``, an activated node running its node broker, a route, password devices.
 
-    Written against the data plane's contract (issue 15): the node broker flags of ``baetyl
+    Written against the data plane's contract: the node broker flags of ``baetyl
     edge run``, kinds ``Device`` and ``Route`` for ``baetyl apply``, ``baetyl device password``,
     the node broker's files under ``<state>/nodebroker/``.
     """
@@ -1149,7 +1149,7 @@ def main() -> int:
     print()
     print(table(results))
     t = TARGETS
-    print(f"targets (issue 15): >= {t['sustained_msgs_per_s']:,.0f} msg/s sustained, p99 < "
+    print(f"targets: >= {t['sustained_msgs_per_s']:,.0f} msg/s sustained, p99 < "
           f"{t['p99_ms']:.0f} ms online, drain >= {t['drain_msgs_per_s']:,.0f} msg/s")  # fmt: skip
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
