@@ -252,3 +252,17 @@ async def test_a_deleted_device_goes_from_the_config_while_another_spec_is_missi
     assert missing == [SpecRef(ResourceKind.ROUTE, "telemetry-up", "2")]
     names = [d["name"] for d in json.loads(plane.files.config.read_text())["devices"]]
     assert names == ["thermo-1"]
+
+
+async def test_the_cloud_links_clients_keep_no_window_of_pahos(plane: DataPlane) -> None:
+    # Paho's default window (20 QoS 1 in flight) capped a route at 20 messages per round trip
+    # and made paho walk its whole queue at every PUBACK: the cloud received half of what the
+    # node acknowledged (bench/dataplane.py). The router bounds what it has in flight itself.
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acme.gw-1")
+    assert client.max_inflight_messages == 20
+    plane.cloud_client_made(client)
+    assert client.max_inflight_messages == 0
+    assert plane._publisher(client) is not None
