@@ -186,7 +186,7 @@ def _add_node_broker_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="IMAGE",
         help="kube engine: the image the broker runs in, the agent's own (default: "
-        "$BAETYL_EDGE_IMAGE, which the helm chart sets)",
+        "$BAETYL_EDGE_IMAGE; the helm chart passes the flag)",
     )
     broker.add_argument(
         "--spool-max-bytes",

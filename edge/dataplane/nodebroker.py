@@ -267,7 +267,7 @@ def system_app(files: NodeBrokerFiles, settings: NodeBrokerSettings, *, engine: 
         if not settings.image:
             raise EdgeError(
                 "The kube engine runs the node broker in the agent's image, which is not known; "
-                "give --node-broker-image (the helm chart sets BAETYL_EDGE_IMAGE)."
+                "give --node-broker-image (the helm chart passes it)."
             )
         host_path = settings.host_path or files.root.absolute()
         ports = [{"containerPort": settings.port, "hostPort": settings.port}]

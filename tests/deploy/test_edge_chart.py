@@ -63,10 +63,11 @@ def test_every_container_is_locked_down(manifests: list[Manifest]) -> None:
 
 
 def test_the_agent_knows_its_image_for_the_node_broker(manifests: list[Manifest]) -> None:
-    """The kube engine runs the node broker in the agent's own image (BAETYL_EDGE_IMAGE)."""
+    """The kube engine runs the node broker in the agent's own image (--node-broker-image)."""
     spec = pod_spec(one(manifests, "Deployment"))
     (agent,) = [c for c in spec["containers"] if c["name"] == "agent"]
-    assert env_of(agent)["BAETYL_EDGE_IMAGE"]["value"] == agent["image"]
+    args = agent["args"]
+    assert args[args.index("--node-broker-image") + 1] == agent["image"]
 
 
 def test_token_comes_from_a_secret(manifests: list[Manifest], renderer: Renderer) -> None:
