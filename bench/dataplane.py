@@ -14,7 +14,7 @@ Each stack is a cloud broker, a node that devices connect to, and the path betwe
 - ``pybaetyl``: ``baetyl up`` as the cloud, a node created and activated from its install command
   running ``baetyl edge run --node-broker on`` (the node broker on a loopback port), a Route
   ``devices/+/telemetry`` → cloud ``telemetry/{device}`` at QoS 1, devices with passwords over TLS
-  (the device CA) and an operator certificate subscribed to ``$baetyl/node/+/up/#``.
+  (the device CA) and a service certificate subscribed to ``$baetyl/node/+/up/#``.
 
 The load, the same for every stack: ``--devices`` paho clients (in one child process, each with
 ``--inflight`` QoS 1 publishes outstanding, or paced to ``--rate`` in total) publishing to
@@ -652,9 +652,12 @@ class PybaetylStack:
                 )
             time.sleep(0.3)
         _wait_port(self.ports["node_broker"], self.agent, "the node broker", timeout=60)
+        # The consumer is a cloud service, as in production: an operator's session is for
+        # debugging, and the cloud broker keeps at most 10,000 messages for it (a service
+        # 1,000,000), which a node draining its spool after an outage overflows.
         operator = self.workdir / "operator"
         self._baetyl(
-            *data, "certs", "issue", "operator", "--name", "bench", "--out-dir", str(operator)
+            *data, "certs", "issue", "service", "--name", "bench", "--out-dir", str(operator)
         )
         self.operator = {
             "cert": str(operator / "bench.crt"),
