@@ -66,10 +66,14 @@ async def _everything_arrives(world: World) -> str:
     assert consumer is not None
     await _last_arrived(world)
     result = tally(world.published(), consumer.snapshot())
-    assert not any(result.missing.values()), result.summary()
-    assert result.in_order, result.summary()
-    print(f"\n{result.summary()}")
-    return result.summary()
+    summary = (
+        f"{result.summary()}; connections: devices {[d.connects for d in world.devices]}, "
+        f"consumer {len(consumer.connects)}"
+    )
+    assert not any(result.missing.values()), summary
+    assert result.in_order, summary
+    print(f"\n{summary}")
+    return summary
 
 
 async def test_the_uplink_cut_and_restored_mid_stream_loses_nothing(world: World) -> None:
