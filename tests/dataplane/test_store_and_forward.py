@@ -151,13 +151,15 @@ async def test_the_agent_killed_mid_stream_and_restarted_loses_nothing(world: Wo
     assert all(d.connects == 1 for d in world.devices)
 
 
+@pytest.mark.parametrize("consumer_away", [False, True], ids=["consumer-online", "consumer-away"])
 async def test_a_cloud_sigkill_loses_only_what_the_cloud_had_acknowledged_and_not_delivered(
-    world: World,
+    world: World, consumer_away: bool
 ) -> None:
     """PROTOCOL.md, "What a SIGKILL of the cloud can lose": the messages the cloud broker had
     acknowledged to the node but not yet delivered to the consumer. Nothing else: not what was
     still in the node's spool, not what came after, and the consumer's session (saved at the
-    last graceful stop) is kept."""
+    last graceful stop) is kept. With the consumer away for a while before the kill, the cloud
+    holds more of them (queued for its session): those are the ones lost."""
     passwords = await world.start(2)
     consumer = world.consumer
     node = world.node
@@ -171,14 +173,19 @@ async def test_a_cloud_sigkill_loses_only_what_the_cloud_had_acknowledged_and_no
     assert consumer.connects[-1], "the consumer's session was not kept by a graceful restart"
     await world.start_devices(passwords, TOTAL // 2)
     await _received(world, 2000, "2,000 messages before the kill")
+    if consumer_away:
+        await asyncio.to_thread(consumer.pause)
+        await _acked_more(world, 1000)  # the node sends them up: queued in the cloud's memory
     await world.up.kill()
-    delivered = {each for each in consumer.snapshot()}
+    delivered = set(consumer.snapshot())
     # The route's cursor, saved once the link is gone: the node forgets what is below it.
     cursor = await _settled(node.route_cursor)
     assert cursor is not None
     spooled = set(node.spooled_after(cursor))
     await _acked_more(world, 1000)
     await world.up.start()
+    if consumer_away:
+        await asyncio.to_thread(consumer.resume)
     devices = world.published()
     await _last_arrived(world)
     assert consumer.connects[-1], f"session present per CONNACK: {consumer.connects}"
