@@ -168,8 +168,8 @@ class Device:
         self._stop = threading.Event()
         self.client = _client(name, clean_session=True, ca=ca)
         self.client.username_pw_set(name, password)
-        self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
+        # No window of paho's (its queue would decide the order): the device's own, ``window``.
+        self.client.max_inflight_messages_set(0)
         self.client.on_publish = self._on_publish
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

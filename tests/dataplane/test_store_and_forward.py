@@ -60,6 +60,11 @@ async def _last_arrived(world: World) -> None:
     assert not world.errors()
 
 
+def _mid_stream(world: World) -> None:
+    """The fault comes while the devices still publish."""
+    assert world.acked() < sum(world.published().values()), "the devices were done already"
+
+
 async def _everything_arrives(world: World) -> str:
     """Wait for every message, then check they came in order; the tally's summary."""
     consumer = world.consumer
@@ -81,6 +86,7 @@ async def test_the_uplink_cut_and_restored_mid_stream_loses_nothing(world: World
     await world.start_devices(passwords, TOTAL // 4)
     await _received(world, 2000, "2,000 messages before the cut")
     assert world.relay is not None
+    _mid_stream(world)
     await world.relay.cut()
     await _acked_more(world, 2000)  # spooled on the node while its uplink is down
     await world.relay.start()
@@ -99,6 +105,7 @@ async def test_the_cloud_stopped_and_started_mid_stream_loses_nothing(world: Wor
     await asyncio.to_thread(consumer.pause)
     away = consumer.unique()
     await _acked_more(world, 1500)  # queued in the cloud for the consumer
+    _mid_stream(world)
     await asyncio.to_thread(world.up.stop)
     await _acked_more(world, 1500)  # spooled on the node
     await world.up.start()  # the same ports, data directory and database
@@ -130,6 +137,7 @@ async def test_the_node_broker_killed_mid_stream_loses_no_acknowledged_message(
     assert node is not None
     pid = node.broker_pid()
     assert pid is not None
+    _mid_stream(world)
     os.kill(pid, signal.SIGKILL)
     await until(lambda: node.broker_pid() not in (None, pid), 120, "the engine to restart it")
     await _everything_arrives(world)
@@ -143,6 +151,7 @@ async def test_the_agent_killed_mid_stream_and_restarted_loses_nothing(world: Wo
     node = world.node
     assert node is not None
     broker = node.broker_pid()
+    _mid_stream(world)
     await node.kill_agent()
     await _acked_more(world, 2000)  # the node broker runs on and spools
     node.start()
@@ -176,6 +185,7 @@ async def test_a_cloud_sigkill_loses_only_what_the_cloud_had_acknowledged_and_no
     if consumer_away:
         await asyncio.to_thread(consumer.pause)
         await _acked_more(world, 1000)  # the node sends them up: queued in the cloud's memory
+    _mid_stream(world)
     await world.up.kill()
     delivered = set(consumer.snapshot())
     # The route's cursor, saved once the link is gone: the node forgets what is below it.
