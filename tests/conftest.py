@@ -63,6 +63,7 @@ _SLOW_FILES = (
     "test_walkthrough.py",
     "test_process_guard.py",
     "broker/test_router_index.py",
+    "dataplane/test_store_and_forward.py",
     "edge/test_agent_delivery.py",
     "edge/test_agent_imports.py",
     "edge/test_agent_renewal.py",
