@@ -24,6 +24,7 @@ from cryptography import x509
 
 from certs import build_csr, generate_private_key, write_private_file, write_public_file
 from certs.keys import private_key_pem
+from shadow import downlink, uplink
 from tests.broker.clients import MosquittoSub, MqttClient
 from tests.broker.helpers import HOST, Creds
 from tests.support.cloud import Api, RunningCloud
@@ -47,14 +48,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Every device's telemetry to the cloud, on the nodes of site x (the tests' nodes).
+TELEMETRY_UP: dict[str, Any] = {
+    "name": "telemetry-up",
+    "selector": "site=x",
+    "source": {"local": "devices/+/telemetry"},
+    "target": {"cloud": "telemetry/{device}"},
+    "qos": 1,
+}
+
+
 def up(rest: str, node_id: str = NODE_ID) -> str:
     """The cloud topic a route's cloud target ``rest`` lands on."""
-    return f"$baetyl/node/{node_id}/up/{rest}"
+    return uplink(node_id, rest)
 
 
 def down(rest: str, node_id: str = NODE_ID) -> str:
     """The cloud topic a service sends the node ``rest`` on."""
-    return f"$baetyl/node/{node_id}/down/{rest}"
+    return downlink(node_id, rest)
 
 
 # -- the node ------------------------------------------------------------------------------------

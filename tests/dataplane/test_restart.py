@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.broker.clients import MqttClient
 from tests.dataplane.harness import (
     ARRIVE,
+    TELEMETRY_UP,
     StartAgent,
     cloud_client,
     down,
@@ -23,13 +24,6 @@ from tests.dataplane.harness import (
 )
 from tests.support.cloud import Api, RunningCloud
 
-UP = {
-    "name": "telemetry-up",
-    "selector": "site=x",
-    "source": {"local": "devices/+/telemetry"},
-    "target": {"cloud": "telemetry/{device}"},
-    "qos": 1,
-}
 DOWN = {
     "name": "commands-down",
     "selector": "site=x",
@@ -43,7 +37,7 @@ async def test_the_broker_outlives_an_agent_restart_and_what_it_spooled_goes_up(
     cloud: RunningCloud, api: Api, agent_dir: Path, start_agent: StartAgent, tmp_path: Path
 ) -> None:
     password = await password_device(api, "thermo-1")
-    for route in (UP, DOWN):
+    for route in (TELEMETRY_UP, DOWN):
         status, body = await api.call("POST", "/routes", route)
         assert status == 201, body
     broker = await start_node_broker(start_agent, agent_dir)

@@ -12,6 +12,7 @@ from tests.broker.clients import MqttClient
 from tests.dataplane.harness import (
     ARRIVE,
     START,
+    TELEMETRY_UP,
     StartAgent,
     certificate_device,
     cloud_client,
@@ -27,14 +28,6 @@ from tests.dataplane.harness import (
 )
 from tests.support.cloud import Api, RunningCloud
 from tests.support.polling import until
-
-TELEMETRY_UP = {
-    "name": "telemetry-up",
-    "selector": "site=x",
-    "source": {"local": "devices/+/telemetry"},
-    "target": {"cloud": "telemetry/{device}"},
-    "qos": 1,
-}
 
 
 async def test_a_password_device_with_mosquitto_pub_reaches_an_operators_mosquitto_sub(

@@ -15,6 +15,7 @@ from tests.broker.clients import MqttClient
 from tests.dataplane.harness import (
     ARRIVE,
     START,
+    TELEMETRY_UP,
     StartAgent,
     cloud_client,
     password_device,
@@ -30,12 +31,6 @@ from tests.support.cli import Cli
 from tests.support.cloud import Api, RunningCloud
 from tests.support.polling import until
 
-TELEMETRY_UP = {
-    "name": "telemetry-up",
-    "selector": "site=x",
-    "source": {"local": "devices/+/telemetry"},
-    "target": {"cloud": "telemetry/{device}"},
-}
 # Renders the fifth level of a three-level topic: every message fails, with its reason.
 BROKEN = {
     "name": "broken",
